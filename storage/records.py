@@ -1,0 +1,180 @@
+"""Plain, immutable records that cross the Store seam. No driver types, no I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self is not JobStatus.RUNNING
+
+
+class OutputFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    BINARY = "binary"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job's whole state. A new record is made for every change (`revision` + 1)."""
+
+    namespace: str
+    job_id: str
+    slot: int
+    created_at: float
+    updated_at: float
+    status: JobStatus = JobStatus.RUNNING
+    progress: float = 0.0
+    estimated_completion: float | None = None
+    completed_at: float | None = None
+    error: str | None = None
+    title: str | None = None
+    description: str | None = None
+    tags: tuple[str, ...] = ()
+    webhook_url: str | None = None
+    webhook_events: tuple[str, ...] | None = None
+    ttl_s: int | None = None
+    output_format: OutputFormat = OutputFormat.TEXT
+    revision: int = 1
+    output_seq: int = 0
+    output_size: int = 0
+    request_hash: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.job_id)
+
+    def evolve(self, **changes: Any) -> Job:
+        """The next revision of this job with `changes` applied."""
+        return dataclasses.replace(self, revision=self.revision + 1, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One append of a job's output: `seq` counts appends from 1, `offset` is its first byte."""
+
+    namespace: str
+    job_id: str
+    seq: int
+    offset: int
+    data: bytes
+    version: int = 1
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    name: str
+    created_at: float
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key; only the SHA-256 of its secret is ever stored."""
+
+    key_id: str
+    secret_hash: str
+    namespaces: tuple[str, ...]
+    created_at: float
+    admin: bool = False
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    at: float
+    duration_ms: float
+    status_code: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A webhook message (outbox row). `payload` is fixed at creation: retries resend it as is."""
+
+    delivery_id: str
+    namespace: str
+    job_id: str
+    slot: int
+    event_type: str
+    url: str
+    payload: bytes
+    created_at: float
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    attempts: tuple[Attempt, ...] = ()
+    next_attempt_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    at: float
+    namespace: str | None
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """A page of a namespace's jobs, newest first; `before` is the (created_at, job_id) cursor."""
+
+    status: JobStatus | None = None
+    tag: str | None = None
+    created_from: float | None = None
+    created_to: float | None = None
+    before: tuple[float, str] | None = None
+    limit: int = 100
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one group commit writes, atomically.
+
+    `slot`/`epoch` fence the commit: a store refuses it (`Fenced`) when the shard
+    lease of `slot` has moved on to a newer epoch. Admin writes carry no slot.
+    Jobs are upserts (the last record per key wins); `deleted` removes a job with
+    all its output and deliveries.
+    """
+
+    slot: int | None = None
+    epoch: int | None = None
+    jobs: list[Job] = field(default_factory=list)
+    chunks: list[Chunk] = field(default_factory=list)
+    deleted: list[tuple[str, str]] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    namespaces: list[Namespace] = field(default_factory=list)
+    api_keys: list[ApiKey] = field(default_factory=list)
+    audit: list[AuditEntry] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return (
+            len(self.jobs)
+            + len(self.chunks)
+            + len(self.deleted)
+            + len(self.deliveries)
+            + len(self.namespaces)
+            + len(self.api_keys)
+            + len(self.audit)
+        )
