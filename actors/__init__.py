@@ -1,0 +1,1 @@
+"""Floor 2: shard actors, webhook dispatcher, namespace->shard routing."""

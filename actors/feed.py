@@ -1,0 +1,84 @@
+"""A job's events in order, for any transport: replay from the store, then live from the shard.
+
+The SSE endpoint and the direct Python client both read a job through this one
+generator, so "resume after seq N" means the same everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from actors.shard import Update
+from storage.records import Chunk, Job
+
+#: Aim for about this many bytes per store read while replaying output.
+REPLAY_PAGE_BYTES = 4 * 1024 * 1024
+MAX_PAGE_CHUNKS = 512
+
+Watch = Callable[[int, int, float], Awaitable[Update]]  # (revision, after_seq, timeout_s)
+Read = Callable[[int, int], Awaitable[list[Chunk]]]  # (after_seq, limit)
+
+
+class EventKind(StrEnum):
+    OUTPUT = "output"
+    STATUS = "status"
+    PROGRESS = "progress"
+    END = "end"
+    HEARTBEAT = "heartbeat"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: EventKind
+    job: Job
+    chunk: Chunk | None = None
+
+
+async def job_events(
+    job: Job, *, watch: Watch, read: Read, after_seq: int = 0, heartbeat_s: float = 15.0
+) -> AsyncIterator[Event]:
+    """Output after `after_seq`, then status/progress changes, then `end` once terminal.
+
+    Yields a HEARTBEAT when nothing happened for `heartbeat_s`.
+    """
+    pos = after_seq
+    sent_status, sent_progress = None, None
+    while True:
+        async for chunk in replay(read, after_seq=pos, until_seq=job.output_seq):
+            yield Event(EventKind.OUTPUT, job, chunk)
+            pos = chunk.seq
+        if job.status != sent_status:
+            sent_status = job.status
+            yield Event(EventKind.STATUS, job)
+        if (job.progress, job.estimated_completion) != sent_progress:
+            sent_progress = (job.progress, job.estimated_completion)
+            yield Event(EventKind.PROGRESS, job)
+        if job.status.terminal and pos >= job.output_seq:
+            yield Event(EventKind.END, job)
+            return
+        update = await watch(job.revision, pos, heartbeat_s)
+        if update.job.revision == job.revision and update.job.output_seq <= pos:
+            yield Event(EventKind.HEARTBEAT, job)
+        job = update.job
+        for chunk in update.chunks:
+            if chunk.seq == pos + 1 and chunk.seq <= job.output_seq:
+                yield Event(EventKind.OUTPUT, job, chunk)
+                pos = chunk.seq
+
+
+async def replay(read: Read, *, after_seq: int, until_seq: int) -> AsyncIterator[Chunk]:
+    """Chunks after_seq < seq <= until_seq from the store, in pages of about REPLAY_PAGE_BYTES."""
+    pos, limit = after_seq, 64
+    while pos < until_seq:
+        chunks = await read(pos, min(limit, until_seq - pos))
+        if not chunks:
+            return
+        for chunk in chunks:
+            if chunk.seq > until_seq:
+                return
+            yield chunk
+            pos = chunk.seq
+        average = max(1, sum(len(c.data) for c in chunks) // len(chunks))
+        limit = max(1, min(MAX_PAGE_CHUNKS, REPLAY_PAGE_BYTES // average))

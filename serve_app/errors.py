@@ -1,0 +1,80 @@
+"""The one mapping from our errors (and Ray's) to HTTP: `{"error": {"code", "message"}}`."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+from starlette.exceptions import HTTPException
+
+from storage import errors
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    errors.TooLarge: 413,
+    errors.Invalid: 422,
+    errors.BadRequest: 400,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.Overloaded: 503,
+    errors.StoreUnavailable: 503,
+}
+SHARD_RESTART_RETRY_AFTER_S = 1
+
+
+def error_response(
+    status: int, code: str, message: str, *, retry_after_s: float | None = None
+) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, round(retry_after_s)))} if retry_after_s else None
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def to_response(exc: BaseException) -> JSONResponse:
+    """The response for any error an endpoint lets through."""
+    if isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException):
+        exc = exc.cause
+    if isinstance(exc, errors.AosError):
+        status = next(s for cls, s in STATUS.items() if isinstance(exc, cls))
+        retry = exc.retry_after_s or (1.0 if status == 503 else None)
+        return error_response(status, exc.code, exc.message, retry_after_s=retry)
+    if isinstance(exc, ActorUnavailableError | RayActorError):
+        return error_response(
+            503, "shard_unavailable", "the shard is restarting; retry shortly",
+            retry_after_s=SHARD_RESTART_RETRY_AFTER_S,
+        )
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal", "internal error")
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(errors.AosError)
+    @app.exception_handler(RayTaskError)
+    @app.exception_handler(RayActorError)
+    @app.exception_handler(ActorUnavailableError)
+    async def _ours(request: Request, exc: Exception) -> JSONResponse:
+        return to_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = f"{where}: {first.get('msg', 'invalid')}" if where else first.get("msg", "")
+        status = 400 if first.get("type") == "json_invalid" else 422
+        return error_response(status, "invalid", message or "invalid request")
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _other(request: Request, exc: Exception) -> JSONResponse:
+        return to_response(exc)

@@ -1,0 +1,141 @@
+"""Job endpoints: submit, read, list, long-poll status, progress, complete, cancel, delete."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import JSONResponse
+
+from serve_app import context
+from serve_app.deps import Caller, Ns, resolve_namespace
+from serve_app.durations import to_epoch
+from serve_app.models import (
+    CompleteRequest,
+    ProgressPatch,
+    SubmitRequest,
+    etag,
+    job_json,
+    parse_status,
+    status_json,
+)
+from storage.errors import BadRequest
+from storage.records import Job, JobQuery, JobStatus
+
+router = APIRouter(prefix="/api/v1/jobs")
+
+
+@router.post("")
+async def submit(
+    body: SubmitRequest, caller: Caller, namespace: Annotated[str | None, Query()] = None
+) -> JSONResponse:
+    if body.namespace and namespace and body.namespace != namespace:
+        raise BadRequest("the body's namespace and ?namespace= differ")
+    ns = resolve_namespace(caller, body.namespace or namespace)
+    job, created = await context.get().call(ns, "submit", body.job_id, body.spec(), caller.key_id)
+    location = f"/api/v1/jobs/{job.job_id}?namespace={ns}"
+    return JSONResponse(
+        job_json(job), status_code=201 if created else 200, headers={"Location": location}
+    )
+
+
+@router.get("")
+async def list_jobs(
+    ns: Ns,
+    status: str | None = None,
+    tag: str | None = None,
+    created_after: Annotated[datetime | None, Query(alias="createdAfter")] = None,
+    created_before: Annotated[datetime | None, Query(alias="createdBefore")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    query = JobQuery(
+        status=parse_status(status),
+        tag=tag,
+        created_from=to_epoch(created_after) if created_after else None,
+        created_to=to_epoch(created_before) if created_before else None,
+        before=_decode_cursor(cursor) if cursor else None,
+        limit=limit + 1,
+    )
+    jobs = await context.get().store.list_jobs(ns, query)
+    page, more = jobs[:limit], len(jobs) > limit
+    return {
+        "items": [job_json(job) for job in page],
+        "nextCursor": _encode_cursor(page[-1]) if more else None,
+    }
+
+
+@router.get("/{job_id}")
+async def get_job(job_id: str, ns: Ns) -> JSONResponse:
+    job = await context.get().call(ns, "get", job_id)
+    return JSONResponse(job_json(job), headers={"ETag": etag(job)})
+
+
+@router.get("/{job_id}/status")
+async def get_status(
+    job_id: str,
+    ns: Ns,
+    wait: Annotated[float, Query(ge=0)] = 0,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """With `If-None-Match` and `?wait=S`, hold the request until the status changes."""
+    ctx = context.get()
+    known = _revision(if_none_match)
+    if known is not None and wait > 0:
+        wait = min(wait, ctx.config.max_wait_s)
+        job = (await ctx.call(ns, "watch", job_id, revision=known, timeout_s=wait)).job
+    else:
+        job = await ctx.call(ns, "get", job_id)
+    headers = {"ETag": etag(job), "Cache-Control": "no-cache"}
+    if known == job.revision:
+        return Response(status_code=304, headers=headers)
+    return JSONResponse(status_json(job), headers=headers)
+
+
+@router.patch("/{job_id}")
+async def set_progress(job_id: str, body: ProgressPatch, ns: Ns) -> dict[str, Any]:
+    job = await context.get().call(
+        ns, "set_progress", job_id, body.progress, body.estimated_epoch()
+    )
+    return status_json(job)
+
+
+@router.post("/{job_id}/complete")
+async def complete(job_id: str, body: CompleteRequest, ns: Ns) -> dict[str, Any]:
+    job = await context.get().call(ns, "complete", job_id, JobStatus(body.status), body.error)
+    return status_json(job)
+
+
+@router.post("/{job_id}/cancel")
+async def cancel(job_id: str, ns: Ns, caller: Caller) -> dict[str, Any]:
+    return status_json(await context.get().call(ns, "cancel", job_id, caller.key_id))
+
+
+@router.delete("/{job_id}", status_code=204)
+async def delete(job_id: str, ns: Ns, caller: Caller) -> Response:
+    await context.get().call(ns, "delete", job_id, caller.key_id)
+    return Response(status_code=204)
+
+
+def _revision(if_none_match: str | None) -> int | None:
+    if not if_none_match:
+        return None
+    tag = if_none_match.split(",")[0].strip().removeprefix("W/").strip('"')
+    return int(tag) if tag.isdigit() else None
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at, job.job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created_at, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return float(created_at), str(job_id)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise BadRequest("cursor is not one this service gave out") from exc
