@@ -1,0 +1,1 @@
+"""Webhook delivery building blocks: signing, SSRF guard, retry schedule, HTTP sender."""

@@ -1,0 +1,177 @@
+"""SSRF guard for webhook URLs: refuse any destination inside our own network.
+
+`check_url` is the cheap, DNS-free check for the API edge; `resolve_and_check` is
+the delivery-time check on every resolved address. URLs are parsed with httpx's
+parser, the same one the sender uses, so the host we check is the host it dials.
+
+Known gap: httpx resolves the name again when it connects, so a DNS answer that
+changes between the check and the connect (rebinding) is not caught here; pinning
+the checked address inside the transport would close it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TypeAlias
+
+import httpx
+
+from storage.errors import Invalid
+
+Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+# (host, port) -> the addresses it resolves to, as strings ("10.0.0.1", "::1").
+Resolver: TypeAlias = Callable[[str, int], Awaitable[Sequence[str]]]
+
+MAX_URL_LENGTH = 2048
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# RFC 6052 well-known NAT64 prefix: 64:ff9b::a.b.c.d reaches a.b.c.d.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# Checked in order; the first that matches names the refusal.
+_BLOCKED_KINDS = (
+    ("is_unspecified", "unspecified"),
+    ("is_loopback", "loopback"),
+    ("is_link_local", "link-local"),
+    ("is_multicast", "multicast"),
+    ("is_site_local", "site-local"),
+    ("is_private", "private"),
+    ("is_reserved", "reserved"),
+)
+
+
+def parse_allowed_networks(text: str) -> tuple[Network, ...]:
+    """Parse a comma-separated CIDR list ("127.0.0.0/8, ::1/128"); ValueError on garbage."""
+    networks = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            # strict: "10.1.2.3/8" is more likely a typo than a wish for all of 10/8.
+            networks.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"invalid network {item!r} in allowed list: {exc}") from exc
+    return tuple(networks)
+
+
+def check_url(url: str, *, allowed: Sequence[Network]) -> None:
+    """Refuse a webhook URL by its shape alone (no DNS); a literal IP is checked too."""
+    _parse(url, allowed)
+
+
+async def resolve_and_check(
+    url: str, *, allowed: Sequence[Network], resolver: Resolver | None = None
+) -> list[Address]:
+    """Resolve the URL's host and refuse it unless every address is public or allowed.
+
+    Raises `Invalid` for a refused URL, including one whose host does not resolve
+    (then `__cause__` is the resolver's `OSError`). Returns the checked addresses.
+    """
+    host, port, literal = _parse(url, allowed)
+    if literal is not None:
+        return [literal]
+    addresses = await _resolve(host, port, resolver or system_resolver)
+    for address in addresses:
+        _check_address(address, allowed, host=host)
+    return addresses
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """The default resolver: the event loop's `getaddrinfo`, which runs in a thread."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def _parse(url: str, allowed: Sequence[Network]) -> tuple[str, int, Address | None]:
+    """The URL's host, port and, when the host is a literal IP, that (checked) address."""
+    if len(url) > MAX_URL_LENGTH:
+        raise Invalid(f"webhook URL is longer than {MAX_URL_LENGTH} characters")
+    parsed = _httpx_url(url)
+    if parsed.scheme not in DEFAULT_PORTS:
+        raise Invalid(f"webhook URL scheme must be http or https, not {parsed.scheme!r}")
+    if not parsed.host:
+        raise Invalid("webhook URL has no host")
+    if parsed.userinfo:
+        raise Invalid("webhook URL must not carry credentials (user:password@)")
+    port = parsed.port or DEFAULT_PORTS[parsed.scheme]
+    if not 0 < port < 65536:
+        raise Invalid(f"webhook URL port {port} is out of range")
+    literal = _literal_ip(parsed.host)
+    if literal is not None:
+        _check_address(literal, allowed, host=parsed.host)
+    return parsed.host, port, literal
+
+
+def _httpx_url(url: str) -> httpx.URL:
+    try:
+        return httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise Invalid(f"webhook URL is malformed: {exc}") from exc
+
+
+def _literal_ip(host: str) -> Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if _ends_in_number(host):
+        # "127.1", "2130706433", "0x7f.1": resolvers read these as IPv4 in disguise.
+        raise Invalid(f"webhook URL host {host!r} is not a canonical IP address")
+    return None
+
+
+def _ends_in_number(host: str) -> bool:
+    """WHATWG's rule: a host whose last label is numeric is an IPv4 address."""
+    last = host.rstrip(".").rsplit(".", 1)[-1].lower()
+    if last.startswith("0x"):
+        return all(c in "0123456789abcdef" for c in last[2:])
+    return last.isdigit()
+
+
+async def _resolve(host: str, port: int, resolver: Resolver) -> list[Address]:
+    try:
+        answers = await resolver(host, port)
+    except OSError as exc:
+        raise Invalid(f"cannot resolve webhook host {host!r}: {exc}") from exc
+    addresses = _unique(ipaddress.ip_address(answer) for answer in answers)
+    if not addresses:
+        raise Invalid(f"webhook host {host!r} resolved to no address")
+    return addresses
+
+
+def _unique(addresses: Iterable[Address]) -> list[Address]:
+    return list(dict.fromkeys(addresses))
+
+
+def _check_address(address: Address, allowed: Sequence[Network], *, host: str) -> None:
+    target = _embedded_ipv4(address) or address
+    if any(a in net for net in allowed for a in (address, target)):
+        return
+    kind = _blocked_kind(target)
+    if kind is not None:
+        shown = host if host == str(address) else f"{host} ({address})"
+        raise Invalid(f"webhook host {shown} is blocked: {kind} address")
+
+
+def _embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one really reaches (mapped, 6to4, NAT64), if any."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def _blocked_kind(address: Address) -> str | None:
+    for attribute, kind in _BLOCKED_KINDS:
+        if getattr(address, attribute, False):
+            return kind
+    # Catch-all for special ranges without a flag of their own (e.g. 100.64/10 CGNAT).
+    return None if address.is_global else "non-global"
