@@ -19,16 +19,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from actors import hooks as namespace_hooks
 from actors.committer import GroupCommitter
+from actors.delivery import DeliveryLoop, Send
+from actors.outbox import Hooks, Outbox, check_events
 from actors.routing import shard_for
 from actors.validation import JobSpec, check_id, check_namespace, check_progress
+from actors.webhooks.ssrf import Network, parse_allowed_networks
 from storage.base import Store
-from storage.errors import AosError, BadRequest, Conflict, Fenced, Invalid, NotFound, TooLarge
+from storage.errors import (
+    AosError,
+    BadRequest,
+    Conflict,
+    Fenced,
+    Invalid,
+    NotFound,
+    Overloaded,
+    TooLarge,
+)
 from storage.records import (
     ApiKey,
     AuditEntry,
     Batch,
     Chunk,
+    Delivery,
     Job,
     JobStatus,
     Namespace,
@@ -50,6 +64,15 @@ class ShardConfig:
     linger_s: float = 0.0
     max_pending_items: int = 50_000
     max_pending_bytes: int = 256 * 1024 * 1024
+    #: CIDRs webhook URLs may reach despite the SSRF guard (e.g. 127.0.0.0/8 in development).
+    webhook_allowed_networks: str = ""
+    webhook_coalesce_s: float = 0.5
+    webhook_max_in_flight: int = 1000
+    webhook_max_payload_bytes: int = 1024 * 1024
+
+    @property
+    def allowed_networks(self) -> tuple[Network, ...]:
+        return parse_allowed_networks(self.webhook_allowed_networks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +119,7 @@ class Shard:
         *,
         owner: str = "",
         clock: Callable[[], float] = time.time,
+        send: Send | None = None,
     ) -> None:
         self._store = store
         self._config = config
@@ -109,6 +133,15 @@ class Shard:
         self._namespaces: dict[str, Namespace] = {}
         self._fenced = False
         self._committer: GroupCommitter | None = None
+        self._send = send
+        self._allowed = config.allowed_networks
+        self._outbox = Outbox(
+            slot=config.slot,
+            clock=clock,
+            coalesce_s=config.webhook_coalesce_s,
+            max_payload_bytes=config.webhook_max_payload_bytes,
+        )
+        self._delivery_loop: DeliveryLoop | None = None
         self.epoch = 0
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -129,8 +162,21 @@ class Shard:
             max_pending_bytes=self._config.max_pending_bytes,
         )
         self._committer.start()
+        self._outbox.load(await self._store.load_pending_deliveries(self._config.slot))
+        if self._send is not None:
+            self._delivery_loop = DeliveryLoop(
+                self._outbox,
+                self._committer,
+                send=self._send,
+                hooks_for=self.hooks,
+                clock=self._clock,
+                max_in_flight=self._config.webhook_max_in_flight,
+            )
+            self._delivery_loop.start()
 
     async def stop(self) -> None:
+        if self._delivery_loop is not None:
+            await self._delivery_loop.stop()
         if self._committer is not None:
             await self._committer.stop()
 
@@ -144,17 +190,18 @@ class Shard:
             "pendingWrites": committer.pending_items,
             "batchSizes": dict(sorted(committer.batch_sizes.items())),
             "fenced": self._fenced,
+            "pendingDeliveries": self._outbox.pending_count,
         }
 
     # -- namespaces and keys -----------------------------------------------------------------
 
-    async def create_namespace(
-        self, name: str, config: dict[str, Any], *, actor: str
-    ) -> Namespace:
+    async def create_namespace(self, name: str, config: dict[str, Any], *, actor: str) -> Namespace:
         self._check_owned(check_namespace(name))
+        config = await self._checked(config)
         if name in self._namespaces or await self._store.get_namespace(name) is not None:
             raise Conflict(f"namespace {name!r} already exists")
-        namespace = Namespace(name=name, created_at=self._clock(), config=dict(config))
+        config = namespace_hooks.with_new_secret(config)
+        namespace = Namespace(name=name, created_at=self._clock(), config=config)
         await self._write_namespace(namespace, actor=actor, action="namespace.create")
         return namespace
 
@@ -169,10 +216,32 @@ class Shard:
     async def update_namespace(
         self, name: str, changes: dict[str, Any], *, actor: str
     ) -> Namespace:
+        changes = await self._checked(changes)
         current = await self.get_namespace(name)
         namespace = Namespace(current.name, current.created_at, {**current.config, **changes})
         await self._write_namespace(namespace, actor=actor, action="namespace.update")
         return namespace
+
+    async def rotate_webhook_secret(
+        self, name: str, *, grace_s: float = namespace_hooks.DEFAULT_GRACE_S, actor: str
+    ) -> Namespace:
+        """A new signing secret; the old one keeps signing beside it for `grace_s`."""
+        current = await self.get_namespace(name)
+        config = namespace_hooks.rotated(current.config, now=self._clock(), grace_s=grace_s)
+        namespace = Namespace(current.name, current.created_at, config)
+        await self._write_namespace(namespace, actor=actor, action="namespace.rotate_secret")
+        return namespace
+
+    async def hooks(self, name: str) -> Hooks:
+        """The namespace's webhook settings as of now (changes apply without a restart)."""
+        namespace = await self.get_namespace(name)
+        return namespace_hooks.hooks_from_config(namespace.config, now=self._clock())
+
+    async def _checked(self, config: dict[str, Any]) -> dict[str, Any]:
+        if "webhooks" not in config:
+            return config
+        webhooks = await namespace_hooks.check_webhooks(config["webhooks"], allowed=self._allowed)
+        return {**config, "webhooks": webhooks}
 
     async def put_api_key(self, key: ApiKey, *, actor: str) -> None:
         """Create or revoke a key of a namespace this shard owns."""
@@ -184,7 +253,8 @@ class Shard:
 
     async def _write_namespace(self, namespace: Namespace, *, actor: str, action: str) -> None:
         previous = self._namespaces.get(namespace.name)
-        audit = self._audit(namespace.name, actor, action, namespace.name, namespace.config)
+        detail = namespace_hooks.public(namespace.config)
+        audit = self._audit(namespace.name, actor, action, namespace.name, detail)
         future = self._require_committer().add(namespaces=[namespace], audit=[audit])
         self._namespaces[namespace.name] = namespace
         try:
@@ -205,6 +275,7 @@ class Shard:
         await self.get_namespace(namespace)
         job_id = check_id("jobId", job_id) if job_id is not None else uuid.uuid4().hex
         spec.validate()
+        await self._check_job_webhook(spec)
         fingerprint = spec.fingerprint()
         key = (namespace, job_id)
         while key in self._deleting:
@@ -236,7 +307,8 @@ class Shard:
             _check_utf8(data)
         chunk = Chunk(namespace, job_id, job.output_seq + 1, job.output_size, data)
         await self._change(
-            live, job.evolve(output_seq=chunk.seq, output_size=chunk.end, updated_at=self._clock()),
+            live,
+            job.evolve(output_seq=chunk.seq, output_size=chunk.end, updated_at=self._clock()),
             chunks=[chunk],
         )
         return AppendAck(chunk.seq, chunk.offset, len(data))
@@ -293,6 +365,7 @@ class Shard:
             deleted=[key], audit=[self._audit(namespace, actor, "job.delete", job_id)]
         )
         self._forget(key)
+        self._outbox.forget_job(*key)
         self._deleting.add(key)
         live.wake()
         try:
@@ -342,7 +415,35 @@ class Shard:
         await self.get(namespace, job_id)
         return await self._store.read_output(namespace, job_id, after_seq=after_seq, limit=limit)
 
+    async def retry_delivery(
+        self, namespace: str, delivery_id: str, *, actor: str = ""
+    ) -> Delivery:
+        """Send a delivery again now, with the same id (receivers dedupe on webhook-id)."""
+        await self.get_namespace(namespace)
+        delivery = self._outbox.pending(delivery_id) or await self._store.get_delivery(
+            namespace, delivery_id
+        )
+        if delivery is None or delivery.namespace != namespace:
+            raise NotFound(f"no webhook delivery {delivery_id!r} in namespace {namespace!r}")
+        if self._outbox.is_in_flight(delivery_id):
+            raise Conflict(f"delivery {delivery_id!r} is being sent right now")
+        again = self._outbox.retry_now(delivery)
+        audit = self._audit(namespace, actor, "webhook.retry", delivery_id)
+        await self._wait(self._require_committer().add(deliveries=[again], audit=[audit]))
+        return again
+
     # -- internals ----------------------------------------------------------------------------
+
+    def _cached_hooks(self, namespace: str) -> Hooks:
+        """Synchronous on purpose: read between a job's state and its commit, with no await."""
+        config = self._namespaces[namespace].config
+        return namespace_hooks.hooks_from_config(config, now=self._clock())
+
+    async def _check_job_webhook(self, spec: JobSpec) -> None:
+        if spec.webhook_url is not None:
+            await namespace_hooks.check_url(spec.webhook_url, allowed=self._allowed)
+        if spec.webhook_events is not None:
+            check_events(spec.webhook_events)
 
     async def _create(
         self, namespace: str, job_id: str, spec: JobSpec, fingerprint: str, actor: str
@@ -365,7 +466,9 @@ class Shard:
         )
         self._check_writable()
         future = self._require_committer().add(
-            jobs=[job], audit=[self._audit(namespace, actor, "job.submit", job_id)]
+            jobs=[job],
+            deliveries=self._outbox.on_change(None, job, (), self._cached_hooks(namespace)),
+            audit=[self._audit(namespace, actor, "job.submit", job_id)],
         )
         self._jobs[job.key] = _Live(job, committed=False)
         await self._wait(future)
@@ -390,8 +493,16 @@ class Shard:
         audit: list[AuditEntry] | None = None,
     ) -> Job:
         self._check_writable()
+        hooks = self._cached_hooks(job.namespace)
+        deliveries = self._outbox.on_change(live.current, job, chunks or (), hooks)
         # add() may refuse (Overloaded): it runs before any state changes.
-        future = self._require_committer().add(jobs=[job], chunks=chunks or (), audit=audit or ())
+        try:
+            future = self._require_committer().add(
+                jobs=[job], chunks=chunks or (), deliveries=deliveries, audit=audit or ()
+            )
+        except Overloaded:
+            self._outbox.failed(deliveries)
+            raise
         live.current = job
         await self._wait(future)
         return job
@@ -411,8 +522,7 @@ class Shard:
 
     async def _load(self, namespace: str, job_id: str) -> _Live:
         """The live job, loading a terminal one from the store on first access."""
-        check_namespace(namespace)
-        self._check_owned(namespace)
+        await self.get_namespace(namespace)  # also caches it: writes read its webhook settings
         check_id("jobId", job_id)
         key = (namespace, job_id)
         live = self._jobs.get(key)
@@ -451,6 +561,10 @@ class Shard:
                 self._remember_terminal(job.key)
         for chunk in batch.chunks:
             self._add_to_tail(chunk)
+        if batch.deliveries:
+            self._outbox.committed(batch.deliveries)
+            if self._delivery_loop is not None:
+                self._delivery_loop.wake()
         for job in batch.jobs:
             live = self._jobs.get(job.key)
             if live is not None:
@@ -460,6 +574,7 @@ class Shard:
         """Forget what did not commit: the next access reloads the store's truth."""
         if isinstance(exc, Fenced):
             self._fenced = True
+        self._outbox.failed(batch.deliveries)
         for job in batch.jobs:
             live = self._jobs.get(job.key)
             self._forget(job.key)

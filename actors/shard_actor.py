@@ -8,11 +8,12 @@ from typing import Any
 
 import ray
 
+from actors.dispatcher import DispatcherClient, dispatcher_handle
 from actors.routing import RAY_NAMESPACE, shard_name
 from actors.shard import AppendAck, Shard, ShardConfig, Update
 from actors.validation import JobSpec
 from storage.base import Store, open_store
-from storage.records import ApiKey, Chunk, Job, JobStatus, Namespace
+from storage.records import ApiKey, Chunk, Delivery, Job, JobStatus, Namespace
 
 #: Async actor concurrency: every open SSE stream and long-poll holds one slot while it waits.
 MAX_CONCURRENCY = 10_000
@@ -38,7 +39,8 @@ class ShardActor:
                 store = open_store(self._store_url)
                 await store.open()
                 owner = f"{os.getpid()}@{ray.util.get_node_ip_address()}"
-                shard = Shard(store, self._config, owner=owner)
+                dispatcher = DispatcherClient(_cached(dispatcher_handle))
+                shard = Shard(store, self._config, owner=owner, send=dispatcher.send)
                 await shard.start()
                 self._store, self._shard = store, shard
         return self._shard
@@ -63,6 +65,12 @@ class ShardActor:
 
     async def update_namespace(self, name: str, changes: dict[str, Any], actor: str) -> Namespace:
         return await (await self._ready()).update_namespace(name, changes, actor=actor)
+
+    async def rotate_webhook_secret(self, name: str, grace_s: float, actor: str) -> Namespace:
+        return await (await self._ready()).rotate_webhook_secret(name, grace_s=grace_s, actor=actor)
+
+    async def retry_delivery(self, namespace: str, delivery_id: str, actor: str) -> Delivery:
+        return await (await self._ready()).retry_delivery(namespace, delivery_id, actor=actor)
 
     async def put_api_key(self, key: ApiKey, actor: str) -> None:
         await (await self._ready()).put_api_key(key, actor=actor)
@@ -139,5 +147,13 @@ def create_shards(
     return handles
 
 
-def get_shard(slot: int) -> Any:
-    return ray.get_actor(shard_name(slot), namespace=RAY_NAMESPACE)
+def _cached(factory: Any) -> Any:
+    """A getter that calls `factory` once it succeeds (the dispatcher may deploy later)."""
+    value: list[Any] = []
+
+    def get() -> Any:
+        if not value:
+            value.append(factory())
+        return value[0]
+
+    return get

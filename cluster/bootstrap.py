@@ -10,6 +10,8 @@ from typing import Any
 import ray
 from ray import serve
 
+from actors.dispatcher import APP_NAME as DISPATCHER_APP
+from actors.dispatcher import WebhookDispatcher
 from actors.routing import RAY_NAMESPACE, shard_for
 from actors.shard_actor import create_shards
 from cluster.settings import Settings
@@ -68,9 +70,11 @@ def start(settings: Settings) -> Service:
             logging_level=logging.WARNING,
         )
     key, generated = admin_key(settings)
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    dispatcher = WebhookDispatcher.bind(**settings.dispatcher_options())
+    serve.run(dispatcher, name=DISPATCHER_APP, route_prefix=None)
     shards = deploy_shards(settings)
     ensure_namespace(shards, settings.num_shards, DEFAULT_NAMESPACE)
-    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
     app = Api.options(num_replicas=settings.num_replicas).bind(
         api_config(settings, key), settings.shard_options()
     )
@@ -99,6 +103,7 @@ def ensure_namespace(shards: list[Any], num_shards: int, name: str) -> None:
 def stop(service: Service) -> None:
     """Delete the app and the shards (their acknowledged writes are already durable)."""
     serve.delete(APP_NAME)
+    serve.delete(DISPATCHER_APP)
     for shard in service.shards:
         ray.kill(shard, no_restart=True)
     if service.started_ray:

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     max_pending_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     tail_bytes_total: int = Field(default=64 * 1024 * 1024, ge=0)
 
+    # webhooks
+    #: CIDRs that webhook URLs may reach past the SSRF guard, e.g. "127.0.0.0/8" for local work.
+    webhook_allowed_networks: str = ""
+    webhook_coalesce_s: float = Field(default=0.5, ge=0, le=60)
+    webhook_per_host_limit: int = Field(default=64, ge=1)
+
     def admin_key_path(self) -> Path:
         """The generated admin key lives beside the data (the SQLite file's folder)."""
         if self.storage_url.startswith("sqlite:///"):
@@ -44,4 +50,12 @@ class Settings(BaseSettings):
             "max_pending_items": self.max_pending_items,
             "max_pending_bytes": self.max_pending_bytes,
             "tail_bytes_total": self.tail_bytes_total,
+            "webhook_allowed_networks": self.webhook_allowed_networks,
+            "webhook_coalesce_s": self.webhook_coalesce_s,
+        }
+
+    def dispatcher_options(self) -> dict[str, Any]:
+        return {
+            "allowed_networks": self.webhook_allowed_networks,
+            "per_host_limit": self.webhook_per_host_limit,
         }

@@ -8,11 +8,19 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
+from actors.hooks import PREVIOUS_UNTIL, SECRET
 from actors.validation import check_namespace
 from serve_app import context
 from serve_app.deps import Caller, require_admin
+from serve_app.durations import iso
 from serve_app.keys import mint
-from serve_app.models import KeyCreate, NamespaceConfig, NamespaceCreate, namespace_json
+from serve_app.models import (
+    KeyCreate,
+    NamespaceConfig,
+    NamespaceCreate,
+    SecretRotation,
+    namespace_json,
+)
 from storage.errors import Forbidden, NotFound
 
 router = APIRouter(prefix="/api/v1/namespaces")
@@ -24,7 +32,8 @@ async def create_namespace(body: NamespaceCreate, caller: Caller) -> JSONRespons
     name = check_namespace(body.name)
     namespace = await context.get().call(name, "create_namespace", body.config(), caller.key_id)
     return JSONResponse(
-        namespace_json(namespace), status_code=201,
+        namespace_json(namespace, with_secret=True),
+        status_code=201,
         headers={"Location": f"/api/v1/namespaces/{name}"},
     )
 
@@ -43,6 +52,21 @@ async def update_namespace(name: str, body: NamespaceConfig, caller: Caller) -> 
     name = check_namespace(name)
     namespace = await context.get().call(name, "update_namespace", body.config(), caller.key_id)
     return namespace_json(namespace)
+
+
+@router.post("/{name}/webhook-secret/rotate")
+async def rotate_webhook_secret(
+    name: str, caller: Caller, body: SecretRotation | None = None
+) -> dict[str, Any]:
+    """A new signing secret; the old one signs beside it until the grace period ends."""
+    require_admin(caller)
+    name = check_namespace(name)
+    grace_s = (body or SecretRotation()).grace_s
+    namespace = await context.get().call(name, "rotate_webhook_secret", grace_s, caller.key_id)
+    return {
+        "webhookSecret": namespace.config[SECRET],
+        "previousSecretValidUntil": iso(namespace.config[PREVIOUS_UNTIL]),
+    }
 
 
 @router.post("/{name}/keys", status_code=201)

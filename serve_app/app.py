@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from actors.shard_actor import create_shards
-from serve_app import admin, context, errors, jobs, output, sse
+from serve_app import admin, context, errors, jobs, output, sse, webhooks
 from serve_app.context import ApiConfig
 
 #: Streams and long-polls hold a request slot for minutes: the default of 5 would let six
@@ -20,7 +20,7 @@ MAX_QUEUED_REQUESTS = 2000
 
 app = FastAPI(title="Async Output Service", version="1")
 errors.install(app)
-for module in (jobs, output, sse, admin):
+for module in (jobs, output, sse, admin, webhooks):
     app.include_router(module.router)
 
 

@@ -47,7 +47,9 @@ def to_response(exc: BaseException) -> JSONResponse:
         return error_response(status, exc.code, exc.message, retry_after_s=retry)
     if isinstance(exc, ActorUnavailableError | RayActorError):
         return error_response(
-            503, "shard_unavailable", "the shard is restarting; retry shortly",
+            503,
+            "shard_unavailable",
+            "the shard is restarting; retry shortly",
             retry_after_s=SHARD_RESTART_RETRY_AFTER_S,
         )
     log.exception("unhandled error", exc_info=exc)

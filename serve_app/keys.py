@@ -56,8 +56,10 @@ class KeyCache:
         if hmac.compare_digest(digest, self._admin_sha256):
             return Principal(ADMIN, frozenset(), admin=True)
         key = await self._lookup(secret)
-        if key is None or key.revoked_at is not None or not hmac.compare_digest(
-            digest, key.secret_hash
+        if (
+            key is None
+            or key.revoked_at is not None
+            or not hmac.compare_digest(digest, key.secret_hash)
         ):
             raise Unauthorized("unknown or revoked API key")
         return Principal(key.key_id, frozenset(key.namespaces))

@@ -8,10 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.hooks import DEFAULT_GRACE_S, SECRET, public
 from actors.validation import MAX_ID_CHARS, JobSpec
 from serve_app.durations import iso, parse_duration_s, to_epoch
 from storage.errors import Invalid
-from storage.records import Job, JobStatus, Namespace, OutputFormat
+from storage.records import Delivery, Job, JobStatus, Namespace, OutputFormat
 
 
 class _Body(BaseModel):
@@ -63,9 +64,26 @@ class CompleteRequest(_Body):
     error: str | None = None
 
 
+class RetrySettings(_Body):
+    initial_delay_ms: int | None = Field(default=None, alias="initialDelayMs")
+    max_delay_ms: int | None = Field(default=None, alias="maxDelayMs")
+    max_attempts: int | None = Field(default=None, alias="maxAttempts")
+
+
+class WebhookSettings(_Body):
+    url: str | None = Field(default=None, max_length=2048)
+    events: list[str] | None = Field(default=None, max_length=16)
+    timeout_ms: int | None = Field(default=None, alias="timeoutMs")
+    retry: RetrySettings | None = None
+
+    def stored(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
 class NamespaceConfig(_Body):
     description: str | None = Field(default=None, max_length=1024)
     retention: RetentionPolicy | None = None
+    webhooks: WebhookSettings | None = None
 
     def config(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -73,7 +91,13 @@ class NamespaceConfig(_Body):
             out["description"] = self.description
         if "retention" in self.model_fields_set:
             out["retention"] = {"ttlS": self.retention.ttl_s()} if self.retention else None
+        if "webhooks" in self.model_fields_set:
+            out["webhooks"] = self.webhooks.stored() if self.webhooks else None
         return out
+
+
+class SecretRotation(_Body):
+    grace_s: float = Field(default=DEFAULT_GRACE_S, alias="graceS", ge=0, le=30 * 86400)
 
 
 class NamespaceCreate(NamespaceConfig):
@@ -113,8 +137,33 @@ def status_json(job: Job) -> dict[str, Any]:
     }
 
 
-def namespace_json(namespace: Namespace) -> dict[str, Any]:
-    return {"name": namespace.name, "createdAt": iso(namespace.created_at), **namespace.config}
+def namespace_json(namespace: Namespace, *, with_secret: bool = False) -> dict[str, Any]:
+    body = {"name": namespace.name, "createdAt": iso(namespace.created_at)}
+    body |= public(namespace.config)
+    if with_secret:
+        body["webhookSecret"] = namespace.config[SECRET]
+    return body
+
+
+def delivery_json(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "id": delivery.delivery_id,
+        "jobId": delivery.job_id,
+        "type": delivery.event_type,
+        "url": delivery.url,
+        "status": delivery.status.value,
+        "createdAt": iso(delivery.created_at),
+        "nextAttemptAt": iso(delivery.next_attempt_at),
+        "attempts": [
+            {
+                "at": iso(a.at),
+                "statusCode": a.status_code,
+                "error": a.error,
+                "durationMs": round(a.duration_ms, 3),
+            }
+            for a in delivery.attempts
+        ],
+    }
 
 
 def etag(job: Job) -> str:

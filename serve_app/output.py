@@ -40,16 +40,12 @@ async def append(
 
 
 @router.get("/{job_id}/output")
-async def output(
-    job_id: str, ns: Ns, version: Annotated[int, Query(ge=1)] = 1
-) -> dict[str, Any]:
+async def output(job_id: str, ns: Ns, version: Annotated[int, Query(ge=1)] = 1) -> dict[str, Any]:
     """The whole output as one JSON value (text, or base64 for binary jobs)."""
     ctx = context.get()
     job = await _job_version(ns, job_id, version)
     if job.output_size > ctx.config.max_inline_output_bytes:
-        raise TooLarge(
-            f"the output is {job.output_size} bytes; stream it from /output/raw instead"
-        )
+        raise TooLarge(f"the output is {job.output_size} bytes; stream it from /output/raw instead")
     data = b"".join([chunk.data async for chunk in _chunks(job, after_seq=0)])
     return {
         "output": chunk_text(job, data),

@@ -1,0 +1,309 @@
+"""The webhook outbox of a shard: which changes become deliveries, coalescing, and the schedule.
+
+Plain logic, no I/O. The shard asks `on_change` for the deliveries a change causes
+and commits them in the same batch as the change (so no event is lost or invented),
+then tells `committed` so they are scheduled. The shard's dispatch loop takes
+`due()` deliveries, sends them, and records each attempt with `after_attempt`.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import json
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from actors.webhooks.backoff import RetryPolicy, next_delay_s, should_retry
+from storage.errors import Invalid
+from storage.records import Attempt, Chunk, Delivery, DeliveryStatus, Job, OutputFormat
+
+
+class EventType(StrEnum):
+    CREATED = "job.created"
+    PROGRESS = "job.progress"
+    OUTPUT = "job.output"
+    COMPLETED = "job.completed"
+
+
+DEFAULT_EVENTS = (EventType.COMPLETED.value,)
+COALESCED = frozenset({EventType.PROGRESS.value, EventType.OUTPUT.value})
+
+
+def check_events(events: Iterable[str]) -> tuple[str, ...]:
+    known = {e.value for e in EventType}
+    events = tuple(events)
+    unknown = [e for e in events if e not in known]
+    if unknown:
+        raise Invalid(f"unknown webhook event type(s) {unknown}; known: {sorted(known)}")
+    return tuple(dict.fromkeys(events))
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """A namespace's webhook settings, as the shard resolves them for one delivery."""
+
+    url: str | None = None
+    events: tuple[str, ...] = DEFAULT_EVENTS
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    secrets: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Window:
+    """An open coalescing window: a delivery that still takes more chunks or progress."""
+
+    delivery: Delivery
+    closes_at: float
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    size: int = 0
+
+
+class Outbox:
+    def __init__(
+        self,
+        *,
+        slot: int,
+        clock: Callable[[], float],
+        coalesce_s: float = 0.5,
+        max_payload_bytes: int = 1024 * 1024,
+        new_id: Callable[[], str] = lambda: f"msg_{uuid.uuid4().hex}",
+    ) -> None:
+        self._slot = slot
+        self._clock = clock
+        self._coalesce_s = coalesce_s
+        self._max_payload_bytes = max_payload_bytes
+        self._new_id = new_id
+        self._windows: dict[tuple[str, str, str], _Window] = {}
+        self._pending: dict[str, Delivery] = {}  # committed, not yet delivered or failed
+        self._unsettled: dict[str, int] = {}  # versions handed to a commit, not yet committed
+        self._in_flight: set[str] = set()
+        self._heap: list[tuple[float, str]] = []
+
+    # -- making deliveries ---------------------------------------------------------------------
+
+    def on_change(
+        self, before: Job | None, after: Job, chunks: Iterable[Chunk], hooks: Hooks
+    ) -> list[Delivery]:
+        """The deliveries (new, or open windows grown) that this change causes."""
+        url, events = _destination(after, hooks)
+        if url is None:
+            return []
+        out: list[Delivery] = []
+        if before is None and EventType.CREATED in events:
+            out.append(self._new(EventType.CREATED, after, url))
+        chunks = list(chunks)
+        if chunks and EventType.OUTPUT in events:
+            out.extend(self._grow(EventType.OUTPUT, after, url, chunks))
+        moved = before is not None and (before.progress, before.estimated_completion) != (
+            after.progress,
+            after.estimated_completion,
+        )
+        if moved and EventType.PROGRESS in events:
+            out.extend(self._grow(EventType.PROGRESS, after, url, []))
+        if after.status.terminal and (before is None or not before.status.terminal):
+            self._close_windows(after)
+            if EventType.COMPLETED in events:
+                out.append(self._new(EventType.COMPLETED, after, url))
+        for delivery in out:
+            self._unsettled[delivery.delivery_id] = self._unsettled.get(delivery.delivery_id, 0) + 1
+        return out
+
+    def _new(self, kind: EventType, job: Job, url: str) -> Delivery:
+        body = _payload(kind, job, self._clock())
+        return self._delivery(kind, job, url, body, due=self._clock())
+
+    def _grow(self, kind: EventType, job: Job, url: str, chunks: list[Chunk]) -> list[Delivery]:
+        """Add to the job's open window of `kind`, opening a new one when none is open."""
+        key = (job.namespace, job.job_id, kind.value)
+        now = self._clock()
+        window = self._windows.get(key)
+        entries = [_chunk_entry(job, c, self._max_payload_bytes // 2) for c in chunks]
+        grown = sum(len(json.dumps(e)) for e in entries)
+        if (
+            window is None
+            or window.size + grown > self._max_payload_bytes
+            or now >= window.closes_at
+        ):
+            self._windows.pop(key, None)
+            delivery = self._delivery(kind, job, url, b"", due=now + self._coalesce_s)
+            window = self._windows[key] = _Window(delivery, now + self._coalesce_s)
+        window.chunks.extend(entries)
+        window.size += grown
+        body = _payload(kind, job, now, chunks=window.chunks if kind is EventType.OUTPUT else None)
+        window.delivery = replace(window.delivery, payload=body)
+        return [window.delivery]
+
+    def _close_windows(self, job: Job) -> None:
+        """A finished job's open windows go out now, ahead of its job.completed."""
+        for kind in COALESCED:
+            window = self._windows.pop((job.namespace, job.job_id, kind), None)
+            if window is not None:
+                window.delivery = replace(window.delivery, next_attempt_at=self._clock())
+
+    def _delivery(
+        self, kind: EventType, job: Job, url: str, body: bytes, *, due: float
+    ) -> Delivery:
+        return Delivery(
+            delivery_id=self._new_id(),
+            namespace=job.namespace,
+            job_id=job.job_id,
+            slot=self._slot,
+            event_type=kind.value,
+            url=url,
+            payload=body,
+            created_at=self._clock(),
+            next_attempt_at=due,
+        )
+
+    # -- the schedule ----------------------------------------------------------------------------
+
+    def committed(self, deliveries: Iterable[Delivery]) -> None:
+        """These versions are durable: pending ones are scheduled."""
+        for delivery in deliveries:
+            self._settle(delivery.delivery_id)
+            self._track(delivery)
+
+    def failed(self, deliveries: Iterable[Delivery]) -> None:
+        """These versions never reached the store: forget them (their change failed too)."""
+        for delivery in deliveries:
+            self._settle(delivery.delivery_id)
+            for key, window in list(self._windows.items()):
+                if window.delivery.delivery_id == delivery.delivery_id:
+                    del self._windows[key]
+
+    def load(self, deliveries: Iterable[Delivery]) -> None:
+        """Pending deliveries reloaded from the store after a restart."""
+        for delivery in deliveries:
+            self._track(delivery)
+
+    def _track(self, delivery: Delivery) -> None:
+        if delivery.status is not DeliveryStatus.PENDING or delivery.next_attempt_at is None:
+            self._pending.pop(delivery.delivery_id, None)
+            return
+        self._pending[delivery.delivery_id] = delivery
+        heapq.heappush(self._heap, (delivery.next_attempt_at, delivery.delivery_id))
+
+    def _settle(self, delivery_id: str) -> None:
+        left = self._unsettled.get(delivery_id, 0) - 1
+        if left > 0:
+            self._unsettled[delivery_id] = left
+        else:
+            self._unsettled.pop(delivery_id, None)
+
+    def due(self, now: float) -> list[Delivery]:
+        """Deliveries to send now. Each is handed out once until its attempt is recorded."""
+        out = []
+        while self._heap and self._heap[0][0] <= now:
+            _, delivery_id = heapq.heappop(self._heap)
+            delivery = self._pending.get(delivery_id)
+            if delivery is None or delivery_id in self._in_flight:
+                continue
+            if delivery.next_attempt_at is None or delivery.next_attempt_at > now:
+                continue  # a stale heap entry; the newer one is in the heap too
+            if delivery_id in self._unsettled:
+                heapq.heappush(self._heap, (now + 0.01, delivery_id))  # a newer version commits
+                continue
+            self._seal(delivery)
+            self._in_flight.add(delivery_id)
+            out.append(delivery)
+        return out
+
+    def _seal(self, delivery: Delivery) -> None:
+        for key, window in list(self._windows.items()):
+            if window.delivery.delivery_id == delivery.delivery_id:
+                del self._windows[key]
+
+    def next_due(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def after_attempt(self, delivery: Delivery, attempt: Attempt, policy: RetryPolicy) -> Delivery:
+        """The delivery's next version: delivered, failed (dead letter) or pending again."""
+        self._in_flight.discard(delivery.delivery_id)
+        attempts = (*delivery.attempts, attempt)
+        code = attempt.status_code
+        if code is not None and 200 <= code < 300:
+            return replace(
+                delivery, attempts=attempts, status=DeliveryStatus.DELIVERED, next_attempt_at=None
+            )
+        if not should_retry(code, len(attempts), policy):
+            return replace(
+                delivery, attempts=attempts, status=DeliveryStatus.FAILED, next_attempt_at=None
+            )
+        due = self._clock() + next_delay_s(policy, len(attempts))
+        return replace(delivery, attempts=attempts, next_attempt_at=due)
+
+    def reschedule(self, delivery: Delivery, at: float) -> None:
+        """Hand `delivery` out again at `at` (its attempt could not be recorded)."""
+        self._in_flight.discard(delivery.delivery_id)
+        self._track(replace(delivery, next_attempt_at=at))
+
+    def retry_now(self, delivery: Delivery) -> Delivery:
+        """A manual retry: pending again, due now, same id (so the same webhook-id)."""
+        return replace(delivery, status=DeliveryStatus.PENDING, next_attempt_at=self._clock())
+
+    def is_in_flight(self, delivery_id: str) -> bool:
+        return delivery_id in self._in_flight
+
+    def pending(self, delivery_id: str) -> Delivery | None:
+        return self._pending.get(delivery_id)
+
+    def forget_job(self, namespace: str, job_id: str) -> None:
+        """A deleted job's deliveries go with it."""
+        for kind in COALESCED:
+            self._windows.pop((namespace, job_id, kind), None)
+        for delivery_id, delivery in list(self._pending.items()):
+            if (delivery.namespace, delivery.job_id) == (namespace, job_id):
+                del self._pending[delivery_id]
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+
+def _destination(job: Job, hooks: Hooks) -> tuple[str | None, tuple[str, ...]]:
+    """The job's own URL and events when it has them, else the namespace's defaults."""
+    if job.webhook_url:
+        return job.webhook_url, job.webhook_events or DEFAULT_EVENTS
+    return hooks.url, hooks.events
+
+
+def _payload(
+    kind: EventType, job: Job, at: float, *, chunks: list[dict[str, Any]] | None = None
+) -> bytes:
+    data: dict[str, Any] = {
+        "namespace": job.namespace,
+        "jobId": job.job_id,
+        "status": job.status.value,
+        "progress": job.progress,
+        "estimatedCompletion": _iso(job.estimated_completion),
+        "sequence": job.revision,
+        "outputSeq": job.output_seq,
+        "outputSize": job.output_size,
+    }
+    if job.error is not None:
+        data["error"] = job.error
+    if chunks is not None:
+        data["chunks"] = chunks
+    body = {"type": kind.value, "timestamp": _iso(at), "data": data}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _chunk_entry(job: Job, chunk: Chunk, max_bytes: int) -> dict[str, Any]:
+    """A chunk as a webhook carries it; one too big to carry says so (fetch it from /output/raw)."""
+    entry: dict[str, Any] = {"seq": chunk.seq, "offset": chunk.offset, "size": len(chunk.data)}
+    if len(chunk.data) > max_bytes:
+        return entry | {"data": None, "truncated": True}
+    if job.output_format is OutputFormat.BINARY:
+        return entry | {"data": base64.b64encode(chunk.data).decode(), "encoding": "base64"}
+    return entry | {"data": chunk.data.decode("utf-8"), "encoding": "utf-8"}
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

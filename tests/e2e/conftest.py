@@ -1,0 +1,77 @@
+"""End-to-end fixtures: one real Ray cluster and one deployed service for the whole session."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import ray
+
+from actors.routing import RAY_NAMESPACE
+from cluster import bootstrap
+from cluster.settings import Settings
+from tests.conftest import free_port
+
+ADMIN_KEY = "e2e-admin-key"
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bootstrap.Service]:
+    data = tmp_path_factory.mktemp("aos")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        namespace=RAY_NAMESPACE,
+        logging_level=logging.WARNING,
+    )
+    settings = Settings(
+        storage_url=f"sqlite:///{data}/aos.db",
+        http_port=free_port(),
+        admin_key=ADMIN_KEY,
+        num_shards=2,
+        heartbeat_s=1.0,
+    )
+    svc = bootstrap.start(settings)
+    yield svc
+    bootstrap.stop(svc)
+    ray.shutdown()
+
+
+@pytest.fixture
+def admin(service: bootstrap.Service) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=service.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+    ) as client:
+        yield client
+
+
+@dataclass
+class Tenant:
+    namespace: str
+    key: str
+    http: httpx.Client
+
+
+@pytest.fixture
+def tenant(service: bootstrap.Service, admin: httpx.Client) -> Iterator[Tenant]:
+    """A fresh namespace and a client holding its own key."""
+    yield from _tenant(service, admin)
+
+
+@pytest.fixture
+def other_tenant(service: bootstrap.Service, admin: httpx.Client) -> Iterator[Tenant]:
+    yield from _tenant(service, admin)
+
+
+def _tenant(service: bootstrap.Service, admin: httpx.Client) -> Iterator[Tenant]:
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    assert admin.post("/api/v1/namespaces", json={"name": name}).status_code == 201
+    key = admin.post(f"/api/v1/namespaces/{name}/keys").json()["key"]
+    with httpx.Client(
+        base_url=service.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ) as http:
+        yield Tenant(name, key, http)

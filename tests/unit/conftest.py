@@ -1,0 +1,48 @@
+"""Unit tests drive the plain-Python core over the in-memory store; Ray is off limits here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from storage.memory import MemoryStore
+
+from actors.shard import Shard, ShardConfig
+from storage.errors import StoreUnavailable
+from storage.records import Batch
+
+
+class FlakyStore(MemoryStore):
+    """A real in-memory store whose commits can be made to fail or to stall."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_commits = False
+        self.gate: asyncio.Event | None = None
+        self.commits: list[Batch] = []
+
+    async def commit(self, batch: Batch) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_commits:
+            raise StoreUnavailable("injected commit failure")
+        self.commits.append(batch)
+        await super().commit(batch)
+
+
+@pytest.fixture
+async def store() -> FlakyStore:
+    store = FlakyStore()
+    await store.open()
+    return store
+
+
+@pytest.fixture
+async def shard(store: FlakyStore) -> AsyncIterator[Shard]:
+    shard = Shard(store, ShardConfig(slot=0, num_shards=1))
+    await shard.start()
+    await shard.create_namespace("acme", {}, actor="test")
+    await shard.create_namespace("globex", {}, actor="test")
+    yield shard
+    await shard.stop()
