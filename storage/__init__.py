@@ -1,1 +1,1 @@
-"""Floor 1: records, the Store protocol and one module per backend. Imports nothing of ours above."""
+"""Floor 1: records, the Store protocol, one module per backend. Imports nothing of ours above."""

@@ -1,0 +1,149 @@
+"""The in-memory reference Store: the contract's semantics, fencing included, for unit tests."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from storage.errors import Fenced
+from storage.records import (
+    ApiKey,
+    AuditEntry,
+    Batch,
+    Chunk,
+    Delivery,
+    DeliveryStatus,
+    Job,
+    JobQuery,
+    Namespace,
+)
+
+_JobKey = tuple[str, str]
+
+
+class MemoryStore:
+    """A Store in dicts. Records are frozen, so they are kept and handed out as they are.
+
+    Every method runs to completion without awaiting, so a commit is atomic with
+    respect to every other call on the event loop, as a transaction would be.
+    """
+
+    max_chunk_bytes = 16 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict[str, Job]] = defaultdict(dict)
+        # (namespace, job_id) -> version -> seq -> chunk: a delete drops a job's output at once.
+        self.output: dict[_JobKey, dict[int, dict[int, Chunk]]] = defaultdict(
+            lambda: defaultdict(dict)
+        )
+        self.deliveries: dict[str, Delivery] = {}
+        self.namespaces: dict[str, Namespace] = {}
+        self.api_keys: dict[str, ApiKey] = {}
+        self.audit: list[AuditEntry] = []
+        self.leases: dict[int, tuple[int, str]] = {}
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def ping(self) -> None:
+        pass
+
+    async def commit(self, batch: Batch) -> None:
+        if batch.slot is not None:
+            self._check_fence(batch.slot, batch.epoch)
+        for job in batch.jobs:
+            self.jobs[job.namespace][job.job_id] = job
+        for chunk in batch.chunks:
+            # setdefault: a retried commit's chunk is a no-op, like ON CONFLICT DO NOTHING.
+            versions = self.output[(chunk.namespace, chunk.job_id)]
+            versions[chunk.version].setdefault(chunk.seq, chunk)
+        self.deliveries.update((d.delivery_id, d) for d in batch.deliveries)
+        self.namespaces.update((ns.name, ns) for ns in batch.namespaces)
+        self.api_keys.update((key.key_id, key) for key in batch.api_keys)
+        self.audit.extend(batch.audit)
+        for key in batch.deleted:
+            self._delete(key)
+
+    async def acquire_shard(self, slot: int, owner: str) -> int:
+        epoch = self.leases.get(slot, (0, ""))[0] + 1
+        self.leases[slot] = (epoch, owner)
+        return epoch
+
+    async def load_shard(self, slot: int) -> list[Job]:
+        return [
+            job
+            for jobs in self.jobs.values()
+            for job in jobs.values()
+            if job.slot == slot and not job.status.terminal
+        ]
+
+    async def get_job(self, namespace: str, job_id: str) -> Job | None:
+        jobs = self.jobs.get(namespace)
+        return None if jobs is None else jobs.get(job_id)
+
+    async def list_jobs(self, namespace: str, query: JobQuery) -> list[Job]:
+        found = [job for job in self.jobs.get(namespace, {}).values() if _matches(job, query)]
+        found.sort(key=lambda job: (job.created_at, job.job_id), reverse=True)
+        return found[: max(0, query.limit)]
+
+    async def read_output(
+        self, namespace: str, job_id: str, *, version: int = 1, after_seq: int = 0, limit: int = 256
+    ) -> list[Chunk]:
+        chunks = self.output.get((namespace, job_id), {}).get(version, {})
+        seqs = sorted(seq for seq in chunks if seq > after_seq)[: max(0, limit)]
+        return [chunks[seq] for seq in seqs]
+
+    async def get_namespace(self, name: str) -> Namespace | None:
+        return self.namespaces.get(name)
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        return self.api_keys.get(key_id)
+
+    async def load_pending_deliveries(self, slot: int) -> list[Delivery]:
+        return _ordered(
+            d
+            for d in self.deliveries.values()
+            if d.slot == slot and d.status is DeliveryStatus.PENDING
+        )
+
+    async def list_deliveries(self, namespace: str, job_id: str) -> list[Delivery]:
+        return _ordered(
+            d for d in self.deliveries.values() if (d.namespace, d.job_id) == (namespace, job_id)
+        )
+
+    async def get_delivery(self, namespace: str, delivery_id: str) -> Delivery | None:
+        delivery = self.deliveries.get(delivery_id)
+        return delivery if delivery is not None and delivery.namespace == namespace else None
+
+    def _check_fence(self, slot: int, epoch: int | None) -> None:
+        lease = self.leases.get(slot)
+        if lease is None or lease[0] != epoch:
+            held = "no lease" if lease is None else f"epoch {lease[0]}"
+            raise Fenced(
+                f"shard {slot} is fenced: commit carries epoch {epoch}, the store has {held}"
+            )
+
+    def _delete(self, key: _JobKey) -> None:
+        namespace, job_id = key
+        self.jobs.get(namespace, {}).pop(job_id, None)
+        self.output.pop(key, None)
+        doomed = [i for i, d in self.deliveries.items() if (d.namespace, d.job_id) == key]
+        for delivery_id in doomed:
+            del self.deliveries[delivery_id]
+
+
+def _matches(job: Job, query: JobQuery) -> bool:
+    return (
+        (query.status is None or job.status == query.status)
+        and (query.tag is None or query.tag in job.tags)
+        and (query.created_from is None or job.created_at >= query.created_from)
+        and (query.created_to is None or job.created_at < query.created_to)
+        and (query.before is None or (job.created_at, job.job_id) < query.before)
+    )
+
+
+def _ordered(deliveries: Iterable[Delivery]) -> list[Delivery]:
+    return sorted(deliveries, key=lambda d: (d.created_at, d.delivery_id))

@@ -1,0 +1,172 @@
+"""The PostgreSQL Store: psycopg 3 async pool, one fenced transaction per group commit."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+try:
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.types.json import Jsonb
+    from psycopg_pool import AsyncConnectionPool
+except ImportError as exc:  # pragma: no cover - psycopg is a core dependency today
+    raise ImportError("PostgresStore needs psycopg 3: pip install 'psycopg[binary,pool]'") from exc
+
+from storage.errors import Fenced, StoreUnavailable
+from storage.sql import (
+    CURRENT_VERSION_SQL,
+    LEASE_EPOCH,
+    POSTGRES,
+    RECORD_VERSION_SQL,
+    SCHEMA_VERSION_DDL,
+    Fence,
+    Params,
+    Row,
+    SqlStore,
+    Step,
+    pending_migrations,
+)
+
+#: pg_advisory_xact_lock key that serializes schema migrations across processes ("aos_sch").
+SCHEMA_LOCK_KEY = 0x616F735F736368
+_Conn = psycopg.AsyncConnection[Any]
+
+
+@functools.cache
+def _pg(sql: str) -> str:
+    """The shared statements use `?` placeholders; psycopg wants `%s`."""
+    return sql.replace("?", "%s")
+
+
+class PostgresStore(SqlStore):
+    """A Store in PostgreSQL, shared by every shard and HTTP replica."""
+
+    dialect = POSTGRES
+
+    def __init__(
+        self, url: str, *, min_size: int = 1, max_size: int = 8, timeout_s: float = 10.0
+    ) -> None:
+        self._url = url
+        self._where = _describe(url)
+        self._min_size, self._max_size = min_size, max_size
+        self._timeout_s = timeout_s
+        self._pool: AsyncConnectionPool[_Conn] | None = None
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        # Autocommit: a read is one statement, never an idle open transaction; writes say so.
+        pool: AsyncConnectionPool[_Conn] = AsyncConnectionPool(
+            self._url,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            timeout=self._timeout_s,
+            kwargs={"autocommit": True},
+            open=False,
+            name="aos-store",
+        )
+        try:
+            with self._translated("open"):
+                await pool.open(wait=True, timeout=self._timeout_s)
+                async with pool.connection() as conn:
+                    await self._check_durable(conn)
+                    await _migrate(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def _fetch(self, sql: str, params: Params = (), *, write: bool = False) -> list[Row]:
+        # A single statement in autocommit is its own transaction, so `write` needs nothing more.
+        with self._translated("query"):
+            async with self._live().connection() as conn:
+                cur = await conn.execute(_pg(sql), params)
+                return await cur.fetchall() if cur.description is not None else []
+
+    async def _write(self, fence: Fence | None, steps: list[Step]) -> None:
+        with self._translated("commit"):
+            async with (
+                self._live().connection() as conn,
+                conn.transaction(),
+                conn.cursor() as cur,
+            ):
+                if fence is not None:
+                    await _check_fence(cur, fence)
+                for sql, rows in steps:
+                    # Pipelined by psycopg: one round trip for all rows, not one per row.
+                    await cur.executemany(_pg(sql), rows)
+
+    def _dump_json(self, value: Any) -> Any:
+        return Jsonb(value)
+
+    def _load_json(self, value: Any) -> Any:
+        return value  # psycopg already parsed the JSONB
+
+    def _live(self) -> AsyncConnectionPool[_Conn]:
+        if self._pool is None:
+            raise StoreUnavailable(f"postgresql store {self._where} is not open")
+        return self._pool
+
+    @contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        """The one place psycopg errors (PoolTimeout included) become StoreUnavailable."""
+        try:
+            yield
+        except (psycopg.Error, OSError) as exc:
+            raise StoreUnavailable(f"postgresql {self._where} {action} failed: {exc}") from exc
+
+    async def _check_durable(self, conn: _Conn) -> None:
+        """An acknowledged commit must be on disk: refuse anything but synchronous_commit=on."""
+        value = await _scalar(conn, "SHOW synchronous_commit")
+        if value != "on":
+            raise StoreUnavailable(
+                f"postgresql {self._where} has synchronous_commit={value}; the service"
+                " acknowledges a write only once it is durable, so it must be 'on'"
+            )
+
+
+async def _migrate(conn: _Conn) -> None:
+    """Bring the schema to the newest version; the advisory lock serializes concurrent openers."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+        await conn.execute(SCHEMA_VERSION_DDL.format(double=POSTGRES.double))
+        current = int(await _scalar(conn, CURRENT_VERSION_SQL))
+        for number, statements in pending_migrations(POSTGRES, current):
+            for ddl in statements:
+                await conn.execute(ddl)
+            await conn.execute(_pg(RECORD_VERSION_SQL), (number, time.time()))
+
+
+async def _check_fence(cur: psycopg.AsyncCursor[Any], fence: Fence) -> None:
+    # FOR SHARE: a concurrent acquire_shard waits for this commit, and vice versa.
+    slot, epoch = fence
+    await cur.execute(_pg(LEASE_EPOCH + " FOR SHARE"), (slot,))
+    row = await cur.fetchone()
+    if row is None or row[0] != epoch:
+        held = "no lease" if row is None else f"epoch {row[0]}"
+        raise Fenced(f"shard {slot} is fenced: commit carries epoch {epoch}, the store has {held}")
+
+
+async def _scalar(conn: _Conn, sql: str) -> Any:
+    row = await (await conn.execute(sql)).fetchone()
+    if row is None:
+        raise StoreUnavailable(f"postgresql returned no row for {sql!r}")
+    return row[0]
+
+
+def _describe(url: str) -> str:
+    """host:port/dbname for messages; the URL itself may carry a password."""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "(unparsable url)"
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"

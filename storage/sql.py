@@ -1,0 +1,395 @@
+"""What the SQL backends share: versioned schema, statements, row <-> record conversion, reads."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from storage.records import (
+    ApiKey,
+    Attempt,
+    AuditEntry,
+    Batch,
+    Chunk,
+    Delivery,
+    DeliveryStatus,
+    Job,
+    JobQuery,
+    JobStatus,
+    Namespace,
+    OutputFormat,
+)
+
+Row = Sequence[Any]
+Params = Sequence[Any]
+#: One statement and the parameter rows `executemany` runs it over.
+Step = tuple[str, list[Params]]
+#: (slot, epoch) a commit must still hold; None for admin writes.
+Fence = tuple[int, int | None]
+
+MAX_CHUNK_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The few words the SQL backends spell differently. Statements use `?` placeholders."""
+
+    blob: str
+    json: str
+    double: str
+    bigint: str
+    boolean: str
+    identity: str
+    greatest: str
+    #: `jobs.tags` contains the one tag in the JSON array bound to `?`.
+    tag_filter: str
+
+
+SQLITE = Dialect(
+    blob="BLOB",
+    json="TEXT",
+    double="REAL",
+    bigint="INTEGER",
+    boolean="INTEGER",
+    identity="INTEGER PRIMARY KEY",
+    greatest="max",
+    tag_filter=(
+        "EXISTS (SELECT 1 FROM json_each(jobs.tags) AS t WHERE t.value = json_extract(?, '$[0]'))"
+    ),
+)
+
+POSTGRES = Dialect(
+    blob="BYTEA",
+    json="JSONB",
+    double="DOUBLE PRECISION",
+    bigint="BIGINT",
+    boolean="BOOLEAN",
+    identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    greatest="GREATEST",
+    tag_filter="tags @> ?",
+)
+
+SCHEMA_VERSION_DDL = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at {double})"
+)
+CURRENT_VERSION_SQL = "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+RECORD_VERSION_SQL = "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)"
+
+# Numbered and append-only: a released migration is never edited, a change is a new entry.
+_MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
+    (
+        1,
+        (
+            """CREATE TABLE jobs (
+                namespace TEXT NOT NULL, job_id TEXT NOT NULL, slot INTEGER NOT NULL,
+                created_at {double} NOT NULL, updated_at {double} NOT NULL,
+                status TEXT NOT NULL, progress {double} NOT NULL,
+                estimated_completion {double}, completed_at {double}, error TEXT,
+                title TEXT, description TEXT, tags {json} NOT NULL,
+                webhook_url TEXT, webhook_events {json}, ttl_s {bigint},
+                output_format TEXT NOT NULL, revision {bigint} NOT NULL,
+                output_seq {bigint} NOT NULL, output_size {bigint} NOT NULL,
+                request_hash TEXT NOT NULL,
+                PRIMARY KEY (namespace, job_id))""",
+            # Partial: recovery only ever asks for a slot's Running jobs.
+            "CREATE INDEX jobs_running_by_slot ON jobs (slot) WHERE status = 'Running'",
+            "CREATE INDEX jobs_by_created ON jobs (namespace, created_at, job_id)",
+            """CREATE TABLE output_chunks (
+                namespace TEXT NOT NULL, job_id TEXT NOT NULL, version INTEGER NOT NULL,
+                seq {bigint} NOT NULL, "offset" {bigint} NOT NULL, data {blob} NOT NULL,
+                PRIMARY KEY (namespace, job_id, version, seq))""",
+            """CREATE TABLE output_versions (
+                namespace TEXT NOT NULL, job_id TEXT NOT NULL, version INTEGER NOT NULL,
+                last_seq {bigint} NOT NULL, size {bigint} NOT NULL, updated_at {double} NOT NULL,
+                PRIMARY KEY (namespace, job_id, version))""",
+            """CREATE TABLE webhook_deliveries (
+                delivery_id TEXT PRIMARY KEY, namespace TEXT NOT NULL, job_id TEXT NOT NULL,
+                slot INTEGER NOT NULL, event_type TEXT NOT NULL, url TEXT NOT NULL,
+                payload {blob} NOT NULL, created_at {double} NOT NULL, status TEXT NOT NULL,
+                attempts {json} NOT NULL, next_attempt_at {double})""",
+            "CREATE INDEX webhook_deliveries_by_slot ON webhook_deliveries (slot, status)",
+            "CREATE INDEX webhook_deliveries_by_job ON webhook_deliveries (namespace, job_id)",
+            """CREATE TABLE namespaces (
+                name TEXT PRIMARY KEY, created_at {double} NOT NULL, config {json} NOT NULL)""",
+            """CREATE TABLE api_keys (
+                key_id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, namespaces {json} NOT NULL,
+                created_at {double} NOT NULL, admin {boolean} NOT NULL, revoked_at {double})""",
+            """CREATE TABLE audit_log (
+                id {identity}, at {double} NOT NULL, namespace TEXT, actor TEXT NOT NULL,
+                action TEXT NOT NULL, target TEXT NOT NULL, detail {json} NOT NULL)""",
+            """CREATE TABLE shard_leases (
+                slot INTEGER PRIMARY KEY, epoch {bigint} NOT NULL, owner TEXT NOT NULL,
+                acquired_at {double} NOT NULL)""",
+        ),
+    ),
+]
+
+
+def pending_migrations(dialect: Dialect, current: int) -> list[tuple[int, list[str]]]:
+    """The migrations after version `current`, in order, spelled for `dialect`."""
+    words = asdict(dialect)
+    return [
+        (number, [ddl.format(**words) for ddl in statements])
+        for number, statements in _MIGRATIONS
+        if number > current
+    ]
+
+
+def _columns(record: type) -> tuple[str, ...]:
+    # Column names are the record's field names, in field order.
+    return tuple(f.name for f in fields(record))
+
+
+def _select(columns: Iterable[str]) -> str:
+    return ", ".join(f'"{name}"' for name in columns)
+
+
+def _insert(table: str, columns: Sequence[str]) -> str:
+    marks = ", ".join("?" for _ in columns)
+    return f"INSERT INTO {table} ({_select(columns)}) VALUES ({marks})"
+
+
+def _upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
+    changes = ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c not in key)
+    return f"{_insert(table, columns)} ON CONFLICT ({', '.join(key)}) DO UPDATE SET {changes}"
+
+
+JOB_COLUMNS = _columns(Job)
+CHUNK_COLUMNS = _columns(Chunk)
+DELIVERY_COLUMNS = _columns(Delivery)
+NAMESPACE_COLUMNS = _columns(Namespace)
+API_KEY_COLUMNS = _columns(ApiKey)
+AUDIT_COLUMNS = _columns(AuditEntry)
+
+UPSERT_JOB = _upsert("jobs", JOB_COLUMNS, ("namespace", "job_id"))
+# Retried commits re-send chunks: a chunk already stored stays as it is.
+INSERT_CHUNK = _insert("output_chunks", CHUNK_COLUMNS) + " ON CONFLICT DO NOTHING"
+UPSERT_DELIVERY = _upsert("webhook_deliveries", DELIVERY_COLUMNS, ("delivery_id",))
+UPSERT_NAMESPACE = _upsert("namespaces", NAMESPACE_COLUMNS, ("name",))
+UPSERT_API_KEY = _upsert("api_keys", API_KEY_COLUMNS, ("key_id",))
+INSERT_AUDIT = _insert("audit_log", AUDIT_COLUMNS)
+UPSERT_VERSION = (
+    "INSERT INTO output_versions (namespace, job_id, version, last_seq, size, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, job_id, version) DO UPDATE SET"
+    " last_seq = {greatest}(output_versions.last_seq, excluded.last_seq),"
+    " size = {greatest}(output_versions.size, excluded.size), updated_at = excluded.updated_at"
+)
+DELETE_JOB = tuple(
+    f"DELETE FROM {table} WHERE namespace = ? AND job_id = ?"
+    for table in ("jobs", "output_chunks", "output_versions", "webhook_deliveries")
+)
+ACQUIRE_SHARD = (
+    "INSERT INTO shard_leases (slot, epoch, owner, acquired_at) VALUES (?, 1, ?, ?)"
+    " ON CONFLICT (slot) DO UPDATE SET epoch = shard_leases.epoch + 1,"
+    " owner = excluded.owner, acquired_at = excluded.acquired_at RETURNING epoch"
+)
+LEASE_EPOCH = "SELECT epoch FROM shard_leases WHERE slot = ?"
+
+_JOBS = f"SELECT {_select(JOB_COLUMNS)} FROM jobs"
+_DELIVERIES = f"SELECT {_select(DELIVERY_COLUMNS)} FROM webhook_deliveries"
+GET_JOB = f"{_JOBS} WHERE namespace = ? AND job_id = ?"
+# The literal status matches the partial index's predicate, so the planner can use it.
+LOAD_SHARD = f"{_JOBS} WHERE slot = ? AND status = 'Running'"
+READ_OUTPUT = (
+    f"SELECT {_select(CHUNK_COLUMNS)} FROM output_chunks"
+    " WHERE namespace = ? AND job_id = ? AND version = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+GET_NAMESPACE = f"SELECT {_select(NAMESPACE_COLUMNS)} FROM namespaces WHERE name = ?"
+GET_API_KEY = f"SELECT {_select(API_KEY_COLUMNS)} FROM api_keys WHERE key_id = ?"
+PENDING_DELIVERIES = (
+    f"{_DELIVERIES} WHERE slot = ? AND status = 'pending' ORDER BY created_at, delivery_id"
+)
+LIST_DELIVERIES = (
+    f"{_DELIVERIES} WHERE namespace = ? AND job_id = ? ORDER BY created_at, delivery_id"
+)
+GET_DELIVERY = f"{_DELIVERIES} WHERE namespace = ? AND delivery_id = ?"
+
+
+class SqlStore(ABC):
+    """The Store over a SQL database; a backend supplies execution and its JSON codec."""
+
+    max_chunk_bytes = MAX_CHUNK_BYTES
+    dialect: Dialect
+
+    @abstractmethod
+    async def _fetch(self, sql: str, params: Params = (), *, write: bool = False) -> list[Row]:
+        """Run one statement (in its own transaction when `write`) and return its rows."""
+
+    @abstractmethod
+    async def _write(self, fence: Fence | None, steps: list[Step]) -> None:
+        """Run `steps` in one transaction, after checking `fence` inside it."""
+
+    @abstractmethod
+    def _dump_json(self, value: Any) -> Any: ...
+
+    @abstractmethod
+    def _load_json(self, value: Any) -> Any: ...
+
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1")
+
+    async def commit(self, batch: Batch) -> None:
+        fence = None if batch.slot is None else (batch.slot, batch.epoch)
+        steps = self._steps(batch)
+        if steps or fence is not None:  # an empty fenced batch still proves the lease is held
+            await self._write(fence, steps)
+
+    async def acquire_shard(self, slot: int, owner: str) -> int:
+        rows = await self._fetch(ACQUIRE_SHARD, (slot, owner, time.time()), write=True)
+        return int(rows[0][0])
+
+    async def load_shard(self, slot: int) -> list[Job]:
+        return [self._job(row) for row in await self._fetch(LOAD_SHARD, (slot,))]
+
+    async def get_job(self, namespace: str, job_id: str) -> Job | None:
+        rows = await self._fetch(GET_JOB, (namespace, job_id))
+        return self._job(rows[0]) if rows else None
+
+    async def list_jobs(self, namespace: str, query: JobQuery) -> list[Job]:
+        where: list[str] = ["namespace = ?"]
+        params: list[Any] = [namespace]
+        if query.status is not None:
+            where.append("status = ?")
+            params.append(query.status.value)
+        if query.tag is not None:
+            where.append(self.dialect.tag_filter)
+            params.append(self._dump_json([query.tag]))
+        if query.created_from is not None:
+            where.append("created_at >= ?")
+            params.append(query.created_from)
+        if query.created_to is not None:
+            where.append("created_at < ?")
+            params.append(query.created_to)
+        if query.before is not None:
+            # A row comparison the (namespace, created_at, job_id) index serves directly.
+            where.append("(created_at, job_id) < (?, ?)")
+            params.extend(query.before)
+        sql = f"{_JOBS} WHERE {' AND '.join(where)} ORDER BY created_at DESC, job_id DESC LIMIT ?"
+        rows = await self._fetch(sql, (*params, max(0, query.limit)))
+        return [self._job(row) for row in rows]
+
+    async def read_output(
+        self, namespace: str, job_id: str, *, version: int = 1, after_seq: int = 0, limit: int = 256
+    ) -> list[Chunk]:
+        params = (namespace, job_id, version, after_seq, max(0, limit))
+        return [_chunk(row) for row in await self._fetch(READ_OUTPUT, params)]
+
+    async def get_namespace(self, name: str) -> Namespace | None:
+        rows = await self._fetch(GET_NAMESPACE, (name,))
+        if not rows:
+            return None
+        name, created_at, config = rows[0]
+        return Namespace(name=name, created_at=created_at, config=self._load_json(config))
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        rows = await self._fetch(GET_API_KEY, (key_id,))
+        if not rows:
+            return None
+        values = dict(zip(API_KEY_COLUMNS, rows[0], strict=True))
+        values["namespaces"] = tuple(self._load_json(values["namespaces"]))
+        values["admin"] = bool(values["admin"])
+        return ApiKey(**values)
+
+    async def load_pending_deliveries(self, slot: int) -> list[Delivery]:
+        return [self._delivery(row) for row in await self._fetch(PENDING_DELIVERIES, (slot,))]
+
+    async def list_deliveries(self, namespace: str, job_id: str) -> list[Delivery]:
+        rows = await self._fetch(LIST_DELIVERIES, (namespace, job_id))
+        return [self._delivery(row) for row in rows]
+
+    async def get_delivery(self, namespace: str, delivery_id: str) -> Delivery | None:
+        rows = await self._fetch(GET_DELIVERY, (namespace, delivery_id))
+        return self._delivery(rows[0]) if rows else None
+
+    # -- row <-> record ---------------------------------------------------------------
+
+    def _steps(self, batch: Batch) -> list[Step]:
+        """The statements of one commit: upserts and inserts first, then deletes."""
+        dump = self._dump_json
+        deleted: list[Params] = [list(key) for key in batch.deleted]
+        steps: list[Step] = [
+            (UPSERT_JOB, [self._job_params(job) for job in batch.jobs]),
+            (INSERT_CHUNK, [_params(chunk, CHUNK_COLUMNS, {}) for chunk in batch.chunks]),
+            (UPSERT_VERSION.format(greatest=self.dialect.greatest), _versions(batch.chunks)),
+            (UPSERT_DELIVERY, [self._delivery_params(d) for d in batch.deliveries]),
+            (
+                UPSERT_NAMESPACE,
+                [_params(ns, NAMESPACE_COLUMNS, {"config": dump}) for ns in batch.namespaces],
+            ),
+            (
+                UPSERT_API_KEY,
+                [_params(k, API_KEY_COLUMNS, {"namespaces": _list(dump)}) for k in batch.api_keys],
+            ),
+            (INSERT_AUDIT, [_params(a, AUDIT_COLUMNS, {"detail": dump}) for a in batch.audit]),
+            *((sql, deleted) for sql in DELETE_JOB),
+        ]
+        return [(sql, rows) for sql, rows in steps if rows]
+
+    def _job_params(self, job: Job) -> Params:
+        dump = _list(self._dump_json)
+        return _params(
+            job,
+            JOB_COLUMNS,
+            {
+                "tags": dump,
+                "webhook_events": lambda events: None if events is None else dump(events),
+            },
+        )
+
+    def _job(self, row: Row) -> Job:
+        values = dict(zip(JOB_COLUMNS, row, strict=True))
+        values["status"] = JobStatus(values["status"])
+        values["output_format"] = OutputFormat(values["output_format"])
+        values["tags"] = tuple(self._load_json(values["tags"]))
+        events = values["webhook_events"]
+        values["webhook_events"] = None if events is None else tuple(self._load_json(events))
+        return Job(**values)
+
+    def _delivery_params(self, delivery: Delivery) -> Params:
+        def attempts(items: tuple[Attempt, ...]) -> Any:
+            return self._dump_json([asdict(attempt) for attempt in items])
+
+        return _params(delivery, DELIVERY_COLUMNS, {"attempts": attempts})
+
+    def _delivery(self, row: Row) -> Delivery:
+        values = dict(zip(DELIVERY_COLUMNS, row, strict=True))
+        values["payload"] = bytes(values["payload"])
+        values["status"] = DeliveryStatus(values["status"])
+        values["attempts"] = tuple(Attempt(**a) for a in self._load_json(values["attempts"]))
+        return Delivery(**values)
+
+
+def _params(record: Any, columns: Sequence[str], encode: dict[str, Callable[[Any], Any]]) -> Params:
+    """The record's values in column order; enums go in as their plain string values."""
+    values: list[Any] = []
+    for name in columns:
+        value = getattr(record, name)
+        if name in encode:
+            value = encode[name](value)
+        elif isinstance(value, str):
+            value = str(value)
+        values.append(value)
+    return values
+
+
+def _list(dump: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda items: dump(list(items))
+
+
+def _chunk(row: Row) -> Chunk:
+    namespace, job_id, seq, offset, data, version = row
+    return Chunk(namespace, job_id, seq, offset, bytes(data), version)
+
+
+def _versions(chunks: list[Chunk]) -> list[Params]:
+    """One output_versions row per (job, version) a batch writes to: its highest seq and end."""
+    tops: dict[tuple[str, str, int], tuple[int, int]] = {}
+    for chunk in chunks:
+        key = (chunk.namespace, chunk.job_id, chunk.version)
+        seq, size = tops.get(key, (0, 0))
+        tops[key] = (max(seq, chunk.seq), max(size, chunk.end))
+    now = time.time()
+    return [(*key, seq, size, now) for key, (seq, size) in tops.items()]

@@ -1,0 +1,182 @@
+"""The embedded SQLite Store: one file, WAL, every call on one worker thread off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from storage.errors import Fenced, StoreUnavailable
+from storage.sql import (
+    CURRENT_VERSION_SQL,
+    LEASE_EPOCH,
+    RECORD_VERSION_SQL,
+    SCHEMA_VERSION_DDL,
+    SQLITE,
+    Fence,
+    Params,
+    Row,
+    SqlStore,
+    Step,
+    pending_migrations,
+)
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_S = 30.0
+_SYNCHRONOUS_FULL = 2
+_PREFIX = "sqlite:///"
+
+
+def path_of(url: str) -> str:
+    """`sqlite:///relative/path.db` -> `relative/path.db`; `sqlite:////abs.db` -> `/abs.db`."""
+    if not url.lower().startswith(_PREFIX) or len(url) == len(_PREFIX):
+        raise ValueError(f"expected sqlite:///relative/path.db or sqlite:////abs/path.db: {url!r}")
+    return url[len(_PREFIX) :]
+
+
+class SqliteStore(SqlStore):
+    """A Store in one SQLite file, shared safely by several processes.
+
+    sqlite3 connections block, so the one connection lives on one dedicated
+    thread and every call is handed to it: the event loop never waits on disk,
+    and the connection is never used from two threads.
+    """
+
+    dialect = SQLITE
+
+    def __init__(self, url: str) -> None:
+        self._path = path_of(url)
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aos-sqlite")
+        try:
+            self._conn = await self._run(self._connect)
+        except BaseException:
+            await self._shutdown()
+            raise
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._run(conn.close)
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown)
+
+    async def _fetch(self, sql: str, params: Params = (), *, write: bool = False) -> list[Row]:
+        return await self._run(self._fetch_sync, sql, params, write)
+
+    async def _write(self, fence: Fence | None, steps: list[Step]) -> None:
+        await self._run(self._write_sync, fence, steps)
+
+    def _dump_json(self, value: Any) -> Any:
+        return json.dumps(value, separators=(",", ":"))
+
+    def _load_json(self, value: Any) -> Any:
+        return json.loads(value)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the worker thread; sqlite3 errors become StoreUnavailable here, once."""
+        if self._executor is None:
+            raise StoreUnavailable(f"sqlite store {self._path} is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except (sqlite3.Error, OSError) as exc:  # OSError: the parent directory cannot be made
+            raise StoreUnavailable(f"sqlite {self._path}: {exc}") from exc
+
+    # -- on the worker thread ---------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; every write says BEGIN IMMEDIATE.
+        conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            _check_durable(conn, self._path)
+            _migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _fetch_sync(self, sql: str, params: Params, write: bool) -> list[Row]:
+        conn = self._live()
+        if not write:
+            return conn.execute(sql, params).fetchall()
+        with _immediate(conn):
+            return conn.execute(sql, params).fetchall()
+
+    def _write_sync(self, fence: Fence | None, steps: list[Step]) -> None:
+        conn = self._live()
+        with _immediate(conn):
+            if fence is not None:
+                _check_fence(conn, fence)
+            for sql, rows in steps:
+                conn.executemany(sql, rows)
+
+    def _live(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable(f"sqlite store {self._path} is not open")
+        return self._conn
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction. IMMEDIATE takes the write lock up front, so two processes
+    queue on busy_timeout instead of failing on a read-to-write lock upgrade."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _check_durable(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse to run unless a commit is durable when it returns: WAL and synchronous=FULL."""
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    conn.execute("PRAGMA synchronous = FULL")
+    synchronous = conn.execute("PRAGMA synchronous").fetchone()[0]
+    if str(mode).lower() != "wal" or synchronous != _SYNCHRONOUS_FULL:
+        raise StoreUnavailable(
+            f"sqlite {path} is not durable: journal_mode={mode} (need wal),"
+            f" synchronous={synchronous} (need {_SYNCHRONOUS_FULL} = FULL)"
+        )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to the newest version; BEGIN IMMEDIATE serializes concurrent openers."""
+    with _immediate(conn):
+        conn.execute(SCHEMA_VERSION_DDL.format(double=SQLITE.double))
+        current = conn.execute(CURRENT_VERSION_SQL).fetchone()[0]
+        for number, statements in pending_migrations(SQLITE, current):
+            for ddl in statements:
+                conn.execute(ddl)
+            conn.execute(RECORD_VERSION_SQL, (number, time.time()))
+
+
+def _check_fence(conn: sqlite3.Connection, fence: Fence) -> None:
+    slot, epoch = fence
+    row = conn.execute(LEASE_EPOCH, (slot,)).fetchone()
+    if row is None or row[0] != epoch:
+        held = "no lease" if row is None else f"epoch {row[0]}"
+        raise Fenced(f"shard {slot} is fenced: commit carries epoch {epoch}, the store has {held}")
