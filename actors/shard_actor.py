@@ -13,6 +13,7 @@ from actors.routing import RAY_NAMESPACE, shard_name
 from actors.shard import AppendAck, Shard, ShardConfig, Update
 from actors.validation import JobSpec
 from storage.base import Store, open_store
+from storage.errors import Invalid
 from storage.records import ApiKey, Chunk, Delivery, Job, JobStatus, Namespace
 
 #: Async actor concurrency: every open SSE stream and long-poll holds one slot while it waits.
@@ -72,7 +73,9 @@ class ShardActor:
     async def retry_delivery(self, namespace: str, delivery_id: str, actor: str) -> Delivery:
         return await (await self._ready()).retry_delivery(namespace, delivery_id, actor=actor)
 
-    async def put_api_key(self, key: ApiKey, actor: str) -> None:
+    async def put_api_key(self, namespace: str, key: ApiKey, actor: str) -> None:
+        if namespace not in key.namespaces:
+            raise Invalid(f"key {key.key_id!r} is not a key of namespace {namespace!r}")
         await (await self._ready()).put_api_key(key, actor=actor)
 
     async def submit(
