@@ -108,7 +108,7 @@ class SqliteStore(SqlStore):
         # isolation_level=None: no implicit transactions; every write says BEGIN IMMEDIATE.
         conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
-            _check_durable(conn, self._path)
+            _with_lock_retry(lambda: _check_durable(conn, self._path))
             _migrate(conn)
         except BaseException:
             conn.close()
@@ -134,6 +134,24 @@ class SqliteStore(SqlStore):
         if self._conn is None:
             raise StoreUnavailable(f"sqlite store {self._path} is not open")
         return self._conn
+
+
+def _with_lock_retry(fn: Callable[[], None]) -> None:
+    """Run `fn`, retrying "database is locked" for up to BUSY_TIMEOUT_S.
+
+    Switching a fresh file to WAL takes an exclusive lock without calling the busy
+    handler, so several processes opening one new database at once (every shard and
+    replica on first start) would otherwise fail at once instead of waiting.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            fn()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 @contextmanager
