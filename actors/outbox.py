@@ -106,7 +106,7 @@ class Outbox:
         if moved and EventType.PROGRESS in events:
             out.extend(self._grow(EventType.PROGRESS, after, url, []))
         if after.status.terminal and (before is None or not before.status.terminal):
-            self._close_windows(after)
+            out.extend(self._close_windows(after))
             if EventType.COMPLETED in events:
                 out.append(self._new(EventType.COMPLETED, after, url))
         for delivery in out:
@@ -138,12 +138,14 @@ class Outbox:
         window.delivery = replace(window.delivery, payload=body)
         return [window.delivery]
 
-    def _close_windows(self, job: Job) -> None:
-        """A finished job's open windows go out now, ahead of its job.completed."""
-        for kind in COALESCED:
+    def _close_windows(self, job: Job) -> list[Delivery]:
+        """A finished job's open windows are due now, ahead of its job.completed."""
+        closed = []
+        for kind in (EventType.OUTPUT.value, EventType.PROGRESS.value):
             window = self._windows.pop((job.namespace, job.job_id, kind), None)
             if window is not None:
-                window.delivery = replace(window.delivery, next_attempt_at=self._clock())
+                closed.append(replace(window.delivery, next_attempt_at=self._clock()))
+        return closed
 
     def _delivery(
         self, kind: EventType, job: Job, url: str, body: bytes, *, due: float

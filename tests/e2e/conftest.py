@@ -15,6 +15,7 @@ from actors.routing import RAY_NAMESPACE
 from cluster import bootstrap
 from cluster.settings import Settings
 from tests.conftest import free_port
+from tests.e2e.receiver import Receiver, running_receiver
 
 ADMIN_KEY = "e2e-admin-key"
 
@@ -34,6 +35,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bootstrap.Serv
         admin_key=ADMIN_KEY,
         num_shards=2,
         heartbeat_s=1.0,
+        webhook_allowed_networks="127.0.0.0/8",
+        webhook_coalesce_s=0.3,
     )
     svc = bootstrap.start(settings)
     yield svc
@@ -54,6 +57,7 @@ class Tenant:
     namespace: str
     key: str
     http: httpx.Client
+    webhook_secret: str
 
 
 @pytest.fixture
@@ -69,9 +73,16 @@ def other_tenant(service: bootstrap.Service, admin: httpx.Client) -> Iterator[Te
 
 def _tenant(service: bootstrap.Service, admin: httpx.Client) -> Iterator[Tenant]:
     name = f"t-{uuid.uuid4().hex[:12]}"
-    assert admin.post("/api/v1/namespaces", json={"name": name}).status_code == 201
+    created = admin.post("/api/v1/namespaces", json={"name": name})
+    assert created.status_code == 201
     key = admin.post(f"/api/v1/namespaces/{name}/keys").json()["key"]
     with httpx.Client(
         base_url=service.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
     ) as http:
-        yield Tenant(name, key, http)
+        yield Tenant(name, key, http, created.json()["webhookSecret"])
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with running_receiver() as receiver:
+        yield receiver
