@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.e2e.receiver import running_receiver
 
 pytestmark = pytest.mark.e2e
 ADMIN = {"Authorization": "Bearer crash-admin"}
@@ -25,6 +26,7 @@ def _start(data: Path, port: int) -> subprocess.Popen[str]:
         "AOS_HTTP_PORT": str(port),
         "AOS_ADMIN_KEY": "crash-admin",
         "AOS_NUM_SHARDS": "2",
+        "AOS_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "cluster.cli", "serve"],
@@ -88,3 +90,38 @@ def test_acknowledged_append_survives_kill_9_of_the_whole_service(tmp_path):
             assert more.json()["seq"] == 51
     finally:
         _kill_all(proc)
+
+
+def test_pending_webhook_deliveries_are_sent_after_a_kill_9_and_restart(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    params = {"namespace": "default"}
+    with running_receiver() as receiver:
+        receiver.answers["/hook"] = lambda _: 503
+        proc = _start(tmp_path, port)
+        try:
+            with httpx.Client(base_url=url, headers=ADMIN, timeout=30) as http:
+                retry = {"initialDelayMs": 200, "maxDelayMs": 500, "maxAttempts": 50}
+                hooks = {"url": receiver.url + "/hook", "retry": retry}
+                assert http.patch("/api/v1/namespaces/default", json={"webhooks": hooks}).is_success
+                for i in range(5):
+                    http.post("/api/v1/jobs", params=params, json={"jobId": f"j{i}"})
+                    http.post(f"/api/v1/jobs/j{i}/cancel", params=params)
+                deadline = time.monotonic() + 30
+                while len({r.headers["webhook-id"] for r in receiver.at("/hook")}) < 5:
+                    assert time.monotonic() < deadline, "not every message was attempted"
+                    time.sleep(0.05)
+        finally:
+            _kill_all(proc)
+        before = {r.headers["webhook-id"] for r in receiver.at("/hook")}
+        receiver.answers["/hook"] = lambda _: 200
+        proc = _start(tmp_path, port)
+        try:
+            delivered = receiver.wait_for(
+                "/hook", 5, timeout_s=60, where=lambda r: r.headers["webhook-id"] in before
+            )
+            ids = {r.headers["webhook-id"] for r in receiver.at("/hook")}
+            assert ids == before and len(ids) == 5  # none lost, none invented
+            assert {r.json["data"]["jobId"] for r in delivered} == {f"j{i}" for i in range(5)}
+        finally:
+            _kill_all(proc)
