@@ -21,16 +21,20 @@ def test_manifest_is_a_rayservice_on_our_ray_version():
     assert doc["spec"]["rayClusterConfig"]["rayVersion"] == ray.__version__
 
 
-def test_serve_config_imports_our_app_builder_with_valid_args():
+def test_serve_config_imports_our_app_builders_with_valid_args():
     serve_config = yaml.safe_load(_manifest()["spec"]["serveConfigV2"])
-    (app,) = serve_config["applications"]
-    module, attr = app["import_path"].split(":")
-    builder = getattr(importlib.import_module(module), attr)
-    application = builder(dict(app["args"]))
-    assert type(application).__name__ == "Application"
-    (deployment,) = app["deployments"]
-    assert deployment["name"] == "Api" and deployment["max_ongoing_requests"] >= 1000
+    apps = {app["name"]: app for app in serve_config["applications"]}
+    assert set(apps) == {"aos", "aos-webhooks"}
+    for app in apps.values():
+        module, attr = app["import_path"].split(":")
+        builder = getattr(importlib.import_module(module), attr)
+        assert type(builder(dict(app["args"]))).__name__ == "Application"
+    (api,) = apps["aos"]["deployments"]
+    assert api["name"] == "Api" and api["max_ongoing_requests"] >= 1000
     assert "request_timeout_s" not in serve_config.get("http_options", {})
+    assert apps["aos-webhooks"]["route_prefix"] is None
+    (dispatcher,) = apps["aos-webhooks"]["deployments"]
+    assert dispatcher["name"] == "WebhookDispatcher" and "autoscaling_config" in dispatcher
 
 
 def test_cluster_has_head_workers_and_gcs_fault_tolerance():

@@ -1,0 +1,194 @@
+"""Webhook delivery: the dispatcher deployment against a bare httpx loop, in the same run.
+
+    .venv/bin/python bench/webhooks.py [--quick]
+
+Figures: deliveries/s through the WebhookDispatcher deployment (signed, SSRF-checked,
+batched from a shard-side DispatcherClient) for 1 and 2 replicas; the same requests from
+a bare httpx async loop (the baseline); end-to-end lag from commit to receipt through the
+whole service under load. The last line is `webhooks: dispatcher N/s baseline M/s ratio R`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import tempfile
+import time
+import uuid
+
+import httpx
+import ray
+from ray import serve
+
+from actors.dispatcher import APP_NAME, DispatcherClient, WebhookDispatcher, dispatcher_handle
+from actors.routing import RAY_NAMESPACE, shard_for, shard_name
+from actors.validation import JobSpec
+from actors.webhooks.signing import headers, new_secret
+from bench import receiver
+from storage.records import Delivery
+
+IN_FLIGHT = 512
+
+
+def _delivery(url: str, n: int) -> Delivery:
+    body = b'{"type":"job.completed","timestamp":"2026-01-01T00:00:00.000Z","data":{"n":%d}}' % n
+    return Delivery(f"msg_{n}", "bench", f"j{n}", 0, "job.completed", url, body, time.time())
+
+
+async def _bounded(count: int, send) -> float:
+    """Run `send(i)` for i < count with IN_FLIGHT at once; return the rate per second."""
+    gate = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(i: int) -> None:
+        async with gate:
+            await send(i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return count / (time.perf_counter() - started)
+
+
+async def baseline(url: str, count: int) -> float:
+    """The same signed POSTs from a bare httpx loop: the ceiling for this machine."""
+    secret = new_secret()
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(limits=limits, timeout=10) as http:
+
+        async def send(i: int) -> None:
+            d = _delivery(url, i)
+            signed = headers(
+                msg_id=d.delivery_id, timestamp=int(time.time()), body=d.payload, secrets=[secret]
+            )
+            response = await http.post(url, content=d.payload, headers=signed)
+            assert response.status_code == 204
+
+        return await _bounded(count, send)
+
+
+async def through_dispatcher(url: str, count: int) -> float:
+    client = DispatcherClient(dispatcher_handle)
+    secrets = (new_secret(),)
+
+    async def send(i: int) -> None:
+        attempt = await client.send(_delivery(url, i), secrets, 10.0)
+        assert attempt.status_code == 204, attempt
+
+    return await _bounded(count, send)
+
+
+def deploy_dispatcher(replicas: int) -> None:
+    app = WebhookDispatcher.options(num_replicas=replicas, autoscaling_config=None).bind(
+        allowed_networks="127.0.0.0/8"
+    )
+    serve.run(app, name=APP_NAME, route_prefix=None)
+
+
+async def end_to_end_lag(url: str, jobs: int) -> tuple[float, float, float]:
+    """Jobs completed through the shard actors; lag = receipt - the event's commit time."""
+    from cluster import bootstrap
+    from cluster.settings import Settings
+
+    data = tempfile.mkdtemp(prefix="aos-bench-")
+    settings = Settings(
+        storage_url=f"sqlite:///{data}/aos.db",
+        http_port=_free_port(),
+        admin_key="bench",
+        num_shards=2,
+        webhook_allowed_networks="127.0.0.0/8",
+    )
+    service = bootstrap.start(settings)
+    namespace = "bench-hooks"
+    shard = ray.get_actor(shard_name(shard_for(namespace, 2)), namespace=RAY_NAMESPACE)
+    await shard.create_namespace.remote(namespace, {"webhooks": {"url": url + "/lag"}}, "bench")
+    gate = asyncio.Semaphore(256)
+
+    async def one(i: int) -> None:
+        async with gate:
+            job_id = f"j{i}-{uuid.uuid4().hex[:6]}"
+            await shard.submit.remote(namespace, job_id, JobSpec(), "bench")
+            await shard.cancel.remote(namespace, job_id, "bench")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(jobs)))
+    lags = await _collect_lags(url, jobs)
+    elapsed = time.perf_counter() - started
+    bootstrap.stop(service)
+    return _pct(lags, 50), _pct(lags, 99), jobs / elapsed
+
+
+async def _collect_lags(url: str, expected: int) -> list[float]:
+    lags: list[float] = []
+    deadline = time.monotonic() + 120
+    async with httpx.AsyncClient() as http:
+        while len(lags) < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            lags += (await http.get(url + "/stats")).json()["lags"]
+    return lags
+
+
+def _pct(values: list[float], p: int) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))] * 1000
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _reset(url: str) -> None:
+    async with httpx.AsyncClient() as http:
+        await http.get(url + "/stats")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a run under 60 s")
+    args = parser.parse_args()
+    count = 3000 if args.quick else 20000
+    replica_counts = (1,) if args.quick else (1, 2)
+    lag_jobs = 500 if args.quick else 3000
+
+    process, url = receiver.start()
+    ray.init(include_dashboard=False, namespace=RAY_NAMESPACE, logging_level=logging.WARNING)
+    serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
+    try:
+        asyncio.run(baseline(url, min(count, 1000)))  # warm-up
+        base_runs, rates = [], {}
+        for replicas in replica_counts:
+            deploy_dispatcher(replicas)
+            asyncio.run(through_dispatcher(url, min(count, 1000)))  # warm-up
+            runs = []
+            for _ in range(2):  # alternate with the baseline: noise hits both alike
+                base_runs.append(asyncio.run(baseline(url, count)))
+                runs.append(asyncio.run(through_dispatcher(url, count)))
+            rates[replicas] = max(runs)
+            print(
+                f"dispatcher with {replicas} replica(s): {rates[replicas]:.0f} deliveries/s"
+                f" (runs {', '.join(f'{r:.0f}' for r in runs)})"
+            )
+        base = max(base_runs)
+        print(
+            f"bare httpx loop (baseline): {base:.0f} requests/s "
+            f"(runs {', '.join(f'{r:.0f}' for r in base_runs)})"
+        )
+        asyncio.run(_reset(url))
+        p50, p99, rate = asyncio.run(end_to_end_lag(url, lag_jobs))
+        print(
+            f"end-to-end lag, commit to receipt, {lag_jobs} jobs at {rate:.0f} jobs/s "
+            f"(submit+cancel through the shards): p50 {p50:.1f} ms p99 {p99:.1f} ms"
+        )
+        best = rates[1]
+        print(f"webhooks: dispatcher {best:.0f}/s baseline {base:.0f}/s ratio {best / base:.2f}")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        process.terminate()
+
+
+if __name__ == "__main__":
+    main()
