@@ -88,7 +88,8 @@ class JobSpec:
                 raise Invalid(f"each tag must be a string of 1..{MAX_TAG_CHARS} characters")
         _check_text("webhookUrl", self.webhook_url, MAX_URL_CHARS)
         if self.ttl_s is not None and (
-            isinstance(self.ttl_s, bool) or not isinstance(self.ttl_s, int)
+            isinstance(self.ttl_s, bool)
+            or not isinstance(self.ttl_s, int)
             or not 1 <= self.ttl_s <= MAX_TTL_S
         ):
             raise Invalid(f"retentionPolicy.ttl must be between 1 s and {MAX_TTL_S} s")
