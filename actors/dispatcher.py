@@ -49,7 +49,9 @@ class Outgoing:
     },
 )
 class WebhookDispatcher:
-    async def __init__(self, allowed_networks: str = "", per_host_limit: int = 64) -> None:
+    async def __init__(  # type: ignore[misc]  # Serve supports async constructors
+        self, allowed_networks: str = "", per_host_limit: int = 64
+    ) -> None:
         self._sender = WebhookSender(
             per_host_limit=per_host_limit,
             allowed_networks=parse_allowed_networks(allowed_networks),
@@ -90,7 +92,7 @@ class WebhookDispatcher:
 
 def build(args: dict[str, Any]) -> Any:
     """Application builder for `serveConfigV2` (import_path: actors.dispatcher:build)."""
-    return WebhookDispatcher.bind(**args)
+    return WebhookDispatcher.bind(**args)  # type: ignore[attr-defined]  # added by @serve
 
 
 class DispatcherClient:

@@ -20,7 +20,9 @@ from storage.records import ApiKey, Chunk, Delivery, Job, JobStatus, Namespace
 MAX_CONCURRENCY = 10_000
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=MAX_CONCURRENCY)
+@ray.remote(  # type: ignore[call-overload]  # Ray's stubs lack max_concurrency
+    num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=MAX_CONCURRENCY
+)
 class ShardActor:
     """One slot's owner. After a restart the constructor runs again and state reloads lazily."""
 

@@ -1,16 +1,16 @@
 """The one error tree of the service; the HTTP mapping lives in serve_app.errors.
 
-    AosError
-     +-- Invalid            422  a value is out of range or malformed
-     |    +-- TooLarge      413  a body, chunk or id is over its limit
-     +-- BadRequest         400  the request cannot be understood (e.g. ambiguous namespace)
-     +-- Unauthorized       401
-     +-- Forbidden          403
-     +-- NotFound           404
-     +-- Conflict           409
-     +-- Overloaded         503  with retry_after_s (full write-behind buffer)
-     +-- StoreUnavailable   503  the store failed or is unreachable
-          +-- Fenced        503  another owner took this shard's lease
+AosError
+ +-- Invalid            422  a value is out of range or malformed
+ |    +-- TooLarge      413  a body, chunk or id is over its limit
+ +-- BadRequest         400  the request cannot be understood (e.g. ambiguous namespace)
+ +-- Unauthorized       401
+ +-- Forbidden          403
+ +-- NotFound           404
+ +-- Conflict           409
+ +-- Overloaded         503  with retry_after_s (full write-behind buffer)
+ +-- StoreUnavailable   503  the store failed or is unreachable
+      +-- Fenced        503  another owner took this shard's lease
 """
 
 from __future__ import annotations

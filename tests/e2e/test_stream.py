@@ -93,10 +93,14 @@ def test_many_open_streams_do_not_block_other_requests(tenant, service):
     stop = threading.Event()
 
     def hold(job_id):
-        with httpx.Client(base_url=service.url, timeout=60) as c, c.stream(
-            "GET", f"/api/v1/jobs/{job_id}/stream",
-            headers={"Authorization": f"Bearer {tenant.key}"},
-        ) as r:
+        with (
+            httpx.Client(base_url=service.url, timeout=60) as c,
+            c.stream(
+                "GET",
+                f"/api/v1/jobs/{job_id}/stream",
+                headers={"Authorization": f"Bearer {tenant.key}"},
+            ) as r,
+        ):
             next(frames(r))
             opened.wait()
             stop.wait(30)
