@@ -1,0 +1,59 @@
+"""Settings, the CLI's flags and the bootstrap admin key (no Ray needed)."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from cluster import bootstrap, cli
+from cluster.settings import Settings
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("AOS_HTTP_PORT", "9123")
+    monkeypatch.setenv("AOS_NUM_SHARDS", "8")
+    monkeypatch.setenv("AOS_STORAGE_URL", "postgresql://x@db/aos")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    settings = Settings()
+    assert (settings.http_port, settings.num_shards) == (9123, 8)
+    assert settings.storage_url == "postgresql://x@db/aos"
+    assert settings.ray_address == "ray://head:10001"
+
+
+def test_defaults_are_the_embedded_sqlite_on_port_8000(monkeypatch):
+    for name in ("AOS_HTTP_PORT", "AOS_STORAGE_URL", "AOS_NUM_SHARDS", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.http_port == 8000 and settings.num_shards == 4
+    assert settings.storage_url == "sqlite:///./aos-data/aos.db"
+
+
+def test_cli_flags_override_the_environment(monkeypatch):
+    seen = {}
+    monkeypatch.setenv("AOS_HTTP_PORT", "9000")
+    monkeypatch.setattr(cli, "serve", lambda settings: seen.setdefault("s", settings) and 0)
+    cli.main(["serve", "--port", "8123", "--shards", "3", "--storage", "sqlite:///x.db"])
+    assert (seen["s"].http_port, seen["s"].num_shards) == (8123, 3)
+    assert seen["s"].storage_url == "sqlite:///x.db"
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError):
+        Settings(num_shards=0)
+
+
+def test_admin_key_is_generated_once_kept_private_and_reused(tmp_path):
+    settings = Settings(storage_url=f"sqlite:///{tmp_path}/data/aos.db")
+    key, generated = bootstrap.admin_key(settings)
+    again, generated_again = bootstrap.admin_key(settings)
+    assert generated and not generated_again and key == again
+    path = tmp_path / "data" / "admin-key"
+    assert path.read_text().strip() == key
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_configured_admin_key_wins_and_is_not_written(tmp_path):
+    settings = Settings(storage_url=f"sqlite:///{tmp_path}/aos.db", admin_key="given")
+    assert bootstrap.admin_key(settings) == ("given", False)
+    assert not (tmp_path / "admin-key").exists()
