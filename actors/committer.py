@@ -14,6 +14,13 @@ from storage.records import ApiKey, AuditEntry, Batch, Chunk, Delivery, Job, Nam
 OVERLOAD_RETRY_AFTER_S = 1.0
 
 
+async def durable(future: asyncio.Future[None]) -> None:
+    """Wait for a batch to commit. Shielded: the future is shared by the whole batch, and a
+    caller that goes away (a client disconnect cancels its handler) must not cancel it for
+    everybody else."""
+    await asyncio.shield(future)
+
+
 class GroupCommitter:
     """Collects mutations into a batch and commits it while callers wait.
 

@@ -20,16 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors import hooks as namespace_hooks
-from actors.committer import GroupCommitter
+from actors.committer import GroupCommitter, durable
 from actors.delivery import DeliveryLoop, Send
-from actors.outbox import Hooks, Outbox, check_events
-from actors.routing import shard_for
-from actors.validation import JobSpec, check_id, check_namespace, check_progress
+from actors.namespaces import NamespaceBook, audit_entry
+from actors.outbox import Outbox, check_events
+from actors.tail import OutputTail
+from actors.validation import JobSpec, check_id, check_progress
 from actors.webhooks.ssrf import Network, parse_allowed_networks
 from storage.base import Store
 from storage.errors import (
     AosError,
-    BadRequest,
     Conflict,
     Fenced,
     Invalid,
@@ -38,14 +38,12 @@ from storage.errors import (
     TooLarge,
 )
 from storage.records import (
-    ApiKey,
     AuditEntry,
     Batch,
     Chunk,
     Delivery,
     Job,
     JobStatus,
-    Namespace,
     OutputFormat,
 )
 
@@ -94,13 +92,11 @@ class Update:
 class _Live:
     """A loaded job. Slotted: a shard holds 100k+ of these."""
 
-    __slots__ = ("changed", "committed", "current", "tail", "tail_bytes")
+    __slots__ = ("changed", "committed", "current")
 
     def __init__(self, job: Job, *, committed: bool) -> None:
         self.current = job
         self.committed: Job | None = job if committed else None
-        self.tail: collections.deque[Chunk] | None = None
-        self.tail_bytes = 0
         self.changed: asyncio.Event | None = None
 
     def wake(self) -> None:
@@ -127,14 +123,22 @@ class Shard:
         self._clock = clock
         self._jobs: dict[tuple[str, str], _Live] = {}
         self._terminal: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
-        self._tails: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
-        self._tail_bytes = 0
+        self._tail = OutputTail(
+            per_job_bytes=config.tail_bytes_per_job, total_bytes=config.tail_bytes_total
+        )
         self._deleting: set[tuple[str, str]] = set()
-        self._namespaces: dict[str, Namespace] = {}
         self._fenced = False
         self._committer: GroupCommitter | None = None
         self._send = send
         self._allowed = config.allowed_networks
+        self.namespaces = NamespaceBook(
+            store,
+            self._require_committer,
+            slot=config.slot,
+            num_shards=config.num_shards,
+            allowed_networks=self._allowed,
+            clock=clock,
+        )
         self._outbox = Outbox(
             slot=config.slot,
             clock=clock,
@@ -168,7 +172,7 @@ class Shard:
                 self._outbox,
                 self._committer,
                 send=self._send,
-                hooks_for=self.hooks,
+                hooks_for=self.namespaces.hooks,
                 clock=self._clock,
                 max_in_flight=self._config.webhook_max_in_flight,
             )
@@ -186,85 +190,12 @@ class Shard:
             "slot": self._config.slot,
             "epoch": self.epoch,
             "jobsLoaded": len(self._jobs),
-            "tailBytes": self._tail_bytes,
+            "tailBytes": self._tail.bytes,
             "pendingWrites": committer.pending_items,
             "batchSizes": dict(sorted(committer.batch_sizes.items())),
             "fenced": self._fenced,
             "pendingDeliveries": self._outbox.pending_count,
         }
-
-    # -- namespaces and keys -----------------------------------------------------------------
-
-    async def create_namespace(self, name: str, config: dict[str, Any], *, actor: str) -> Namespace:
-        self._check_owned(check_namespace(name))
-        config = await self._checked(config)
-        if name in self._namespaces or await self._store.get_namespace(name) is not None:
-            raise Conflict(f"namespace {name!r} already exists")
-        config = namespace_hooks.with_new_secret(config)
-        namespace = Namespace(name=name, created_at=self._clock(), config=config)
-        await self._write_namespace(namespace, actor=actor, action="namespace.create")
-        return namespace
-
-    async def get_namespace(self, name: str) -> Namespace:
-        self._check_owned(check_namespace(name))
-        namespace = self._namespaces.get(name) or await self._store.get_namespace(name)
-        if namespace is None:
-            raise NotFound(f"namespace {name!r} does not exist")
-        self._namespaces.setdefault(name, namespace)
-        return self._namespaces[name]
-
-    async def update_namespace(
-        self, name: str, changes: dict[str, Any], *, actor: str
-    ) -> Namespace:
-        changes = await self._checked(changes)
-        current = await self.get_namespace(name)
-        namespace = Namespace(current.name, current.created_at, {**current.config, **changes})
-        await self._write_namespace(namespace, actor=actor, action="namespace.update")
-        return namespace
-
-    async def rotate_webhook_secret(
-        self, name: str, *, grace_s: float = namespace_hooks.DEFAULT_GRACE_S, actor: str
-    ) -> Namespace:
-        """A new signing secret; the old one keeps signing beside it for `grace_s`."""
-        current = await self.get_namespace(name)
-        config = namespace_hooks.rotated(current.config, now=self._clock(), grace_s=grace_s)
-        namespace = Namespace(current.name, current.created_at, config)
-        await self._write_namespace(namespace, actor=actor, action="namespace.rotate_secret")
-        return namespace
-
-    async def hooks(self, name: str) -> Hooks:
-        """The namespace's webhook settings as of now (changes apply without a restart)."""
-        namespace = await self.get_namespace(name)
-        return namespace_hooks.hooks_from_config(namespace.config, now=self._clock())
-
-    async def _checked(self, config: dict[str, Any]) -> dict[str, Any]:
-        if "webhooks" not in config:
-            return config
-        webhooks = await namespace_hooks.check_webhooks(config["webhooks"], allowed=self._allowed)
-        return {**config, "webhooks": webhooks}
-
-    async def put_api_key(self, key: ApiKey, *, actor: str) -> None:
-        """Create or revoke a key of a namespace this shard owns."""
-        for name in key.namespaces:
-            await self.get_namespace(name)
-        action = "key.revoke" if key.revoked_at else "key.create"
-        audit = self._audit(key.namespaces[0], actor, action, key.key_id)
-        await self._wait(self._require_committer().add(api_keys=[key], audit=[audit]))
-
-    async def _write_namespace(self, namespace: Namespace, *, actor: str, action: str) -> None:
-        previous = self._namespaces.get(namespace.name)
-        detail = namespace_hooks.public(namespace.config)
-        audit = self._audit(namespace.name, actor, action, namespace.name, detail)
-        future = self._require_committer().add(namespaces=[namespace], audit=[audit])
-        self._namespaces[namespace.name] = namespace
-        try:
-            await self._wait(future)
-        except AosError:
-            if self._namespaces.get(namespace.name) is namespace:
-                self._namespaces.pop(namespace.name)
-                if previous is not None:
-                    self._namespaces[namespace.name] = previous
-            raise
 
     # -- jobs: writes -------------------------------------------------------------------------
 
@@ -272,7 +203,7 @@ class Shard:
         self, namespace: str, job_id: str | None, spec: JobSpec, *, actor: str = ""
     ) -> tuple[Job, bool]:
         """Create a job; `(job, False)` when the same request was already accepted."""
-        await self.get_namespace(namespace)
+        await self.namespaces.get(namespace)
         job_id = check_id("jobId", job_id) if job_id is not None else uuid.uuid4().hex
         spec.validate()
         await self._check_job_webhook(spec)
@@ -361,9 +292,8 @@ class Shard:
         if not live.current.status.terminal:
             raise Conflict(f"job {job_id!r} is Running; cancel or complete it first")
         key = live.current.key
-        future = self._require_committer().add(
-            deleted=[key], audit=[self._audit(namespace, actor, "job.delete", job_id)]
-        )
+        audit = audit_entry(self._clock(), namespace, actor, "job.delete", job_id)
+        future = self._require_committer().add(deleted=[key], audit=[audit])
         self._forget(key)
         self._outbox.forget_job(*key)
         self._deleting.add(key)
@@ -406,7 +336,7 @@ class Shard:
             if self._jobs.get(live.current.key) is not live:  # deleted or dropped after a failure
                 live = await self._load(namespace, job_id)
         job = await self._durable(live)
-        return Update(job, self._tail_after(live, after_seq))
+        return Update(job, self._tail.after(job.key, after_seq))
 
     async def read_output(
         self, namespace: str, job_id: str, *, after_seq: int = 0, limit: int = 256
@@ -419,7 +349,7 @@ class Shard:
         self, namespace: str, delivery_id: str, *, actor: str = ""
     ) -> Delivery:
         """Send a delivery again now, with the same id (receivers dedupe on webhook-id)."""
-        await self.get_namespace(namespace)
+        await self.namespaces.get(namespace)
         delivery = self._outbox.pending(delivery_id) or await self._store.get_delivery(
             namespace, delivery_id
         )
@@ -428,16 +358,11 @@ class Shard:
         if self._outbox.is_in_flight(delivery_id):
             raise Conflict(f"delivery {delivery_id!r} is being sent right now")
         again = self._outbox.retry_now(delivery)
-        audit = self._audit(namespace, actor, "webhook.retry", delivery_id)
+        audit = audit_entry(self._clock(), namespace, actor, "webhook.retry", delivery_id)
         await self._wait(self._require_committer().add(deliveries=[again], audit=[audit]))
         return again
 
     # -- internals ----------------------------------------------------------------------------
-
-    def _cached_hooks(self, namespace: str) -> Hooks:
-        """Synchronous on purpose: read between a job's state and its commit, with no await."""
-        config = self._namespaces[namespace].config
-        return namespace_hooks.hooks_from_config(config, now=self._clock())
 
     async def _check_job_webhook(self, spec: JobSpec) -> None:
         if spec.webhook_url is not None:
@@ -465,10 +390,11 @@ class Shard:
             request_hash=fingerprint,
         )
         self._check_writable()
+        hooks = self.namespaces.cached_hooks(namespace)
         future = self._require_committer().add(
             jobs=[job],
-            deliveries=self._outbox.on_change(None, job, (), self._cached_hooks(namespace)),
-            audit=[self._audit(namespace, actor, "job.submit", job_id)],
+            deliveries=self._outbox.on_change(None, job, (), hooks),
+            audit=[audit_entry(now, namespace, actor, "job.submit", job_id)],
         )
         self._jobs[job.key] = _Live(job, committed=False)
         await self._wait(future)
@@ -481,7 +407,8 @@ class Shard:
         self._check_running(job, "finish")
         now = self._clock()
         finished = job.evolve(status=status, error=error, completed_at=now, updated_at=now)
-        audit = self._audit(job.namespace, actor, action, job.job_id, {"status": status.value})
+        detail = {"status": status.value}
+        audit = audit_entry(now, job.namespace, actor, action, job.job_id, detail)
         return await self._change(live, finished, audit=[audit])
 
     async def _change(
@@ -493,7 +420,7 @@ class Shard:
         audit: list[AuditEntry] | None = None,
     ) -> Job:
         self._check_writable()
-        hooks = self._cached_hooks(job.namespace)
+        hooks = self.namespaces.cached_hooks(job.namespace)
         deliveries = self._outbox.on_change(live.current, job, chunks or (), hooks)
         # add() may refuse (Overloaded): it runs before any state changes.
         try:
@@ -509,7 +436,7 @@ class Shard:
 
     async def _existing_append(self, live: _Live, seq: int, data: bytes) -> AppendAck:
         await self._durable(live)
-        chunk = next((c for c in live.tail or () if c.seq == seq), None)
+        chunk = self._tail.get(live.current.key, seq)
         if chunk is None:
             job = live.current
             found = await self._store.read_output(
@@ -522,7 +449,7 @@ class Shard:
 
     async def _load(self, namespace: str, job_id: str) -> _Live:
         """The live job, loading a terminal one from the store on first access."""
-        await self.get_namespace(namespace)  # also caches it: writes read its webhook settings
+        await self.namespaces.get(namespace)  # also caches it: writes read its webhook settings
         check_id("jobId", job_id)
         key = (namespace, job_id)
         live = self._jobs.get(key)
@@ -546,21 +473,14 @@ class Shard:
         return live.committed
 
     async def _wait(self, future: asyncio.Future[None]) -> None:
-        # Shielded: the future is shared by the whole batch; a caller that goes away
-        # (client disconnect) must not cancel it for everybody else.
-        await asyncio.shield(future)
+        await durable(future)
 
     def _on_committed(self, batch: Batch) -> None:
         for job in batch.jobs:
-            live = self._jobs.get(job.key)
-            if live is None:
-                continue
-            if live.committed is None or job.revision > live.committed.revision:
-                live.committed = job
-            if job.status.terminal:
-                self._remember_terminal(job.key)
+            self._commit_view(job)
         for chunk in batch.chunks:
-            self._add_to_tail(chunk)
+            if (chunk.namespace, chunk.job_id) in self._jobs:
+                self._tail.add(chunk)
         if batch.deliveries:
             self._outbox.committed(batch.deliveries)
             if self._delivery_loop is not None:
@@ -569,6 +489,15 @@ class Shard:
             live = self._jobs.get(job.key)
             if live is not None:
                 live.wake()
+
+    def _commit_view(self, job: Job) -> None:
+        live = self._jobs.get(job.key)
+        if live is None:
+            return
+        if live.committed is None or job.revision > live.committed.revision:
+            live.committed = job
+        if job.status.terminal:
+            self._remember_terminal(job.key)
 
     def _on_failed(self, batch: Batch, exc: AosError) -> None:
         """Forget what did not commit: the next access reloads the store's truth."""
@@ -580,15 +509,12 @@ class Shard:
             self._forget(job.key)
             if live is not None:
                 live.wake()
-        for namespace in batch.namespaces:
-            self._namespaces.pop(namespace.name, None)
+        self.namespaces.forget(batch.namespaces)
 
     def _forget(self, key: tuple[str, str]) -> None:
-        live = self._jobs.pop(key, None)
+        self._jobs.pop(key, None)
         self._terminal.pop(key, None)
-        if live is not None and key in self._tails:
-            self._tails.pop(key)
-            self._tail_bytes -= live.tail_bytes
+        self._tail.forget(key)
 
     def _remember_terminal(self, key: tuple[str, str]) -> None:
         self._terminal[key] = None
@@ -598,41 +524,6 @@ class Shard:
             live = self._jobs.get(old)
             if live is not None and live.changed is None:
                 self._forget(old)
-
-    def _add_to_tail(self, chunk: Chunk) -> None:
-        key = (chunk.namespace, chunk.job_id)
-        live = self._jobs.get(key)
-        if live is None:
-            return
-        if live.tail is None:
-            live.tail = collections.deque()
-        live.tail.append(chunk)
-        live.tail_bytes += len(chunk.data)
-        self._tail_bytes += len(chunk.data)
-        self._tails[key] = None
-        self._tails.move_to_end(key)
-        while live.tail_bytes > self._config.tail_bytes_per_job and len(live.tail) > 1:
-            self._drop_oldest(live)
-        while self._tail_bytes > self._config.tail_bytes_total and self._tails:
-            oldest = self._jobs.get(next(iter(self._tails)))
-            if oldest is None or not oldest.tail:
-                self._tails.popitem(last=False)
-                continue
-            self._drop_oldest(oldest)
-            if not oldest.tail:
-                self._tails.popitem(last=False)
-
-    def _drop_oldest(self, live: _Live) -> None:
-        assert live.tail
-        dropped = live.tail.popleft()
-        live.tail_bytes -= len(dropped.data)
-        self._tail_bytes -= len(dropped.data)
-
-    def _tail_after(self, live: _Live, after_seq: int | None) -> tuple[Chunk, ...]:
-        """Committed chunks after `after_seq`, if the tail still holds all of them."""
-        if after_seq is None or not live.tail or live.tail[0].seq > after_seq + 1:
-            return ()
-        return tuple(c for c in live.tail if c.seq > after_seq)
 
     def _check_chunk(self, data: object) -> bytes:
         if not isinstance(data, bytes | bytearray | memoryview):
@@ -650,20 +541,6 @@ class Shard:
     def _check_writable(self) -> None:
         if self._fenced:
             raise Fenced("this shard lost its lease to a newer owner", retry_after_s=1.0)
-
-    def _check_owned(self, namespace: str) -> None:
-        if shard_for(namespace, self._config.num_shards) != self._config.slot:
-            raise BadRequest(f"namespace {namespace!r} is not owned by shard {self._config.slot}")
-
-    def _audit(
-        self,
-        namespace: str | None,
-        actor: str,
-        action: str,
-        target: str,
-        detail: dict[str, Any] | None = None,
-    ) -> AuditEntry:
-        return AuditEntry(self._clock(), namespace, actor or "system", action, target, detail or {})
 
     def _require_committer(self) -> GroupCommitter:
         if self._committer is None:

@@ -61,16 +61,18 @@ class ShardActor:
         return (await self._ready()).stats()
 
     async def create_namespace(self, name: str, config: dict[str, Any], actor: str) -> Namespace:
-        return await (await self._ready()).create_namespace(name, config, actor=actor)
+        return await (await self._ready()).namespaces.create(name, config, actor=actor)
 
     async def get_namespace(self, name: str) -> Namespace:
-        return await (await self._ready()).get_namespace(name)
+        return await (await self._ready()).namespaces.get(name)
 
     async def update_namespace(self, name: str, changes: dict[str, Any], actor: str) -> Namespace:
-        return await (await self._ready()).update_namespace(name, changes, actor=actor)
+        return await (await self._ready()).namespaces.update(name, changes, actor=actor)
 
     async def rotate_webhook_secret(self, name: str, grace_s: float, actor: str) -> Namespace:
-        return await (await self._ready()).rotate_webhook_secret(name, grace_s=grace_s, actor=actor)
+        return await (await self._ready()).namespaces.rotate_secret(
+            name, grace_s=grace_s, actor=actor
+        )
 
     async def retry_delivery(self, namespace: str, delivery_id: str, actor: str) -> Delivery:
         return await (await self._ready()).retry_delivery(namespace, delivery_id, actor=actor)
@@ -78,7 +80,7 @@ class ShardActor:
     async def put_api_key(self, namespace: str, key: ApiKey, actor: str) -> None:
         if namespace not in key.namespaces:
             raise Invalid(f"key {key.key_id!r} is not a key of namespace {namespace!r}")
-        await (await self._ready()).put_api_key(key, actor=actor)
+        await (await self._ready()).namespaces.put_api_key(key, actor=actor)
 
     async def submit(
         self, namespace: str, job_id: str | None, spec: JobSpec, actor: str = ""

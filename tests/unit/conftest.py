@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from storage.memory import MemoryStore
 
 from actors.shard import Shard, ShardConfig
 from storage.errors import StoreUnavailable
+from storage.memory import MemoryStore
 from storage.records import Batch
 
 
@@ -42,7 +42,7 @@ async def store() -> FlakyStore:
 async def shard(store: FlakyStore) -> AsyncIterator[Shard]:
     shard = Shard(store, ShardConfig(slot=0, num_shards=1))
     await shard.start()
-    await shard.create_namespace("acme", {}, actor="test")
-    await shard.create_namespace("globex", {}, actor="test")
+    await shard.namespaces.create("acme", {}, actor="test")
+    await shard.namespaces.create("globex", {}, actor="test")
     yield shard
     await shard.stop()

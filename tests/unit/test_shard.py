@@ -166,7 +166,7 @@ async def test_bad_job_ids_are_refused(shard, job_id):
 async def test_oversized_and_empty_chunks_are_refused(store):
     shard = Shard(store, ShardConfig(slot=0, num_shards=1, max_chunk_bytes=8))
     await shard.start()
-    await shard.create_namespace("acme", {}, actor="t")
+    await shard.namespaces.create("acme", {}, actor="t")
     await shard.submit("acme", "j1", JobSpec())
     with pytest.raises(TooLarge):
         await shard.append("acme", "j1", b"123456789")
@@ -243,7 +243,7 @@ async def test_a_failed_commit_is_reported_and_nothing_of_it_is_kept(store, shar
 async def test_a_full_write_buffer_refuses_with_overloaded(store):
     shard = Shard(store, ShardConfig(slot=0, num_shards=1, max_pending_items=2))
     await shard.start()
-    await shard.create_namespace("acme", {}, actor="t")
+    await shard.namespaces.create("acme", {}, actor="t")
     await shard.submit("acme", "j1", JobSpec())
     store.gate = asyncio.Event()
     writes = [asyncio.create_task(shard.append("acme", "j1", b"x")) for _ in range(2)]
@@ -282,7 +282,7 @@ async def test_the_in_memory_tail_is_bounded(store):
     config = ShardConfig(slot=0, num_shards=1, tail_bytes_per_job=100, tail_bytes_total=250)
     shard = Shard(store, config)
     await shard.start()
-    await shard.create_namespace("acme", {}, actor="t")
+    await shard.namespaces.create("acme", {}, actor="t")
     for j in range(5):
         await shard.submit("acme", f"j{j}", JobSpec())
         for _ in range(10):
