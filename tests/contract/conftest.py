@@ -8,9 +8,7 @@ An unreachable server skips loudly, or fails when CI=true.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import socket
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import closing
@@ -24,9 +22,8 @@ from psycopg import sql
 from storage.base import Store, open_store
 from storage.memory import MemoryStore
 from storage.records import AuditEntry
+from tests.conftest import POSTGRES_URL, need_server
 
-IN_CI = os.environ.get("CI") == "true"
-POSTGRES_URL = os.environ.get("AOS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TABLES = (
     "jobs, output_chunks, output_versions, webhook_deliveries, namespaces, api_keys,"
     " audit_log, shard_leases"
@@ -35,14 +32,7 @@ TABLES = (
 
 def _need_postgres() -> None:
     parts = urlsplit(POSTGRES_URL)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 5432
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-    except OSError as exc:
-        message = f"PostgreSQL is not reachable at {host}:{port} ({exc})"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(f"SKIPPED LOUDLY: {message}; the PostgreSQL contract tests did not run")
+    need_server(parts.hostname or "127.0.0.1", parts.port or 5432, "PostgreSQL")
 
 
 def _with_database(name: str) -> str:
