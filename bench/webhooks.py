@@ -13,13 +13,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import ray
 from ray import serve
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/...`
 
 from actors.dispatcher import APP_NAME, DispatcherClient, WebhookDispatcher, dispatcher_handle
 from actors.routing import RAY_NAMESPACE, shard_for, shard_name
@@ -28,7 +32,9 @@ from actors.webhooks.signing import headers, new_secret
 from bench import receiver
 from storage.records import Delivery
 
+#: Deliveries in flight, and connections to the one receiver, for both sides alike.
 IN_FLIGHT = 512
+CONNECTIONS = 8
 
 
 def _delivery(url: str, n: int) -> Delivery:
@@ -52,7 +58,7 @@ async def _bounded(count: int, send) -> float:
 async def baseline(url: str, count: int) -> float:
     """The same signed POSTs from a bare httpx loop: the ceiling for this machine."""
     secret = new_secret()
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
     async with httpx.AsyncClient(limits=limits, timeout=10) as http:
 
         async def send(i: int) -> None:
@@ -79,7 +85,7 @@ async def through_dispatcher(url: str, count: int) -> float:
 
 def deploy_dispatcher(replicas: int) -> None:
     app = WebhookDispatcher.options(num_replicas=replicas, autoscaling_config=None).bind(
-        allowed_networks="127.0.0.0/8"
+        allowed_networks="127.0.0.0/8", per_host_limit=CONNECTIONS
     )
     serve.run(app, name=APP_NAME, route_prefix=None)
 
@@ -149,12 +155,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a run under 60 s")
     args = parser.parse_args()
-    count = 3000 if args.quick else 20000
+    count = 1500 if args.quick else 8000
     replica_counts = (1,) if args.quick else (1, 2)
-    lag_jobs = 500 if args.quick else 3000
+    lag_jobs = 300 if args.quick else 2000
 
     process, url = receiver.start()
-    ray.init(include_dashboard=False, namespace=RAY_NAMESPACE, logging_level=logging.WARNING)
+    ray.init(
+        include_dashboard=False,
+        namespace=RAY_NAMESPACE,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
     try:
         asyncio.run(baseline(url, min(count, 1000)))  # warm-up
