@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import heapq
+import itertools
 import json
 import uuid
 from collections.abc import Callable, Iterable
@@ -82,7 +83,9 @@ class Outbox:
         self._pending: dict[str, Delivery] = {}  # committed, not yet delivered or failed
         self._unsettled: dict[str, int] = {}  # versions handed to a commit, not yet committed
         self._in_flight: set[str] = set()
-        self._heap: list[tuple[float, str]] = []
+        # (due, order, id): deliveries due at the same time go out in the order scheduled.
+        self._heap: list[tuple[float, int, str]] = []
+        self._order = itertools.count()
 
     # -- making deliveries ---------------------------------------------------------------------
 
@@ -188,7 +191,7 @@ class Outbox:
             self._pending.pop(delivery.delivery_id, None)
             return
         self._pending[delivery.delivery_id] = delivery
-        heapq.heappush(self._heap, (delivery.next_attempt_at, delivery.delivery_id))
+        self._schedule(delivery.next_attempt_at, delivery.delivery_id)
 
     def _settle(self, delivery_id: str) -> None:
         left = self._unsettled.get(delivery_id, 0) - 1
@@ -201,14 +204,14 @@ class Outbox:
         """Deliveries to send now. Each is handed out once until its attempt is recorded."""
         out = []
         while self._heap and self._heap[0][0] <= now:
-            _, delivery_id = heapq.heappop(self._heap)
+            _, _, delivery_id = heapq.heappop(self._heap)
             delivery = self._pending.get(delivery_id)
             if delivery is None or delivery_id in self._in_flight:
                 continue
             if delivery.next_attempt_at is None or delivery.next_attempt_at > now:
                 continue  # a stale heap entry; the newer one is in the heap too
             if delivery_id in self._unsettled:
-                heapq.heappush(self._heap, (now + 0.01, delivery_id))  # a newer version commits
+                self._schedule(now + 0.01, delivery_id)  # a newer version is committing
                 continue
             self._seal(delivery)
             self._in_flight.add(delivery_id)
@@ -219,6 +222,9 @@ class Outbox:
         for key, window in list(self._windows.items()):
             if window.delivery.delivery_id == delivery.delivery_id:
                 del self._windows[key]
+
+    def _schedule(self, at: float, delivery_id: str) -> None:
+        heapq.heappush(self._heap, (at, next(self._order), delivery_id))
 
     def next_due(self) -> float | None:
         return self._heap[0][0] if self._heap else None
