@@ -36,7 +36,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bootstrap.Serv
         num_shards=2,
         heartbeat_s=1.0,
         webhook_allowed_networks="127.0.0.0/8",
-        webhook_coalesce_s=0.3,
+        webhook_coalesce_s=1.0,
     )
     svc = bootstrap.start(settings)
     yield svc
