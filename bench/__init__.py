@@ -1,0 +1,1 @@
+"""Benchmarks: one command each, figures beside a same-run baseline (see README.md)."""
