@@ -15,10 +15,10 @@ import json
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from actors.timestamps import iso
 from actors.webhooks.backoff import RetryPolicy, next_delay_s, should_retry
 from storage.errors import Invalid
 from storage.records import Attempt, Chunk, Delivery, DeliveryStatus, Job, OutputFormat
@@ -177,9 +177,7 @@ class Outbox:
         """These versions never reached the store: forget them (their change failed too)."""
         for delivery in deliveries:
             self._settle(delivery.delivery_id)
-            for key, window in list(self._windows.items()):
-                if window.delivery.delivery_id == delivery.delivery_id:
-                    del self._windows[key]
+            self._seal(delivery)
 
     def load(self, deliveries: Iterable[Delivery]) -> None:
         """Pending deliveries reloaded from the store after a restart."""
@@ -219,9 +217,11 @@ class Outbox:
         return out
 
     def _seal(self, delivery: Delivery) -> None:
-        for key, window in list(self._windows.items()):
-            if window.delivery.delivery_id == delivery.delivery_id:
-                del self._windows[key]
+        """Close the delivery's window, if it is still open: it takes no more events."""
+        key = (delivery.namespace, delivery.job_id, delivery.event_type)
+        window = self._windows.get(key)
+        if window is not None and window.delivery.delivery_id == delivery.delivery_id:
+            del self._windows[key]
 
     def _schedule(self, at: float, delivery_id: str) -> None:
         heapq.heappush(self._heap, (at, next(self._order), delivery_id))
@@ -288,7 +288,7 @@ def _payload(
         "jobId": job.job_id,
         "status": job.status.value,
         "progress": job.progress,
-        "estimatedCompletion": _iso(job.estimated_completion),
+        "estimatedCompletion": iso(job.estimated_completion),
         "sequence": job.revision,
         "outputSeq": job.output_seq,
         "outputSize": job.output_size,
@@ -297,7 +297,7 @@ def _payload(
         data["error"] = job.error
     if chunks is not None:
         data["chunks"] = chunks
-    body = {"type": kind.value, "timestamp": _iso(at), "data": data}
+    body = {"type": kind.value, "timestamp": iso(at), "data": data}
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -309,9 +309,3 @@ def _chunk_entry(job: Job, chunk: Chunk, max_bytes: int) -> dict[str, Any]:
     if job.output_format is OutputFormat.BINARY:
         return entry | {"data": base64.b64encode(chunk.data).decode(), "encoding": "base64"}
     return entry | {"data": chunk.data.decode("utf-8"), "encoding": "utf-8"}
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
