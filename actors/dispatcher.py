@@ -73,10 +73,6 @@ class WebhookDispatcher:
             for task in pending:
                 task.cancel()
 
-    async def deliver(self, item: Outgoing) -> Attempt:
-        """One delivery (for callers that do not batch)."""
-        return (await self._deliver(0, item))[1]
-
     async def _deliver(self, index: int, item: Outgoing) -> tuple[int, Attempt]:
         timestamp = int(time.time())
         if item.secrets:

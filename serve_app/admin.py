@@ -9,10 +9,10 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from actors.hooks import PREVIOUS_UNTIL, SECRET
+from actors.timestamps import iso
 from actors.validation import check_namespace
 from serve_app import context
 from serve_app.deps import Caller, require_admin
-from serve_app.durations import iso
 from serve_app.keys import mint
 from serve_app.models import (
     KeyCreate,

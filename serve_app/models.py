@@ -9,8 +9,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.hooks import DEFAULT_GRACE_S, SECRET, public
+from actors.timestamps import iso
 from actors.validation import MAX_ID_CHARS, JobSpec
-from serve_app.durations import iso, parse_duration_s, to_epoch
+from serve_app.durations import parse_duration_s, to_epoch
 from storage.errors import Invalid
 from storage.records import Delivery, Job, JobStatus, Namespace, OutputFormat
 

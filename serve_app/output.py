@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from actors.feed import replay
+from actors.timestamps import iso
 from serve_app import context
 from serve_app.deps import Ns
-from serve_app.durations import iso
 from serve_app.models import chunk_text
 from storage.errors import NotFound, TooLarge
 from storage.records import Job, OutputFormat

@@ -11,9 +11,9 @@ from fastapi.responses import StreamingResponse
 
 from actors.feed import Event, EventKind, job_events
 from actors.shard import Update
+from actors.timestamps import iso
 from serve_app import context
 from serve_app.deps import Ns
-from serve_app.durations import iso
 from serve_app.models import chunk_text
 from storage.errors import AosError, Invalid
 from storage.records import Chunk, Job
