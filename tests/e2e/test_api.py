@@ -103,11 +103,13 @@ def test_status_etag_gives_304_and_long_poll_wakes_on_change(tenant):
         time.sleep(0.5)
         tenant.http.patch("/api/v1/jobs/job-1", json={"progress": 10})
 
-    threading.Thread(target=later).start()
+    producer = threading.Thread(target=later)
+    producer.start()
     started = time.monotonic()
     polled = tenant.http.get(
         "/api/v1/jobs/job-1/status", params={"wait": 20}, headers={"If-None-Match": etag}
     )
+    producer.join()
     assert polled.status_code == 200 and polled.json()["progress"] == 10
     assert polled.headers["etag"] != etag
     assert time.monotonic() - started < 15

@@ -31,12 +31,14 @@ def test_a_live_stream_carries_output_progress_status_and_end(tenant):
         _append(tenant, "b")
         tenant.http.post("/api/v1/jobs/job-1/complete", json={"status": "Succeeded"})
 
-    threading.Thread(target=produce).start()
+    producer = threading.Thread(target=produce)
+    producer.start()
     with tenant.http.stream("GET", "/api/v1/jobs/job-1/stream") as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["cache-control"] == "no-cache"
         assert r.headers["x-accel-buffering"] == "no"
         got = until_end(r)
+    producer.join()
     assert got[0] == {"retry": "3000"}
     outputs = [f for f in got if f.get("event") == "output"]
     assert [(f["id"], f["data"]["data"]) for f in outputs] == [("1", "a"), ("2", "b")]
