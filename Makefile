@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench services services-stop clean
 
 install: $(STAMP)
 
@@ -27,6 +27,13 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/spine.py
+
+# Every server the full suite uses (PostgreSQL, MariaDB), under .services/; see .ci/services.
+services:
+	@bash .ci/services start
+
+services-stop:
+	@bash .ci/services stop
 
 clean:
 	rm -rf $(VENV) aos-data
