@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import collections
 import gc
-import logging
 import math
 import os
 import socket
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT))  # `python bench/spine.py` puts bench/, not the re
 from actors.routing import RAY_NAMESPACE, shard_for, shard_name  # noqa: E402
 from actors.shard import Shard, ShardConfig  # noqa: E402
 from actors.validation import JobSpec  # noqa: E402
-from cluster import bootstrap  # noqa: E402
+from cluster import bootstrap, ray_connect  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
 from serve_app.app import MAX_ONGOING_REQUESTS, MAX_QUEUED_REQUESTS  # noqa: E402
 from storage.sqlite import SqliteStore  # noqa: E402
@@ -181,12 +180,7 @@ def free_port() -> int:
 def start(data_dir: str) -> tuple[bootstrap.Service, str]:
     """Ray, the service, the noop app, and a namespace key. Returns (service, key)."""
     # log_to_driver=False: the replicas' access logs (one line a request) would flood this output.
-    ray.init(
-        include_dashboard=False,
-        namespace=RAY_NAMESPACE,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
+    ray_connect.connect(None, log_to_driver=False)  # a private cluster, never another's
     settings = Settings(
         storage_url=f"sqlite:///{data_dir}/aos.db",
         http_host=HOST,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from actors.routing import RAY_NAMESPACE, shard_for, shard_name
 from actors.validation import JobSpec
 from actors.webhooks.signing import headers, new_secret
 from bench import receiver
+from cluster import ray_connect
 from storage.records import Delivery
 
 #: Deliveries in flight, and connections to the one receiver, for both sides alike.
@@ -107,6 +107,7 @@ async def end_to_end_lag(url: str, jobs: int, rate: float) -> tuple[float, float
     namespace = "bench-hooks"
     shard = ray.get_actor(shard_name(shard_for(namespace, 2)), namespace=RAY_NAMESPACE)
     await shard.create_namespace.remote(namespace, {"webhooks": {"url": url + "/lag"}}, "bench")
+
     async def one(i: int) -> None:
         await asyncio.sleep(i / rate)  # paced: lag at a steady rate, not behind a burst
         job_id = f"j{i}-{uuid.uuid4().hex[:6]}"
@@ -158,12 +159,7 @@ def main() -> None:
     lag_jobs, lag_rate = (120, 30.0) if args.quick else (1200, 40.0)
 
     process, url = receiver.start()
-    ray.init(
-        include_dashboard=False,
-        namespace=RAY_NAMESPACE,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
+    ray_connect.connect(None, log_to_driver=False)  # a private cluster, never another's
     serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
     try:
         asyncio.run(baseline(url, min(count, 1000)))  # warm-up

@@ -1,7 +1,7 @@
 """The direct Python client: code inside the Ray cluster calls the shard actors, no HTTP.
 
     from cluster.client import Client
-    c = Client.connect()                      # RAY_ADDRESS, default "auto"
+    c = Client.connect("10.0.0.5:6379")       # as `aos serve` prints it, or RAY_ADDRESS
     c.submit("default", "job-1", metadata={"title": "export"})
     c.append("default", "job-1", b"hello ")
     c.complete("default", "job-1")
@@ -21,6 +21,8 @@ from actors.feed import Event, job_events
 from actors.routing import RAY_NAMESPACE, shard_for, shard_name
 from actors.shard import AppendAck, Update
 from actors.validation import JobSpec
+from cluster import ray_connect
+from cluster.settings import Settings
 from storage.records import Chunk, Job, JobStatus, OutputFormat
 
 
@@ -31,9 +33,23 @@ class Client:
 
     @classmethod
     def connect(cls, address: str | None = None) -> Client:
-        """Join the cluster (unless this process already has) and find the shard actors."""
+        """Find the service's shard actors; join its Ray cluster first if this process has not.
+
+        Inside the cluster (a Ray task, actor or job) the process is already connected and
+        `address` is not needed. Elsewhere it is the address `aos serve` prints
+        (`host:port` or `ray://host:port`), or `RAY_ADDRESS`; never a guess, which could
+        land in another service's cluster. Raises `ValueError` without an address,
+        `RayUnreachable` when nothing answers there, `RuntimeError` when the cluster runs
+        no Async Output Service.
+        """
         if not ray.is_initialized():
-            ray.init(address=address or "auto", namespace=RAY_NAMESPACE)
+            address = address or Settings().ray_address
+            if address is None:
+                raise ValueError(
+                    "Client.connect needs the service's Ray address: pass it or set "
+                    "RAY_ADDRESS (`aos serve` prints it as 'Ray address: ...')"
+                )
+            ray_connect.connect(address)
         names = {
             actor["name"]
             for actor in ray.util.list_named_actors(all_namespaces=True)

@@ -22,6 +22,10 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("RAY_ADDRESS", "AOS_RAY_ADDRESS")
     )
     data_dir: Path = Path("./aos-data")
+    #: How long `aos serve` waits for a named Ray cluster (`ray_address`) to answer.
+    ray_connect_timeout_s: float = Field(default=10.0, gt=0)
+    #: How long `aos serve` may take to start, Ray and Serve included, before it gives up.
+    start_timeout_s: float = Field(default=300.0, gt=0)
 
     # limits
     max_chunk_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
@@ -37,11 +41,19 @@ class Settings(BaseSettings):
     webhook_coalesce_s: float = Field(default=0.5, ge=0, le=60)
     webhook_per_host_limit: int = Field(default=64, ge=1)
 
-    def admin_key_path(self) -> Path:
-        """The generated admin key lives beside the data (the SQLite file's folder)."""
+    def local_folder(self) -> Path:
+        """Where this process keeps its files: the SQLite file's folder, else `data_dir`."""
         if self.storage_url.startswith("sqlite:///"):
-            return Path(self.storage_url.removeprefix("sqlite:///")).parent / "admin-key"
-        return self.data_dir / "admin-key"
+            return Path(self.storage_url.removeprefix("sqlite:///")).parent
+        return self.data_dir
+
+    def admin_key_path(self) -> Path:
+        """The generated admin key lives beside the data."""
+        return self.local_folder() / "admin-key"
+
+    def log_path(self) -> Path:
+        """`aos serve` writes Ray's and Serve's driver logs here unless it runs with -v."""
+        return self.local_folder() / "aos.log"
 
     def shard_options(self) -> dict[str, Any]:
         return {

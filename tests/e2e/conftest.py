@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,8 +10,7 @@ import httpx
 import pytest
 import ray
 
-from actors.routing import RAY_NAMESPACE
-from cluster import bootstrap
+from cluster import bootstrap, ray_connect
 from cluster.settings import Settings
 from tests.conftest import free_port
 from tests.e2e.receiver import Receiver, running_receiver
@@ -23,12 +21,7 @@ ADMIN_KEY = "e2e-admin-key"
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bootstrap.Service]:
     data = tmp_path_factory.mktemp("aos")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        namespace=RAY_NAMESPACE,
-        logging_level=logging.WARNING,
-    )
+    ray_connect.connect(None, num_cpus=2)
     settings = Settings(
         storage_url=f"sqlite:///{data}/aos.db",
         http_port=free_port(),

@@ -32,7 +32,7 @@ def test_defaults_are_the_embedded_sqlite_on_port_8000(monkeypatch):
 def test_cli_flags_override_the_environment(monkeypatch):
     seen = {}
     monkeypatch.setenv("AOS_HTTP_PORT", "9000")
-    monkeypatch.setattr(cli, "serve", lambda settings: seen.setdefault("s", settings) and 0)
+    monkeypatch.setattr(cli, "serve", lambda settings, **_: seen.setdefault("s", settings) and 0)
     cli.main(["serve", "--port", "8123", "--shards", "3", "--storage", "sqlite:///x.db"])
     assert (seen["s"].http_port, seen["s"].num_shards) == (8123, 3)
     assert seen["s"].storage_url == "sqlite:///x.db"

@@ -1,0 +1,224 @@
+"""`aos serve` as a person runs it: its own Ray cluster, its own port, a quiet terminal, SIGINT.
+
+Each test runs the real command in a subprocess (in its own session, so that every process
+it starts can be found and counted afterwards), on a machine where another Ray cluster runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 180.0
+RAY_CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without any Ray address, so that nothing is named for Ray."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "AOS_RAY_ADDRESS")}
+    return {**env, **extra}
+
+
+def session_processes(sid: int) -> list[int]:
+    """PIDs still alive in session `sid` (zombies excluded)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+def wait_until_gone(sid: int, timeout_s: float = 30.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while (left := session_processes(sid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+class Serve:
+    """One `aos serve` subprocess and what it printed."""
+
+    def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [str(BIN / "aos"), "serve", *args],
+            cwd=cwd,
+            env=env or clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+
+    def read_until(self, prefix: str, timeout_s: float = START_TIMEOUT_S) -> str:
+        """Lines of stdout until one starts with `prefix`; that line."""
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                raise AssertionError(f"exited before {prefix!r}: {self.lines} {self.stderr()}")
+            self.lines.append(line.rstrip("\n"))
+            if line.startswith(prefix):
+                return line.rstrip("\n")
+        raise AssertionError(f"no {prefix!r} within {timeout_s} s: {self.lines}")
+
+    def finish(self, timeout_s: float) -> tuple[int, str, str]:
+        """Exit code, the rest of stdout, and stderr, once the process exits."""
+        out, err = self.process.communicate(timeout=timeout_s)
+        return self.process.returncode, out, err
+
+    def stderr(self) -> str:
+        if self.process.poll() is None:
+            return ""
+        assert self.process.stderr is not None
+        return self.process.stderr.read()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        for pid in session_processes(self.process.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def foreign_cluster(tmp_path: Path) -> Iterator[str]:
+    """A `ray start` cluster on this machine, recorded in /tmp/ray/ray_current_cluster.
+
+    Ray's default `ray.init()` joins exactly this one. Stopped by its session, never by
+    process name (`ray stop` would end every Ray cluster on the machine, the suite's too).
+    """
+    port = free_port()
+    before = RAY_CURRENT_CLUSTER.read_text() if RAY_CURRENT_CLUSTER.exists() else None
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", f"--port={port}", "--include-dashboard=false"]
+        + ["--num-cpus=1", "--block"],
+        env=clean_env(),
+        stdout=(tmp_path / "ray-start.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not RAY_CURRENT_CLUSTER.exists() or f":{port}" not in RAY_CURRENT_CLUSTER.read_text():
+            assert head.poll() is None, (tmp_path / "ray-start.log").read_text()
+            assert time.monotonic() < deadline, "ray start did not record its cluster"
+            time.sleep(0.5)
+        yield RAY_CURRENT_CLUSTER.read_text().strip()
+    finally:
+        for pid in session_processes(head.pid):
+            os.kill(pid, signal.SIGKILL)
+        head.wait()
+        if before is not None:
+            RAY_CURRENT_CLUSTER.write_text(before)
+        else:
+            RAY_CURRENT_CLUSTER.unlink(missing_ok=True)
+
+
+def client_connect(address: str | None) -> subprocess.CompletedProcess[str]:
+    """`Client.connect(address)` in a fresh Python process; prints the number of shards."""
+    code = (
+        "from cluster.client import Client\n"
+        f"print('shards', Client.connect({address!r})._num_shards)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_serve_runs_its_own_cluster_beside_another_and_stops_cleanly_on_sigint(
+    tmp_path, foreign_cluster
+):
+    port = free_port()
+    serve = Serve(tmp_path, "--port", str(port), "--shards", "2")
+    try:
+        serve.read_until("Async Output Service ready at ")
+        ray_line = serve.read_until("Ray address: ")
+        address = ray_line.split()[2]
+        assert address != foreign_cluster
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+
+        # A quiet terminal: our progress lines, the ready line, the key, the address.
+        assert all(
+            line.startswith(("aos: ", "Async Output Service ready", "Admin key", "Ray address"))
+            for line in serve.lines
+        ), serve.lines
+        assert sum(map(len, serve.lines)) < 1200 and "\x1b[" not in "".join(serve.lines)
+        assert "Application 'aos' is ready" in (tmp_path / "aos-data" / "aos.log").read_text()
+
+        # A second service on the same port is refused, and the first one keeps answering.
+        (tmp_path / "second").mkdir()
+        second = Serve(tmp_path / "second", "--port", str(port))
+        code, out, err = second.finish(timeout_s=60)
+        assert code == 1 and f"port {port} on 127.0.0.1 is already in use" in err
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+
+        # Python clients join only the cluster they are told, never a guess.
+        guessed = client_connect(None)
+        assert guessed.returncode != 0
+        assert "Client.connect needs the service's Ray address" in guessed.stderr
+        told = client_connect(address)
+        assert told.stdout.strip() == "shards 2", told.stderr[-2000:]
+
+        serve.process.send_signal(signal.SIGINT)
+        code, out, err = serve.finish(timeout_s=90)
+        assert code == 0, err
+        assert out.splitlines()[-1] == "Async Output Service stopped"
+        assert wait_until_gone(serve.process.pid) == []
+    finally:
+        serve.kill()
+
+
+def test_serve_gives_up_on_an_unreachable_ray_address_in_bounded_time(tmp_path):
+    dead = f"127.0.0.1:{free_port()}"
+    began = time.monotonic()
+    serve = Serve(
+        tmp_path, "--address", dead, "--port", str(free_port()),
+        env=clean_env(AOS_RAY_CONNECT_TIMEOUT_S="2"),
+    )  # fmt: skip
+    try:
+        code, _, err = serve.finish(timeout_s=60)
+        assert code == 1
+        assert f"no Ray cluster answers at {dead}" in err
+        assert time.monotonic() - began < 30
+    finally:
+        serve.kill()
+
+
+def test_sigint_while_starting_stops_everything_it_started(tmp_path):
+    serve = Serve(tmp_path, "--port", str(free_port()), "--shards", "2")
+    try:
+        serve.read_until("aos: starting Serve")  # Ray's private cluster is up
+        serve.process.send_signal(signal.SIGINT)
+        code, _, err = serve.finish(timeout_s=60)
+        assert code == 130
+        assert "interrupted while starting" in err
+        assert wait_until_gone(serve.process.pid) == []
+    finally:
+        serve.kill()
