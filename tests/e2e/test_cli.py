@@ -111,9 +111,9 @@ def foreign_cluster(tmp_path: Path) -> Iterator[str]:
     """
     port = free_port()
     before = RAY_CURRENT_CLUSTER.read_text() if RAY_CURRENT_CLUSTER.exists() else None
+    command = ["start", "--head", f"--port={port}", "--include-dashboard=false", "--block"]
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", f"--port={port}", "--include-dashboard=false"]
-        + ["--num-cpus=1", "--block"],
+        [str(BIN / "ray"), *command, "--num-cpus=1"],
         env=clean_env(),
         stdout=(tmp_path / "ray-start.log").open("w"),
         stderr=subprocess.STDOUT,
