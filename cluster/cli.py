@@ -116,6 +116,10 @@ def serve(settings: Settings, *, verbose: bool = False) -> int:
     except TimeoutError:
         terminal.error(f"the service did not stop within {STOP_TIMEOUT_S:.0f} s", log=True)
         os._exit(1)
+    except Exception as exc:
+        traceback.print_exception(exc)
+        terminal.error(f"could not stop cleanly: {type(exc).__name__}: {exc}", log=True)
+        return 1
     terminal.say("Async Output Service stopped")
     return 0
 

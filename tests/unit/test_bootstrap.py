@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 import stat
+import time
 
 import pytest
 
-from cluster import bootstrap, cli
+from cluster import bootstrap, cli, ray_connect
 from cluster.settings import Settings
+from tests.conftest import free_port
 
 
 def test_settings_come_from_the_environment(monkeypatch):
@@ -57,3 +60,39 @@ def test_a_configured_admin_key_wins_and_is_not_written(tmp_path):
     settings = Settings(storage_url=f"sqlite:///{tmp_path}/aos.db", admin_key="given")
     assert bootstrap.admin_key(settings) == ("given", False)
     assert not (tmp_path / "admin-key").exists()
+
+
+def test_a_port_held_with_so_reuseport_is_refused_by_number():
+    # Serve's proxy listens with SO_REUSEPORT: a second proxy could share its port silently.
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(bootstrap.PortInUse, match=f"port {port} on 127.0.0.1"):
+            bootstrap.ensure_port_free("127.0.0.1", port)
+    bootstrap.ensure_port_free("127.0.0.1", port)  # free again once nobody listens
+
+
+def test_printed_storage_urls_hide_their_password():
+    assert bootstrap.redacted("postgresql://aos:s3cret@db:5432/aos") == (
+        "postgresql://aos:***@db:5432/aos"
+    )
+    assert bootstrap.redacted("sqlite:///./aos-data/aos.db") == "sqlite:///./aos-data/aos.db"
+
+
+def test_an_address_where_nothing_listens_is_given_up_in_bounded_time():
+    port = free_port()
+    began = time.monotonic()
+    with pytest.raises(
+        ray_connect.RayUnreachable, match=f"no Ray cluster answers at 127.0.0.1:{port}"
+    ):
+        ray_connect.wait_for_gcs(f"127.0.0.1:{port}", timeout_s=1.0)
+    assert time.monotonic() - began < 5
+
+
+def test_a_listening_gcs_port_is_accepted_and_a_guess_is_not():
+    with socket.create_server(("127.0.0.1", 0)) as gcs:
+        ray_connect.wait_for_gcs(f"ray://127.0.0.1:{gcs.getsockname()[1]}", timeout_s=1.0)
+    with pytest.raises(ValueError, match="host:port"):
+        ray_connect.wait_for_gcs("auto", timeout_s=1.0)
