@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -123,9 +124,20 @@ def test_start_restart_and_stop_touch_only_their_own_servers(private_services):
     assert second.stdout == first.stdout
     assert pids(folder) == started
 
+    # Killed servers leave PID files behind; the next start sees through them.
+    for pid in started.values():
+        os.kill(int(pid), signal.SIGKILL)
+    after_crash = run("start", env=env)
+    assert after_crash.returncode == 0, after_crash.stderr
+    assert after_crash.stdout == first.stdout
+    restarted = pids(folder)
+    assert restarted.keys() == started.keys() and restarted != started
+    assert pg_answers(f"postgresql://postgres@127.0.0.1:{pg_port}/test")
+    assert b"MariaDB" in mariadb_greeting(maria_port)
+
     stopped = run("stop", env=env)
     assert stopped.returncode == 0, stopped.stderr
-    assert not any(alive(pid) for pid in started.values())
+    assert not any(alive(pid) for pid in restarted.values())
     for port in (pg_port, maria_port):
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
