@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import errno
 import secrets
-import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
+import httpx
 import ray
 from ray import serve
+from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
 from actors.dispatcher import APP_NAME as DISPATCHER_APP
 from actors.dispatcher import WebhookDispatcher
 from actors.routing import shard_for
 from actors.shard_actor import create_shards
-from cluster import ray_connect
+from cluster import http_port, ray_connect
 from cluster.settings import Settings
 from serve_app.app import Api
 from serve_app.context import ApiConfig
@@ -26,16 +27,8 @@ from storage.errors import Conflict
 
 APP_NAME = "aos"
 DEFAULT_NAMESPACE = "default"
-
-
-class PortInUse(RuntimeError):
-    """The HTTP port is taken by another process (another service, or anything else)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__(
-            f"port {port} on {host} is already in use; stop what holds it or choose --port"
-        )
-        self.port = port
+#: How long the API may take to answer at its URL once Serve reports it running.
+READY_TIMEOUT_S = 15.0
 
 
 @dataclass
@@ -44,9 +37,13 @@ class Service:
     admin_key: str
     admin_key_generated: bool
     shards: list[Any]
-    started_ray: bool
-    #: The Ray cluster's GCS address (host:port): in-cluster clients join it with this.
+    #: The Ray cluster's address: in-cluster clients join it with this.
     ray_address: str
+    #: What this process set up and so tears down: its connection to Ray, Serve itself
+    #: (never a Serve that was already running: other applications live there), the port.
+    started_ray: bool
+    started_serve: bool
+    port_lock: IO[bytes] | None = None
 
 
 def admin_key(settings: Settings) -> tuple[str, bool]:
@@ -78,29 +75,56 @@ def start(
     settings: Settings,
     *,
     on_progress: Callable[[str], None] = lambda _: None,
+    on_connected: Callable[[], None] = lambda: None,
     log_to_driver: bool = True,
 ) -> Service:
-    """Bring the whole service up and return once it answers HTTP.
+    """Bring the whole service up and return once it answers HTTP at `Service.url`.
 
     Uses the Ray connection this process already has, else joins exactly
     `settings.ray_address`, else starts a private local cluster (cluster/ray_connect.py).
-    `on_progress` gets one short line per step. Raises `PortInUse` when the HTTP port is
-    taken and `RayUnreachable` when the named cluster does not answer.
+    `on_progress` gets one short line per step, `on_connected` a call once Ray is
+    connected. Raises `http_port.PortInUse` when the
+    HTTP port is taken, `RayUnreachable` when the named cluster does not answer and
+    `NotServing` when a Serve already running in the cluster listens elsewhere.
     """
-    ensure_port_free(settings.http_host, settings.http_port)
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        where = f"joining {settings.ray_address}" if settings.ray_address else "a private cluster"
-        on_progress(f"starting Ray: {where}")
-        ray_address = ray_connect.connect(
-            settings.ray_address,
-            log_to_driver=log_to_driver,
-            timeout_s=settings.ray_connect_timeout_s,
+    port_lock = http_port.reserve(settings.http_host, settings.http_port)
+    try:
+        started_ray, ray_address = join_ray(
+            settings, on_progress=on_progress, log_to_driver=log_to_driver
         )
-    else:
-        ray_address = ray.get_runtime_context().gcs_address
+        on_connected()
+        return deploy(settings, ray_address, started_ray, port_lock, on_progress=on_progress)
+    except BaseException:
+        port_lock.close()
+        raise
+
+
+def join_ray(
+    settings: Settings, *, on_progress: Callable[[str], None], log_to_driver: bool
+) -> tuple[bool, str]:
+    """Connect this process to Ray unless it is already: (connected here, cluster address)."""
+    if ray.is_initialized():
+        return False, ray.get_runtime_context().gcs_address
+    where = f"joining {settings.ray_address}" if settings.ray_address else "a private cluster"
+    on_progress(f"starting Ray: {where}")
+    address = ray_connect.connect(
+        settings.ray_address, log_to_driver=log_to_driver, timeout_s=settings.ray_connect_timeout_s
+    )
+    return True, address
+
+
+def deploy(
+    settings: Settings,
+    ray_address: str,
+    started_ray: bool,
+    port_lock: IO[bytes] | None,
+    *,
+    on_progress: Callable[[str], None],
+) -> Service:
+    """Serve, the webhook dispatcher, the shards and the API, in a connected process."""
     key, generated = admin_key(settings)
     on_progress(f"starting Serve on {settings.http_host}:{settings.http_port}, webhook dispatcher")
+    started_serve = not serve_running()
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
     dispatcher = WebhookDispatcher.bind(**settings.dispatcher_options())
     serve.run(dispatcher, name=DISPATCHER_APP, route_prefix=None)
@@ -113,23 +137,44 @@ def start(
     )
     serve.run(app, name=APP_NAME, route_prefix="/")
     url = f"http://{settings.http_host}:{settings.http_port}"
-    return Service(url, key, generated, shards, started_ray, ray_address)
+    service = Service(
+        url, key, generated, shards, ray_address, started_ray, started_serve, port_lock
+    )
+    if not answers(url):
+        stop(service)
+        raise NotServing(url)
+    return service
 
 
-def ensure_port_free(host: str, port: int) -> None:
-    """Raise `PortInUse` if something listens on host:port.
+class NotServing(RuntimeError):
+    """The API was deployed, but nothing answers at its URL."""
 
-    Serve's proxy binds with SO_REUSEPORT, so a second service on a taken port would start
-    and the kernel would split requests between the two. This bind has no SO_REUSEPORT:
-    it fails while any socket listens there.
-    """
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    try:
-        socket.create_server((host, port), family=family).close()
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise PortInUse(host, port) from exc
-        raise
+    def __init__(self, url: str) -> None:
+        super().__init__(
+            f"the API does not answer at {url}: a Serve already running in this Ray cluster "
+            "keeps the host and port it was started with (use those, or another cluster)"
+        )
+
+
+def serve_running() -> bool:
+    """Whether this Ray cluster already runs Serve (its controller is a named actor)."""
+    return any(
+        actor["name"] == SERVE_CONTROLLER_NAME and actor["namespace"] == SERVE_NAMESPACE
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+    )
+
+
+def answers(url: str, timeout_s: float = READY_TIMEOUT_S) -> bool:
+    """Whether `GET url/healthz` answers 200 within `timeout_s` (the proxy learns routes late)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
 
 
 def redacted(url: str) -> str:
@@ -159,11 +204,16 @@ def ensure_namespace(shards: list[Any], num_shards: int, name: str) -> None:
 
 
 def stop(service: Service) -> None:
-    """Delete the app and the shards (their acknowledged writes are already durable)."""
+    """Delete the apps and the shards (their acknowledged writes are already durable), and
+    tear down what this process set up: Serve, the Ray connection (a private cluster ends
+    with it), the port."""
     serve.delete(APP_NAME)
     serve.delete(DISPATCHER_APP)
     for shard in service.shards:
         ray.kill(shard, no_restart=True)
-    if service.started_ray:
+    if service.started_serve:
         serve.shutdown()
+    if service.started_ray:
         ray.shutdown()
+    if service.port_lock is not None:
+        service.port_lock.close()

@@ -10,14 +10,16 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent import futures
 from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, NoReturn, TypeVar
 
 import ray
+from pydantic import ValidationError
+from ray.exceptions import RayTaskError
 
 from cluster import bootstrap
+from cluster.http_port import PortInUse
 from cluster.ray_connect import RayUnreachable
 from cluster.settings import Settings
 
@@ -25,6 +27,8 @@ T = TypeVar("T")
 STOP_TIMEOUT_S = 60.0
 #: How long a start that failed or was interrupted may take to let go of Ray.
 ABANDON_TIMEOUT_S = 30.0
+#: Past the TCP check of a named cluster, how long Ray may take to connect to its GCS.
+RAY_HANDSHAKE_S = 20.0
 EXIT_INTERRUPTED = 130
 
 
@@ -49,7 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         k: v for k, v in vars(args).items() if k not in ("command", "verbose") and v is not None
     }
-    return serve(Settings(**overrides), verbose=args.verbose)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(map(str, error["loc"]))
+            print(f"aos: error: {where}: {error['msg']}", file=sys.stderr)
+        return 2
+    return serve(settings, verbose=args.verbose)
 
 
 class Interrupted(Exception):
@@ -89,30 +100,17 @@ class Terminal:
 def serve(settings: Settings, *, verbose: bool = False) -> int:
     terminal = Terminal(None if verbose else settings.log_path())
     stop = threading.Event()
-    _on_signals(stop, terminal)
+    rearm = _signal_handlers(stop, terminal)
     owner = RayOwner(settings, on_progress=terminal.progress, log_to_driver=verbose)
-    try:
-        service = _wait(owner.started, settings.start_timeout_s, stop)
-    except (bootstrap.PortInUse, RayUnreachable, ValueError) as exc:
-        terminal.error(str(exc))
-        _exit_after(owner, 1)
-    except Interrupted:
-        terminal.error("interrupted while starting; stopping", log=True)
-        _exit_after(owner, EXIT_INTERRUPTED)
-    except TimeoutError:
-        message = f"the service did not start within {settings.start_timeout_s:.0f} s"
-        terminal.error(message, log=True)
-        _exit_after(owner, 1)
-    except Exception as exc:
-        traceback.print_exception(exc)  # to the log file, or here with -v
-        terminal.error(f"could not start: {type(exc).__name__}: {exc}", log=True)
-        _exit_after(owner, 1)
+    service = _started(owner, settings, terminal, stop, rearm)
     _announce(terminal, settings, service)
-    stop.wait()
+    while not stop.wait(0.2):
+        rearm()
     terminal.say("Async Output Service stopping")
     owner.stop_requested.set()
     try:
-        _wait(owner.stopped, STOP_TIMEOUT_S, threading.Event())
+        _wait(owner.stopped.done, STOP_TIMEOUT_S, threading.Event(), rearm)
+        owner.stopped.result()
     except TimeoutError:
         terminal.error(f"the service did not stop within {STOP_TIMEOUT_S:.0f} s", log=True)
         os._exit(1)
@@ -122,6 +120,45 @@ def serve(settings: Settings, *, verbose: bool = False) -> int:
         return 1
     terminal.say("Async Output Service stopped")
     return 0
+
+
+def _started(
+    owner: RayOwner,
+    settings: Settings,
+    terminal: Terminal,
+    stop: threading.Event,
+    rearm: Callable[[], None],
+) -> bootstrap.Service:
+    """The service once `owner` has started it; on any failure, a message and the exit."""
+    connect_bound_s = settings.ray_connect_timeout_s + RAY_HANDSHAKE_S
+    try:
+        _wait(owner.connected_or_done, connect_bound_s, stop, rearm)
+        _wait(owner.started.done, settings.start_timeout_s, stop, rearm)
+        return owner.started.result()
+    except RayUnreachable as exc:
+        terminal.error(
+            f"{exc}; start it, or leave out --address and RAY_ADDRESS to run a private one"
+        )
+        _exit_after(owner, 1)
+    except (PortInUse, ValueError) as exc:
+        terminal.error(str(exc))
+        _exit_after(owner, 1)
+    except Interrupted:
+        terminal.error("interrupted while starting; stopping", log=True)
+        _exit_after(owner, EXIT_INTERRUPTED)
+    except TimeoutError:
+        if not owner.connected.is_set():
+            # Stuck inside Ray's GCS handshake with a cluster it did not start: nothing of
+            # ours runs there, nothing to wait for.
+            terminal.error(f"Ray did not connect to {settings.ray_address} in time", log=True)
+            _exit_after(owner, 1, wait_s=0)
+        terminal.error(f"the service did not start within {settings.start_timeout_s:.0f} s")
+        _exit_after(owner, 1)
+    except Exception as exc:
+        traceback.print_exception(exc)  # to the log file, or here with -v
+        root = exc.cause if isinstance(exc, RayTaskError) and exc.cause else exc
+        terminal.error(f"could not start: {type(root).__name__}: {root}", log=True)
+        _exit_after(owner, 1)
 
 
 class RayOwner(threading.Thread):
@@ -141,6 +178,7 @@ class RayOwner(threading.Thread):
         self.settings = settings
         self.on_progress = on_progress
         self.log_to_driver = log_to_driver
+        self.connected = threading.Event()
         self.started: Future[bootstrap.Service] = Future()
         self.stop_requested = threading.Event()
         self.stopped: Future[None] = Future()
@@ -149,7 +187,10 @@ class RayOwner(threading.Thread):
     def run(self) -> None:
         try:
             service = bootstrap.start(
-                self.settings, on_progress=self._step, log_to_driver=self.log_to_driver
+                self.settings,
+                on_progress=self._step,
+                on_connected=self.connected.set,
+                log_to_driver=self.log_to_driver,
             )
         except BaseException as exc:  # handed to the main thread, raised there
             if ray.is_initialized():
@@ -164,6 +205,9 @@ class RayOwner(threading.Thread):
             self.stopped.set_exception(exc)
             return
         self.stopped.set_result(None)
+
+    def connected_or_done(self) -> bool:
+        return self.connected.is_set() or self.started.done()
 
     def _step(self, line: str) -> None:
         if self.stop_requested.is_set():
@@ -184,8 +228,13 @@ def _announce(terminal: Terminal, settings: Settings, service: bootstrap.Service
     )
 
 
-def _on_signals(stop: threading.Event, terminal: Terminal) -> None:
-    """The first SIGINT/SIGTERM asks for a clean stop; a second one ends the process now."""
+def _signal_handlers(stop: threading.Event, terminal: Terminal) -> Callable[[], None]:
+    """Install the handlers; returns a function that installs them again.
+
+    The first SIGINT/SIGTERM asks for a clean stop; a second one ends the process now.
+    Ray's C++ core installs a SIGTERM handler of its own when it connects (it aborts the
+    process), so the waiting loops put ours back while they wait.
+    """
 
     def handle(signum: int, _frame: object) -> None:
         if stop.is_set():
@@ -193,33 +242,38 @@ def _on_signals(stop: threading.Event, terminal: Terminal) -> None:
             os._exit(EXIT_INTERRUPTED)
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handle)
+    def install() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handle)
+
+    install()
+    return install
 
 
-def _wait(future: Future[T], timeout_s: float, stop: threading.Event) -> T:
-    """The future's result, waited for in short steps so that signals are handled meanwhile.
+def _wait(
+    done: Callable[[], bool], timeout_s: float, stop: threading.Event, rearm: Callable[[], None]
+) -> None:
+    """Return once `done()`, checking in short steps so that signals are handled meanwhile.
 
-    Raises what the future holds, `Interrupted` once `stop` is set, `TimeoutError` after
-    `timeout_s`.
+    Raises `Interrupted` once `stop` is set, `TimeoutError` after `timeout_s`.
     """
     deadline = time.monotonic() + timeout_s
-    while not futures.wait([future], timeout=0.2).done:
-        if stop.is_set():
+    while not done():
+        rearm()
+        if stop.wait(0.2):
             raise Interrupted
         if time.monotonic() > deadline:
             raise TimeoutError
-    return future.result()
 
 
-def _exit_after(owner: RayOwner, code: int) -> NoReturn:
+def _exit_after(owner: RayOwner, code: int, *, wait_s: float = ABANDON_TIMEOUT_S) -> NoReturn:
     """Ask the owner to let go of Ray, give it a bounded time to, then exit at once.
 
     The owner may still be blocked inside Ray, so the interpreter's normal exit (which
     runs Ray's atexit hook) could hang: exit directly.
     """
     owner.stop_requested.set()
-    owner.join(ABANDON_TIMEOUT_S)
+    owner.join(wait_s)
     os._exit(code)
 
 

@@ -29,10 +29,7 @@ class RayUnreachable(ConnectionError):
     """Nothing accepts connections at the Ray address given (`.address`)."""
 
     def __init__(self, address: str, cause: OSError) -> None:
-        super().__init__(
-            f"no Ray cluster answers at {address} ({cause.strerror or cause}); start it, "
-            "or leave out --address and RAY_ADDRESS to run a private local cluster"
-        )
+        super().__init__(f"no Ray cluster answers at {address} ({cause.strerror or cause})")
         self.address = address
 
 
@@ -72,7 +69,7 @@ def connect(
 def wait_for_gcs(address: str, timeout_s: float) -> None:
     """Return once `address`'s host:port accepts a TCP connection; else `RayUnreachable`."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"a Ray address is host:port or ray://host:port, not {address!r}")
     deadline = time.monotonic() + timeout_s
     while True:

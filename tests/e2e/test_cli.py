@@ -152,12 +152,18 @@ def client_connect(address: str | None) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_serve_runs_its_own_cluster_beside_another_and_stops_cleanly_on_sigint(
+def test_serve_runs_its_own_cluster_beside_another_and_stops_cleanly_on_sigterm(
     tmp_path, foreign_cluster
 ):
     port = free_port()
     serve = Serve(tmp_path, "--port", str(port), "--shards", "2")
     try:
+        serve.read_until("aos: starting Ray")  # the port is reserved, nothing listens yet
+        (tmp_path / "second").mkdir()
+        second = Serve(tmp_path / "second", "--port", str(port))
+        code, _, err = second.finish(timeout_s=60)
+        assert code == 1 and f"port {port} on 127.0.0.1 is already in use" in err
+
         serve.read_until("Async Output Service ready at ")
         ray_line = serve.read_until("Ray address: ")
         address = ray_line.split()[2]
@@ -172,13 +178,6 @@ def test_serve_runs_its_own_cluster_beside_another_and_stops_cleanly_on_sigint(
         assert sum(map(len, serve.lines)) < 1200 and "\x1b[" not in "".join(serve.lines)
         assert "Application 'aos' is ready" in (tmp_path / "aos-data" / "aos.log").read_text()
 
-        # A second service on the same port is refused, and the first one keeps answering.
-        (tmp_path / "second").mkdir()
-        second = Serve(tmp_path / "second", "--port", str(port))
-        code, out, err = second.finish(timeout_s=60)
-        assert code == 1 and f"port {port} on 127.0.0.1 is already in use" in err
-        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
-
         # Python clients join only the cluster they are told, never a guess.
         guessed = client_connect(None)
         assert guessed.returncode != 0
@@ -186,11 +185,54 @@ def test_serve_runs_its_own_cluster_beside_another_and_stops_cleanly_on_sigint(
         told = client_connect(address)
         assert told.stdout.strip() == "shards 2", told.stderr[-2000:]
 
-        serve.process.send_signal(signal.SIGINT)
+        # SIGTERM (what Kubernetes and systemd send) stops as cleanly as SIGINT; Ray's
+        # own SIGTERM handler would abort the process and leave its actors running.
+        serve.process.send_signal(signal.SIGTERM)
         code, out, err = serve.finish(timeout_s=90)
         assert code == 0, err
         assert out.splitlines()[-1] == "Async Output Service stopped"
         assert wait_until_gone(serve.process.pid) == []
+    finally:
+        serve.kill()
+
+
+THEIR_APP = """
+from ray import serve
+from cluster import ray_connect
+
+ray_connect.connect({address!r})
+serve.start(http_options={{"host": "127.0.0.1", "port": {port}}})
+
+@serve.deployment(ray_actor_options={{"num_cpus": 0}})
+def theirs(request):
+    return "theirs"
+
+serve.run(theirs.bind(), name="theirs", route_prefix="/theirs")
+"""
+
+
+def test_serve_joining_a_cluster_leaves_the_serve_it_found_alone(tmp_path, foreign_cluster):
+    their_port = free_port()
+    deployed = subprocess.run(
+        [sys.executable, "-c", THEIR_APP.format(address=foreign_cluster, port=their_port)],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert deployed.returncode == 0, deployed.stderr[-2000:]
+    theirs = f"http://127.0.0.1:{their_port}/theirs"
+    assert httpx.get(theirs).text == "theirs"
+
+    # Their Serve keeps its own port: ours cannot be served there, which is said, not hidden.
+    port = free_port()
+    serve = Serve(tmp_path, "--address", foreign_cluster, "--port", str(port), "--shards", "1")
+    try:
+        code, out, err = serve.finish(timeout_s=START_TIMEOUT_S)
+        assert code == 1, out + err
+        assert f"the API does not answer at http://127.0.0.1:{port}" in err
+        assert httpx.get(theirs).text == "theirs"  # failing and cleaning up spared them
     finally:
         serve.kill()
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cluster import bootstrap, cli, ray_connect
+from cluster import bootstrap, cli, http_port, ray_connect
 from cluster.settings import Settings
 from tests.conftest import free_port
 
@@ -69,9 +69,18 @@ def test_a_port_held_with_so_reuseport_is_refused_by_number():
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        with pytest.raises(bootstrap.PortInUse, match=f"port {port} on 127.0.0.1"):
-            bootstrap.ensure_port_free("127.0.0.1", port)
-    bootstrap.ensure_port_free("127.0.0.1", port)  # free again once nobody listens
+        with pytest.raises(http_port.PortInUse, match=f"port {port} on 127.0.0.1"):
+            http_port.ensure_free("127.0.0.1", port)
+    http_port.ensure_free("127.0.0.1", port)  # free again once nobody listens
+
+
+def test_a_reserved_port_is_refused_before_anything_listens_and_freed_with_its_lock():
+    port = free_port()
+    lock = http_port.reserve("127.0.0.1", port)
+    with pytest.raises(http_port.PortInUse, match=f"port {port}"):
+        http_port.reserve("127.0.0.1", port)
+    lock.close()
+    http_port.reserve("127.0.0.1", port).close()
 
 
 def test_printed_storage_urls_hide_their_password():
