@@ -16,7 +16,7 @@ def need_server(host: str, port: int, what: str) -> None:
     try:
         socket.create_connection((host, port), timeout=1).close()
     except OSError as exc:
-        message = f"{what} is not reachable at {host}:{port} ({exc})"
+        message = f"{what} is not reachable at {host}:{port} ({exc}); `make services` starts it"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(f"SKIPPED LOUDLY: {message}")
