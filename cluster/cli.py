@@ -130,9 +130,11 @@ def _started(
     rearm: Callable[[], None],
 ) -> bootstrap.Service:
     """The service once `owner` has started it; on any failure, a message and the exit."""
+    # Only a named cluster can fail to answer; a private one is part of the start.
     connect_bound_s = settings.ray_connect_timeout_s + RAY_HANDSHAKE_S
     try:
-        _wait(owner.connected_or_done, connect_bound_s, stop, rearm)
+        if settings.ray_address is not None:
+            _wait(owner.connected_or_done, connect_bound_s, stop, rearm)
         _wait(owner.started.done, settings.start_timeout_s, stop, rearm)
         return owner.started.result()
     except RayUnreachable as exc:
@@ -147,7 +149,7 @@ def _started(
         terminal.error("interrupted while starting; stopping", log=True)
         _exit_after(owner, EXIT_INTERRUPTED)
     except TimeoutError:
-        if not owner.connected.is_set():
+        if settings.ray_address is not None and not owner.connected.is_set():
             # Stuck inside Ray's GCS handshake with a cluster it did not start: nothing of
             # ours runs there, nothing to wait for.
             terminal.error(f"Ray did not connect to {settings.ray_address} in time", log=True)
