@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-import httpx
 import ray
 from ray import serve
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+from ray.serve.context import _get_global_client
 
 from actors.dispatcher import APP_NAME as DISPATCHER_APP
 from actors.dispatcher import WebhookDispatcher
@@ -27,8 +26,6 @@ from storage.errors import Conflict
 
 APP_NAME = "aos"
 DEFAULT_NAMESPACE = "default"
-#: How long the API may take to answer at its URL once Serve reports it running.
-READY_TIMEOUT_S = 15.0
 
 
 @dataclass
@@ -78,17 +75,20 @@ def start(
     on_connected: Callable[[], None] = lambda: None,
     log_to_driver: bool = True,
 ) -> Service:
-    """Bring the whole service up and return once it answers HTTP at `Service.url`.
+    """Bring the whole service up and return once it serves at `Service.url`.
 
     Uses the Ray connection this process already has, else joins exactly
     `settings.ray_address`, else starts a private local cluster (cluster/ray_connect.py).
     `on_progress` gets one short line per step, `on_connected` a call once Ray is
-    connected. Raises `http_port.PortInUse` when the
-    HTTP port is taken, `RayUnreachable` when the named cluster does not answer and
-    `NotServing` when a Serve already running in the cluster listens elsewhere.
+    connected. Raises `http_port.PortInUse` when the HTTP port is taken,
+    `RayUnreachable` when the named cluster does not answer, and `ServeElsewhere` when
+    the cluster already runs a Serve on another host or port.
     """
     port_lock = http_port.reserve(settings.http_host, settings.http_port)
     try:
+        if settings.ray_address is None and not ray.is_initialized():
+            # A private cluster runs no Serve yet: whatever listens there is not ours.
+            http_port.ensure_free(settings.http_host, settings.http_port)
         started_ray, ray_address = join_ray(
             settings, on_progress=on_progress, log_to_driver=log_to_driver
         )
@@ -124,8 +124,7 @@ def deploy(
     """Serve, the webhook dispatcher, the shards and the API, in a connected process."""
     key, generated = admin_key(settings)
     on_progress(f"starting Serve on {settings.http_host}:{settings.http_port}, webhook dispatcher")
-    started_serve = not serve_running()
-    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    started_serve = start_serve(settings.http_host, settings.http_port)
     dispatcher = WebhookDispatcher.bind(**settings.dispatcher_options())
     serve.run(dispatcher, name=DISPATCHER_APP, route_prefix=None)
     on_progress(f"starting {settings.num_shards} shards on {redacted(settings.storage_url)}")
@@ -136,45 +135,40 @@ def deploy(
         api_config(settings, key), settings.shard_options()
     )
     serve.run(app, name=APP_NAME, route_prefix="/")
-    url = f"http://{settings.http_host}:{settings.http_port}"
-    service = Service(
-        url, key, generated, shards, ray_address, started_ray, started_serve, port_lock
-    )
-    if not answers(url):
-        stop(service)
-        raise NotServing(url)
-    return service
+    host = f"[{settings.http_host}]" if ":" in settings.http_host else settings.http_host
+    url = f"http://{host}:{settings.http_port}"
+    return Service(url, key, generated, shards, ray_address, started_ray, started_serve, port_lock)
 
 
-class NotServing(RuntimeError):
-    """The API was deployed, but nothing answers at its URL."""
+class ServeElsewhere(RuntimeError):
+    """The cluster already runs a Serve, on another host or port than asked for."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, host: str, port: int) -> None:
         super().__init__(
-            f"the API does not answer at {url}: a Serve already running in this Ray cluster "
-            "keeps the host and port it was started with (use those, or another cluster)"
+            f"Serve already runs in this Ray cluster on {host}:{port}, and a running Serve "
+            "keeps its host and port: start with those (--host, --port) or use another cluster"
         )
 
 
-def serve_running() -> bool:
-    """Whether this Ray cluster already runs Serve (its controller is a named actor)."""
-    return any(
+def start_serve(host: str, port: int) -> bool:
+    """Start Serve on host:port, or use the one already running there; True if started.
+
+    A Serve that already runs (its controller is a named actor) ignores new HTTP options,
+    so it must listen where asked: else `ServeElsewhere`. Before starting one, the port
+    must be free (`http_port.PortInUse`).
+    """
+    running = any(
         actor["name"] == SERVE_CONTROLLER_NAME and actor["namespace"] == SERVE_NAMESPACE
         for actor in ray.util.list_named_actors(all_namespaces=True)
     )
-
-
-def answers(url: str, timeout_s: float = READY_TIMEOUT_S) -> bool:
-    """Whether `GET url/healthz` answers 200 within `timeout_s` (the proxy learns routes late)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    return False
+    if not running:
+        http_port.ensure_free(host, port)
+    serve.start(http_options={"host": host, "port": port})
+    client = _get_global_client()  # set by serve.start
+    assert client is not None
+    if running and (client.http_config.host, client.http_config.port) != (host, port):
+        raise ServeElsewhere(client.http_config.host, client.http_config.port)
+    return not running
 
 
 def redacted(url: str) -> str:

@@ -142,7 +142,7 @@ def _started(
             f"{exc}; start it, or leave out --address and RAY_ADDRESS to run a private one"
         )
         _exit_after(owner, 1)
-    except (PortInUse, ValueError) as exc:
+    except (PortInUse, bootstrap.ServeElsewhere, ValueError) as exc:
         terminal.error(str(exc))
         _exit_after(owner, 1)
     except Interrupted:

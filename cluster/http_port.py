@@ -23,27 +23,26 @@ class PortInUse(RuntimeError):
 def reserve(host: str, port: int) -> IO[bytes]:
     """Hold `port` for this process until the returned file is closed (or the process ends).
 
-    Two checks, because Serve's proxy binds with SO_REUSEPORT and only seconds after the
-    start: a second service on a taken port would start anyway, and the kernel would split
-    requests between the two. The bind (without SO_REUSEPORT) fails while anything listens
-    there; the lock file (per port, in the temp folder) fails while another service on this
-    machine is still starting. Raises `PortInUse`.
+    Serve's proxy binds only seconds after the start, so `ensure_free` alone would let two
+    services started together both take the port. The lock (a file per port in the temp
+    folder) fails while another service on this machine holds it. Raises `PortInUse`.
     """
     lock = (Path(tempfile.gettempdir()) / f"aos-serve-port-{port}.lock").open("ab")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        ensure_free(host, port)
     except BlockingIOError as exc:
         lock.close()
         raise PortInUse(host, port) from exc
-    except BaseException:
-        lock.close()
-        raise
     return lock
 
 
 def ensure_free(host: str, port: int) -> None:
-    """Raise `PortInUse` if something listens on host:port."""
+    """Raise `PortInUse` if something listens on host:port.
+
+    Serve's proxy binds with SO_REUSEPORT: a second proxy on a taken port would start
+    anyway, and the kernel would split requests between the two. This bind has no
+    SO_REUSEPORT, so it fails while anything listens there.
+    """
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     try:
         socket.create_server((host, port), family=family).close()

@@ -211,7 +211,9 @@ serve.run(theirs.bind(), name="theirs", route_prefix="/theirs")
 """
 
 
-def test_serve_joining_a_cluster_leaves_the_serve_it_found_alone(tmp_path, foreign_cluster):
+def test_serve_joining_a_cluster_uses_the_serve_it_found_and_leaves_it_running(
+    tmp_path, foreign_cluster
+):
     their_port = free_port()
     deployed = subprocess.run(
         [sys.executable, "-c", THEIR_APP.format(address=foreign_cluster, port=their_port)],
@@ -222,17 +224,25 @@ def test_serve_joining_a_cluster_leaves_the_serve_it_found_alone(tmp_path, forei
         timeout=120,
     )
     assert deployed.returncode == 0, deployed.stderr[-2000:]
-    theirs = f"http://127.0.0.1:{their_port}/theirs"
-    assert httpx.get(theirs).text == "theirs"
+    theirs = f"http://127.0.0.1:{their_port}"
+    assert httpx.get(f"{theirs}/theirs").text == "theirs"
 
-    # Their Serve keeps its own port: ours cannot be served there, which is said, not hidden.
-    port = free_port()
-    serve = Serve(tmp_path, "--address", foreign_cluster, "--port", str(port), "--shards", "1")
+    # A running Serve keeps its own port: asking for another one is an error, said at once.
+    elsewhere = Serve(tmp_path, "--address", foreign_cluster, "--port", str(free_port()))
+    code, out, err = elsewhere.finish(timeout_s=START_TIMEOUT_S)
+    assert code == 1, out + err
+    assert f"Serve already runs in this Ray cluster on 127.0.0.1:{their_port}" in err
+
+    # On its port, the service runs beside their app; stopping it removes only what it added.
+    serve = Serve(tmp_path, "--address", foreign_cluster, "--port", str(their_port))
     try:
-        code, out, err = serve.finish(timeout_s=START_TIMEOUT_S)
-        assert code == 1, out + err
-        assert f"the API does not answer at http://127.0.0.1:{port}" in err
-        assert httpx.get(theirs).text == "theirs"  # failing and cleaning up spared them
+        serve.read_until("Async Output Service ready at ")
+        assert httpx.get(f"{theirs}/healthz").json() == {"status": "ok"}
+        serve.process.send_signal(signal.SIGINT)
+        code, _, err = serve.finish(timeout_s=90)
+        assert code == 0, err
+        assert httpx.get(f"{theirs}/theirs").text == "theirs"
+        assert httpx.get(f"{theirs}/healthz").status_code == 404
     finally:
         serve.kill()
 
