@@ -90,15 +90,21 @@ def deploy_dispatcher(replicas: int) -> None:
     serve.run(app, name=APP_NAME, route_prefix=None)
 
 
-async def end_to_end_lag(url: str, jobs: int, rate: float) -> tuple[float, float, float]:
-    """Jobs completed through the shard actors; lag = receipt - the event's commit time."""
+async def end_to_end_lag(
+    url: str, jobs: int, rate: float, serve_port: int
+) -> tuple[float, float, float]:
+    """Jobs completed through the shard actors; lag = receipt - the event's commit time.
+
+    The service joins the Serve already running on `serve_port` (a running Serve keeps its
+    port, and the service refuses another one).
+    """
     from cluster import bootstrap
     from cluster.settings import Settings
 
     data = tempfile.mkdtemp(prefix="aos-bench-")
     settings = Settings(
         storage_url=f"sqlite:///{data}/aos.db",
-        http_port=_free_port(),
+        http_port=serve_port,
         admin_key="bench",
         num_shards=2,
         webhook_allowed_networks="127.0.0.0/8",
@@ -160,7 +166,8 @@ def main() -> None:
 
     process, url = receiver.start()
     ray_connect.connect(None, log_to_driver=False)  # a private cluster, never another's
-    serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
+    serve_port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
     try:
         asyncio.run(baseline(url, min(count, 1000)))  # warm-up
         base_runs, rates = [], {}
@@ -182,7 +189,7 @@ def main() -> None:
             f"(runs {', '.join(f'{r:.0f}' for r in base_runs)})"
         )
         asyncio.run(_reset(url))
-        p50, p99, rate = asyncio.run(end_to_end_lag(url, lag_jobs, lag_rate))
+        p50, p99, rate = asyncio.run(end_to_end_lag(url, lag_jobs, lag_rate, serve_port))
         print(
             f"end-to-end lag, commit to receipt, {lag_jobs} jobs at {rate:.0f} jobs/s "
             f"(submit+cancel through the shards): p50 {p50:.1f} ms p99 {p99:.1f} ms"
