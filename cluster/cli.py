@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import IO, NoReturn, TypeVar
+from typing import IO, NoReturn
 
 import ray
 from pydantic import ValidationError
@@ -23,7 +23,6 @@ from cluster.http_port import PortInUse
 from cluster.ray_connect import RayUnreachable
 from cluster.settings import Settings
 
-T = TypeVar("T")
 STOP_TIMEOUT_S = 60.0
 #: How long a start that failed or was interrupted may take to let go of Ray.
 ABANDON_TIMEOUT_S = 30.0
