@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from actors.outbox import DEFAULT_EVENTS, Hooks, check_events
 from actors.webhooks import ssrf
 from actors.webhooks.backoff import RetryPolicy
+from actors.webhooks.outbox import DEFAULT_EVENTS, Hooks, check_events
 from actors.webhooks.signing import new_secret
 from storage.errors import Invalid
 

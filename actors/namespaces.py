@@ -11,9 +11,9 @@ from typing import Any
 
 from actors import hooks as namespace_hooks
 from actors.committer import GroupCommitter, durable
-from actors.outbox import Hooks
 from actors.routing import shard_for
 from actors.validation import check_namespace
+from actors.webhooks.outbox import Hooks
 from actors.webhooks.ssrf import Network
 from storage.base import Store
 from storage.errors import AosError, BadRequest, Conflict, NotFound

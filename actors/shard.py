@@ -21,11 +21,11 @@ from typing import Any
 
 from actors import hooks as namespace_hooks
 from actors.committer import GroupCommitter, durable
-from actors.delivery import DeliveryLoop, Send
 from actors.namespaces import NamespaceBook, audit_entry
-from actors.outbox import Outbox, check_events
 from actors.tail import OutputTail
 from actors.validation import JobSpec, check_id, check_progress
+from actors.webhooks.delivery import DeliveryLoop, Send
+from actors.webhooks.outbox import Outbox, check_events
 from actors.webhooks.ssrf import Network, parse_allowed_networks
 from storage.base import Store
 from storage.errors import (

@@ -8,10 +8,11 @@ from typing import Any
 
 import ray
 
-from actors.dispatcher import DispatcherClient, dispatcher_handle
 from actors.routing import RAY_NAMESPACE, shard_name
 from actors.shard import AppendAck, Shard, ShardConfig, Update
 from actors.validation import JobSpec
+from actors.webhooks.dispatcher import dispatcher_handle
+from actors.webhooks.dispatcher_client import DispatcherClient
 from storage.base import Store, open_store
 from storage.errors import Invalid
 from storage.records import ApiKey, Chunk, Delivery, Job, JobStatus, Namespace

@@ -24,9 +24,10 @@ from ray import serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/...`
 
-from actors.dispatcher import APP_NAME, DispatcherClient, WebhookDispatcher, dispatcher_handle
 from actors.routing import RAY_NAMESPACE, shard_for, shard_name
 from actors.validation import JobSpec
+from actors.webhooks.dispatcher import APP_NAME, WebhookDispatcher, dispatcher_handle
+from actors.webhooks.dispatcher_client import DispatcherClient
 from actors.webhooks.signing import headers, new_secret
 from bench import receiver
 from cluster import ray_connect

@@ -13,10 +13,10 @@ from ray import serve
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve.context import _get_global_client
 
-from actors.dispatcher import APP_NAME as DISPATCHER_APP
-from actors.dispatcher import WebhookDispatcher
 from actors.routing import shard_for
 from actors.shard_actor import create_shards
+from actors.webhooks.dispatcher import APP_NAME as DISPATCHER_APP
+from actors.webhooks.dispatcher import WebhookDispatcher
 from cluster import http_port, ray_connect
 from cluster.settings import Settings
 from serve_app.app import Api

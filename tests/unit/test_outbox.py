@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from actors.outbox import Hooks, Outbox
 from actors.webhooks.backoff import RetryPolicy
+from actors.webhooks.outbox import Hooks, Outbox
 from storage.records import Attempt, Chunk, DeliveryStatus, Job, JobStatus
 
 

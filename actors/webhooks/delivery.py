@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from actors.committer import GroupCommitter
-from actors.outbox import Hooks, Outbox
+from actors.webhooks.outbox import Hooks, Outbox
 from storage.errors import AosError
 from storage.records import Attempt, Delivery
 
