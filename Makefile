@@ -23,7 +23,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy storage actors
+	$(BIN)/mypy --strict storage actors serve_app cluster
 
 bench: install
 	$(BIN)/python bench/spine.py

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
-from actors.shard import Update
+from actors.render import event_json
+from actors.shard_types import Update
 from storage.records import Chunk, Job
 
 #: Aim for about this many bytes per store read while replaying output.
@@ -34,6 +36,10 @@ class Event:
     kind: EventKind
     job: Job
     chunk: Chunk | None = None
+
+    def data(self) -> dict[str, Any]:
+        """The event's JSON, as an SSE `data:` line carries it (`actors.render`)."""
+        return event_json(self.kind.value, self.job, self.chunk)
 
 
 async def job_events(

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from actors import hooks as namespace_hooks
 from actors.committer import GroupCommitter, durable
+from actors.namespace_settings import UNSET, NamespaceChanges, NamespaceSettings
 from actors.routing import shard_for
-from actors.validation import check_namespace
+from actors.webhooks import ssrf
 from actors.webhooks.outbox import Hooks
 from actors.webhooks.ssrf import Network
 from storage.base import Store
@@ -47,50 +47,42 @@ class NamespaceBook:
         self._slot, self._num_shards = slot, num_shards
         self._allowed = allowed_networks
         self._clock = clock
-        self._cache: dict[str, Namespace] = {}
+        self._cache: dict[str, tuple[Namespace, NamespaceSettings]] = {}
 
-    async def create(self, name: str, config: dict[str, Any], *, actor: str) -> Namespace:
+    async def create(self, name: str, changes: NamespaceChanges, *, actor: str) -> Namespace:
         """A new namespace with its own webhook signing secret."""
-        self.check_owned(check_namespace(name))
-        config = await self._checked(config)
+        self.check_owned(name)
+        await self._check_reachable(changes)
         if name in self._cache or await self._store.get_namespace(name) is not None:
             raise Conflict(f"namespace {name!r} already exists")
-        config = namespace_hooks.with_new_secret(config)
-        namespace = Namespace(name=name, created_at=self._clock(), config=config)
-        await self._write(namespace, actor=actor, action="namespace.create")
-        return namespace
+        settings = NamespaceSettings().changed(changes).with_new_secret()
+        return await self._write(name, self._clock(), settings, actor, "namespace.create")
 
     async def get(self, name: str) -> Namespace:
-        self.check_owned(check_namespace(name))
-        namespace = self._cache.get(name) or await self._store.get_namespace(name)
-        if namespace is None:
-            raise NotFound(f"namespace {name!r} does not exist")
-        return self._cache.setdefault(name, namespace)
+        return (await self._entry(name))[0]
 
-    async def update(self, name: str, changes: dict[str, Any], *, actor: str) -> Namespace:
-        changes = await self._checked(changes)
-        current = await self.get(name)
-        namespace = Namespace(current.name, current.created_at, {**current.config, **changes})
-        await self._write(namespace, actor=actor, action="namespace.update")
-        return namespace
+    async def update(self, name: str, changes: NamespaceChanges, *, actor: str) -> Namespace:
+        await self._check_reachable(changes)
+        current, settings = await self._entry(name)
+        changed = settings.changed(changes)
+        return await self._write(name, current.created_at, changed, actor, "namespace.update")
 
     async def rotate_secret(self, name: str, *, grace_s: float, actor: str) -> Namespace:
         """A new signing secret; the old one keeps signing beside it for `grace_s`."""
-        current = await self.get(name)
-        config = namespace_hooks.rotated(current.config, now=self._clock(), grace_s=grace_s)
-        namespace = Namespace(current.name, current.created_at, config)
-        await self._write(namespace, actor=actor, action="namespace.rotate_secret")
-        return namespace
+        current, settings = await self._entry(name)
+        rotated = settings.rotated(now=self._clock(), grace_s=grace_s)
+        return await self._write(
+            name, current.created_at, rotated, actor, "namespace.rotate_secret"
+        )
 
     async def hooks(self, name: str) -> Hooks:
         """The namespace's webhook settings as of now (changes apply without a restart)."""
-        namespace = await self.get(name)
-        return namespace_hooks.hooks_from_config(namespace.config, now=self._clock())
+        return (await self._entry(name))[1].hooks(now=self._clock())
 
     def cached_hooks(self, name: str) -> Hooks:
         """Synchronous on purpose: read between a job's state and its commit, with no await.
         The caller has loaded the namespace (`get`) before."""
-        return namespace_hooks.hooks_from_config(self._cache[name].config, now=self._clock())
+        return self._cache[name][1].hooks(now=self._clock())
 
     async def put_api_key(self, key: ApiKey, *, actor: str) -> None:
         """Create or revoke a key of a namespace this shard owns."""
@@ -109,23 +101,38 @@ class NamespaceBook:
         if shard_for(name, self._num_shards) != self._slot:
             raise BadRequest(f"namespace {name!r} is not owned by shard {self._slot}")
 
-    async def _checked(self, config: dict[str, Any]) -> dict[str, Any]:
-        if "webhooks" not in config:
-            return config
-        webhooks = await namespace_hooks.check_webhooks(config["webhooks"], allowed=self._allowed)
-        return {**config, "webhooks": webhooks}
+    async def _entry(self, name: str) -> tuple[Namespace, NamespaceSettings]:
+        entry = self._cache.get(name)
+        if entry is not None:
+            return entry
+        self.check_owned(name)
+        namespace = await self._store.get_namespace(name)
+        if namespace is None:
+            raise NotFound(f"namespace {name!r} does not exist")
+        settings = NamespaceSettings.from_config(namespace.config)
+        return self._cache.setdefault(name, (namespace, settings))
 
-    async def _write(self, namespace: Namespace, *, actor: str, action: str) -> None:
-        previous = self._cache.get(namespace.name)
-        detail = namespace_hooks.public(namespace.config)
-        audit = audit_entry(self._clock(), namespace.name, actor, action, namespace.name, detail)
+    async def _check_reachable(self, changes: NamespaceChanges) -> None:
+        """The webhook URL's host must resolve to public (or allowed) addresses only."""
+        webhooks = changes.webhooks
+        if webhooks is not UNSET and webhooks is not None and webhooks.url is not None:
+            await ssrf.resolve_and_check(webhooks.url, allowed=self._allowed)
+
+    async def _write(
+        self, name: str, created_at: float, settings: NamespaceSettings, actor: str, action: str
+    ) -> Namespace:
+        namespace = Namespace(name, created_at, settings.to_config())
+        previous = self._cache.get(name)
+        detail = settings.public_config()
+        audit = audit_entry(self._clock(), name, actor, action, name, detail)
         future = self._committer().add(namespaces=[namespace], audit=[audit])
-        self._cache[namespace.name] = namespace
+        entry = self._cache[name] = (namespace, settings)
         try:
             await durable(future)
         except AosError:
-            if self._cache.get(namespace.name) is namespace:
-                self._cache.pop(namespace.name)
+            if self._cache.get(name) is entry:
+                self._cache.pop(name)
                 if previous is not None:
-                    self._cache[namespace.name] = previous
+                    self._cache[name] = previous
             raise
+        return namespace

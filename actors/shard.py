@@ -12,21 +12,21 @@ output that a crash could still take back.
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from actors import hooks as namespace_hooks
+from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.committer import GroupCommitter, durable
+from actors.job_table import JobTable, LiveJob
+from actors.namespace_settings import NamespaceChanges
 from actors.namespaces import NamespaceBook, audit_entry
+from actors.shard_types import AppendAck, ShardConfig, Update
 from actors.tail import OutputTail
-from actors.validation import JobSpec, check_id, check_progress
+from actors.webhooks import ssrf
 from actors.webhooks.delivery import DeliveryLoop, Send
-from actors.webhooks.outbox import Outbox, check_events
-from actors.webhooks.ssrf import Network, parse_allowed_networks
+from actors.webhooks.outbox import Outbox
 from storage.base import Store
 from storage.errors import (
     AosError,
@@ -35,74 +35,18 @@ from storage.errors import (
     Invalid,
     NotFound,
     Overloaded,
-    TooLarge,
 )
 from storage.records import (
+    ApiKey,
     AuditEntry,
     Batch,
     Chunk,
     Delivery,
     Job,
     JobStatus,
+    Namespace,
     OutputFormat,
 )
-
-MAX_ERROR_CHARS = 8192
-
-
-@dataclass(frozen=True, slots=True)
-class ShardConfig:
-    slot: int
-    num_shards: int
-    max_chunk_bytes: int = 4 * 1024 * 1024
-    tail_bytes_per_job: int = 256 * 1024
-    tail_bytes_total: int = 64 * 1024 * 1024
-    terminal_cache_jobs: int = 10_000
-    max_wait_s: float = 60.0
-    linger_s: float = 0.0
-    max_pending_items: int = 50_000
-    max_pending_bytes: int = 256 * 1024 * 1024
-    #: CIDRs webhook URLs may reach despite the SSRF guard (e.g. 127.0.0.0/8 in development).
-    webhook_allowed_networks: str = ""
-    webhook_coalesce_s: float = 0.5
-    webhook_max_in_flight: int = 1000
-    webhook_max_payload_bytes: int = 1024 * 1024
-
-    @property
-    def allowed_networks(self) -> tuple[Network, ...]:
-        return parse_allowed_networks(self.webhook_allowed_networks)
-
-
-@dataclass(frozen=True, slots=True)
-class AppendAck:
-    seq: int
-    offset: int
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Update:
-    """What `watch` returns: the committed job and the committed output after the caller's
-    position that the in-memory tail still holds (empty when the caller must read the store)."""
-
-    job: Job
-    chunks: tuple[Chunk, ...] = ()
-
-
-class _Live:
-    """A loaded job. Slotted: a shard holds 100k+ of these."""
-
-    __slots__ = ("changed", "committed", "current")
-
-    def __init__(self, job: Job, *, committed: bool) -> None:
-        self.current = job
-        self.committed: Job | None = job if committed else None
-        self.changed: asyncio.Event | None = None
-
-    def wake(self) -> None:
-        if self.changed is not None:
-            self.changed.set()
-            self.changed = None
 
 
 class Shard:
@@ -121,12 +65,12 @@ class Shard:
         self._config = config
         self._owner = owner or uuid.uuid4().hex
         self._clock = clock
-        self._jobs: dict[tuple[str, str], _Live] = {}
-        self._terminal: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
         self._tail = OutputTail(
             per_job_bytes=config.tail_bytes_per_job, total_bytes=config.tail_bytes_total
         )
-        self._deleting: set[tuple[str, str]] = set()
+        self._jobs = JobTable(
+            store, tail=self._tail, terminal_cache_jobs=config.terminal_cache_jobs
+        )
         self._fenced = False
         self._committer: GroupCommitter | None = None
         self._send = send
@@ -154,7 +98,7 @@ class Shard:
         """Take the slot's lease (fencing any older owner) and reload its running jobs."""
         self.epoch = await self._store.acquire_shard(self._config.slot, self._owner)
         for job in await self._store.load_shard(self._config.slot):
-            self._jobs[job.key] = _Live(job, committed=True)
+            self._jobs.add(job, committed=True)
         self._committer = GroupCommitter(
             self._store,
             slot=self._config.slot,
@@ -173,6 +117,9 @@ class Shard:
                 self._committer,
                 send=self._send,
                 hooks_for=self.namespaces.hooks,
+                read_chunks=lambda namespace, job_id, after_seq, limit: self._store.read_output(
+                    namespace, job_id, after_seq=after_seq, limit=limit
+                ),
                 clock=self._clock,
                 max_in_flight=self._config.webhook_max_in_flight,
             )
@@ -184,11 +131,16 @@ class Shard:
         if self._committer is not None:
             await self._committer.stop()
 
+    async def ping(self) -> None:
+        """Readiness: raise unless the store answers."""
+        await self._store.ping()
+
     def stats(self) -> dict[str, Any]:
         committer = self._require_committer()
         return {
             "slot": self._config.slot,
             "epoch": self.epoch,
+            "maxChunkBytes": self._config.max_chunk_bytes,
             "jobsLoaded": len(self._jobs),
             "tailBytes": self._tail.bytes,
             "pendingWrites": committer.pending_items,
@@ -200,16 +152,15 @@ class Shard:
     # -- jobs: writes -------------------------------------------------------------------------
 
     async def submit(
-        self, namespace: str, job_id: str | None, spec: JobSpec, *, actor: str = ""
+        self, namespace: str, *, job_id: str, spec: JobSpec, actor: str = ""
     ) -> tuple[Job, bool]:
         """Create a job; `(job, False)` when the same request was already accepted."""
         await self.namespaces.get(namespace)
-        job_id = check_id("jobId", job_id) if job_id is not None else uuid.uuid4().hex
-        spec.validate()
-        await self._check_job_webhook(spec)
+        if spec.webhook_url is not None:
+            await ssrf.resolve_and_check(spec.webhook_url, allowed=self._allowed)
         fingerprint = spec.fingerprint()
         key = (namespace, job_id)
-        while key in self._deleting:
+        while key in self._jobs.deleting:
             await self._require_committer().barrier()
         try:
             live = await self._load(namespace, job_id)
@@ -220,15 +171,12 @@ class Shard:
         return await self._durable(live), False
 
     async def append(
-        self, namespace: str, job_id: str, data: bytes, *, seq: int | None = None
+        self, namespace: str, *, job_id: str, data: bytes, seq: int | None = None
     ) -> AppendAck:
         """Add a chunk of output. With `seq`, a retried append is acknowledged, not repeated."""
-        data = self._check_chunk(data)
         live = await self._load(namespace, job_id)
         job = live.current
         if seq is not None:
-            if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
-                raise Invalid("seq must be a positive integer")
             if seq <= job.output_seq:
                 return await self._existing_append(live, seq, data)
             if seq != job.output_seq + 1:
@@ -244,49 +192,25 @@ class Shard:
         )
         return AppendAck(chunk.seq, chunk.offset, len(data))
 
-    async def set_progress(
-        self,
-        namespace: str,
-        job_id: str,
-        *,
-        progress: float | None = None,
-        estimated_completion: float | None = None,
-    ) -> Job:
-        changes: dict[str, Any] = {}
-        if progress is not None:
-            changes["progress"] = check_progress(progress)
-        if estimated_completion is not None:
-            if isinstance(estimated_completion, bool) or not isinstance(
-                estimated_completion, int | float
-            ):
-                raise Invalid("estimatedCompletion must be a timestamp")
-            changes["estimated_completion"] = float(estimated_completion)
-        if not changes:
-            raise Invalid("give progress and/or estimatedCompletion")
+    async def set_progress(self, namespace: str, *, job_id: str, update: ProgressUpdate) -> Job:
         live = await self._load(namespace, job_id)
         self._check_running(live.current, "update")
-        return await self._change(live, live.current.evolve(updated_at=self._clock(), **changes))
+        job = live.current.evolve(updated_at=self._clock(), **update.changes())
+        return await self._change(live, job)
 
-    async def complete(
-        self, namespace: str, job_id: str, status: JobStatus, *, error: str | None = None
-    ) -> Job:
+    async def complete(self, namespace: str, *, job_id: str, completion: Completion) -> Job:
         """The producer finishes the job. Repeating the same completion is acknowledged."""
-        status = JobStatus(status)
-        if status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-            raise Invalid("status must be Succeeded or Failed")
-        if error is not None and (not isinstance(error, str) or len(error) > MAX_ERROR_CHARS):
-            raise Invalid(f"error must be a string of at most {MAX_ERROR_CHARS} characters")
         live = await self._load(namespace, job_id)
         job = live.current
-        if job.status is status and job.error == error:
+        if job.status is completion.status and job.error == completion.error:
             return await self._durable(live)
-        return await self._finish(live, status, error, action="job.complete")
+        return await self._finish(live, completion.status, completion.error, action="job.complete")
 
-    async def cancel(self, namespace: str, job_id: str, *, actor: str = "") -> Job:
+    async def cancel(self, namespace: str, *, job_id: str, actor: str = "") -> Job:
         live = await self._load(namespace, job_id)
         return await self._finish(live, JobStatus.CANCELLED, None, action="job.cancel", actor=actor)
 
-    async def delete(self, namespace: str, job_id: str, *, actor: str = "") -> None:
+    async def delete(self, namespace: str, *, job_id: str, actor: str = "") -> None:
         """Delete a terminal job and all its output."""
         live = await self._load(namespace, job_id)
         if not live.current.status.terminal:
@@ -294,25 +218,25 @@ class Shard:
         key = live.current.key
         audit = audit_entry(self._clock(), namespace, actor, "job.delete", job_id)
         future = self._require_committer().add(deleted=[key], audit=[audit])
-        self._forget(key)
+        self._jobs.forget(key)
         self._outbox.forget_job(*key)
-        self._deleting.add(key)
+        self._jobs.deleting.add(key)
         live.wake()
         try:
-            await self._wait(future)
+            await durable(future)
         finally:
-            self._deleting.discard(key)
+            self._jobs.deleting.discard(key)
 
     # -- jobs: reads --------------------------------------------------------------------------
 
-    async def get(self, namespace: str, job_id: str) -> Job:
+    async def get(self, namespace: str, *, job_id: str) -> Job:
         return await self._durable(await self._load(namespace, job_id))
 
     async def watch(
         self,
         namespace: str,
-        job_id: str,
         *,
+        job_id: str,
         revision: int | None = None,
         after_seq: int | None = None,
         timeout_s: float = 0.0,
@@ -339,14 +263,39 @@ class Shard:
         return Update(job, self._tail.after(job.key, after_seq))
 
     async def read_output(
-        self, namespace: str, job_id: str, *, after_seq: int = 0, limit: int = 256
+        self, namespace: str, *, job_id: str, after_seq: int = 0, limit: int = 256
     ) -> list[Chunk]:
         """Committed output after `after_seq`, from the store (the one source for replay)."""
-        await self.get(namespace, job_id)
+        await self.get(namespace, job_id=job_id)
         return await self._store.read_output(namespace, job_id, after_seq=after_seq, limit=limit)
 
+    # -- namespaces and webhooks --------------------------------------------------------------
+
+    async def create_namespace(
+        self, namespace: str, *, changes: NamespaceChanges, actor: str = ""
+    ) -> Namespace:
+        return await self.namespaces.create(namespace, changes, actor=actor)
+
+    async def get_namespace(self, namespace: str) -> Namespace:
+        return await self.namespaces.get(namespace)
+
+    async def update_namespace(
+        self, namespace: str, *, changes: NamespaceChanges, actor: str = ""
+    ) -> Namespace:
+        return await self.namespaces.update(namespace, changes, actor=actor)
+
+    async def rotate_webhook_secret(
+        self, namespace: str, *, grace_s: float, actor: str = ""
+    ) -> Namespace:
+        return await self.namespaces.rotate_secret(namespace, grace_s=grace_s, actor=actor)
+
+    async def put_api_key(self, namespace: str, *, key: ApiKey, actor: str = "") -> None:
+        if namespace not in key.namespaces:
+            raise Invalid(f"key {key.key_id!r} is not a key of namespace {namespace!r}")
+        await self.namespaces.put_api_key(key, actor=actor)
+
     async def retry_delivery(
-        self, namespace: str, delivery_id: str, *, actor: str = ""
+        self, namespace: str, *, delivery_id: str, actor: str = ""
     ) -> Delivery:
         """Send a delivery again now, with the same id (receivers dedupe on webhook-id)."""
         await self.namespaces.get(namespace)
@@ -359,16 +308,10 @@ class Shard:
             raise Conflict(f"delivery {delivery_id!r} is being sent right now")
         again = self._outbox.retry_now(delivery)
         audit = audit_entry(self._clock(), namespace, actor, "webhook.retry", delivery_id)
-        await self._wait(self._require_committer().add(deliveries=[again], audit=[audit]))
+        await durable(self._require_committer().add(deliveries=[again], audit=[audit]))
         return again
 
     # -- internals ----------------------------------------------------------------------------
-
-    async def _check_job_webhook(self, spec: JobSpec) -> None:
-        if spec.webhook_url is not None:
-            await namespace_hooks.check_url(spec.webhook_url, allowed=self._allowed)
-        if spec.webhook_events is not None:
-            check_events(spec.webhook_events)
 
     async def _create(
         self, namespace: str, job_id: str, spec: JobSpec, fingerprint: str, actor: str
@@ -396,12 +339,12 @@ class Shard:
             deliveries=self._outbox.on_change(None, job, (), hooks),
             audit=[audit_entry(now, namespace, actor, "job.submit", job_id)],
         )
-        self._jobs[job.key] = _Live(job, committed=False)
-        await self._wait(future)
+        self._jobs.add(job, committed=False)
+        await durable(future)
         return job
 
     async def _finish(
-        self, live: _Live, status: JobStatus, error: str | None, *, action: str, actor: str = ""
+        self, live: LiveJob, status: JobStatus, error: str | None, *, action: str, actor: str = ""
     ) -> Job:
         job = live.current
         self._check_running(job, "finish")
@@ -413,7 +356,7 @@ class Shard:
 
     async def _change(
         self,
-        live: _Live,
+        live: LiveJob,
         job: Job,
         *,
         chunks: list[Chunk] | None = None,
@@ -431,10 +374,10 @@ class Shard:
             self._outbox.failed(deliveries)
             raise
         live.current = job
-        await self._wait(future)
+        await durable(future)
         return job
 
-    async def _existing_append(self, live: _Live, seq: int, data: bytes) -> AppendAck:
+    async def _existing_append(self, live: LiveJob, seq: int, data: bytes) -> AppendAck:
         await self._durable(live)
         chunk = self._tail.get(live.current.key, seq)
         if chunk is None:
@@ -447,24 +390,11 @@ class Shard:
             raise Conflict(f"seq {seq} was already written with different data")
         return AppendAck(chunk.seq, chunk.offset, len(chunk.data))
 
-    async def _load(self, namespace: str, job_id: str) -> _Live:
-        """The live job, loading a terminal one from the store on first access."""
+    async def _load(self, namespace: str, job_id: str) -> LiveJob:
         await self.namespaces.get(namespace)  # also caches it: writes read its webhook settings
-        check_id("jobId", job_id)
-        key = (namespace, job_id)
-        live = self._jobs.get(key)
-        if live is None and key not in self._deleting:
-            job = await self._store.get_job(namespace, job_id)
-            live = self._jobs.get(key)  # another call may have loaded it meanwhile
-            if live is None and job is not None and key not in self._deleting:
-                live = self._jobs[key] = _Live(job, committed=True)
-                if job.status.terminal:
-                    self._remember_terminal(key)
-        if live is None:
-            raise NotFound(f"job {job_id!r} not found in namespace {namespace!r}")
-        return live
+        return await self._jobs.load(namespace, job_id)
 
-    async def _durable(self, live: _Live) -> Job:
+    async def _durable(self, live: LiveJob) -> Job:
         """The committed view; waits for an in-flight first commit of a new job."""
         if live.committed is None:
             await self._require_committer().barrier()
@@ -472,67 +402,20 @@ class Shard:
             raise NotFound(f"job {live.current.job_id!r} not found")
         return live.committed
 
-    async def _wait(self, future: asyncio.Future[None]) -> None:
-        await durable(future)
-
     def _on_committed(self, batch: Batch) -> None:
-        for job in batch.jobs:
-            self._commit_view(job)
-        for chunk in batch.chunks:
-            if (chunk.namespace, chunk.job_id) in self._jobs:
-                self._tail.add(chunk)
+        self._jobs.on_committed(batch)
         if batch.deliveries:
             self._outbox.committed(batch.deliveries)
             if self._delivery_loop is not None:
                 self._delivery_loop.wake()
-        for job in batch.jobs:
-            live = self._jobs.get(job.key)
-            if live is not None:
-                live.wake()
-
-    def _commit_view(self, job: Job) -> None:
-        live = self._jobs.get(job.key)
-        if live is None:
-            return
-        if live.committed is None or job.revision > live.committed.revision:
-            live.committed = job
-        if job.status.terminal:
-            self._remember_terminal(job.key)
 
     def _on_failed(self, batch: Batch, exc: AosError) -> None:
         """Forget what did not commit: the next access reloads the store's truth."""
         if isinstance(exc, Fenced):
             self._fenced = True
         self._outbox.failed(batch.deliveries)
-        for job in batch.jobs:
-            live = self._jobs.get(job.key)
-            self._forget(job.key)
-            if live is not None:
-                live.wake()
+        self._jobs.on_failed(batch)
         self.namespaces.forget(batch.namespaces)
-
-    def _forget(self, key: tuple[str, str]) -> None:
-        self._jobs.pop(key, None)
-        self._terminal.pop(key, None)
-        self._tail.forget(key)
-
-    def _remember_terminal(self, key: tuple[str, str]) -> None:
-        self._terminal[key] = None
-        self._terminal.move_to_end(key)
-        while len(self._terminal) > self._config.terminal_cache_jobs:
-            old, _ = self._terminal.popitem(last=False)
-            live = self._jobs.get(old)
-            if live is not None and live.changed is None:
-                self._forget(old)
-
-    def _check_chunk(self, data: object) -> bytes:
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise Invalid("output must be bytes")
-        if not data:
-            raise Invalid("output chunk is empty")
-        if len(data) > self._config.max_chunk_bytes:
-            raise TooLarge(f"output chunk is over {self._config.max_chunk_bytes} bytes; split it")
-        return bytes(data)
 
     def _check_running(self, job: Job, verb: str) -> None:
         if job.status.terminal:

@@ -1,21 +1,27 @@
-"""The Ray edge of a shard: a named, restartable async actor around `actors.shard.Shard`."""
+"""The Ray edge of a shard: a named, restartable async actor around `actors.shard.Shard`.
+
+Its methods are `actors.shard_client.ShardApi`, each handed to the shard as is; callers
+reach them through `ShardClient`, never by name.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from typing import Any
 
 import ray
 
+from actors.commands import Completion, JobSpec, ProgressUpdate
+from actors.namespace_settings import NamespaceChanges
 from actors.routing import RAY_NAMESPACE, shard_name
-from actors.shard import AppendAck, Shard, ShardConfig, Update
-from actors.validation import JobSpec
+from actors.shard import Shard
+from actors.shard_types import AppendAck, ShardConfig, Update
 from actors.webhooks.dispatcher import dispatcher_handle
 from actors.webhooks.dispatcher_client import DispatcherClient
-from storage.base import Store, open_store
-from storage.errors import Invalid
-from storage.records import ApiKey, Chunk, Delivery, Job, JobStatus, Namespace
+from storage.base import open_store
+from storage.records import ApiKey, Chunk, Delivery, Job, Namespace
 
 #: Async actor concurrency: every open SSE stream and long-poll holds one slot while it waits.
 MAX_CONCURRENCY = 10_000
@@ -30,7 +36,6 @@ class ShardActor:
     def __init__(self, config: ShardConfig, store_url: str) -> None:
         self._config = config
         self._store_url = store_url
-        self._store: Store | None = None
         self._shard: Shard | None = None
         self._starting: asyncio.Lock | None = None
 
@@ -42,106 +47,101 @@ class ShardActor:
             if self._shard is None:
                 store = open_store(self._store_url)
                 await store.open()
-                owner = f"{os.getpid()}@{ray.util.get_node_ip_address()}"
+                owner = f"{os.getpid()}@{ray.util.get_node_ip_address()}"  # type: ignore[no-untyped-call]
                 dispatcher = DispatcherClient(_cached(dispatcher_handle))
                 shard = Shard(store, self._config, owner=owner, send=dispatcher.send)
                 await shard.start()
-                self._store, self._shard = store, shard
+                self._shard = shard
         return self._shard
-
-    async def ready(self) -> dict[str, Any]:
-        return (await self._ready()).stats()
 
     async def ping(self) -> None:
         """Readiness: the shard is started and its store answers."""
-        await self._ready()
-        assert self._store is not None
-        await self._store.ping()
+        await (await self._ready()).ping()
 
     async def stats(self) -> dict[str, Any]:
         return (await self._ready()).stats()
 
-    async def create_namespace(self, name: str, config: dict[str, Any], actor: str) -> Namespace:
-        return await (await self._ready()).namespaces.create(name, config, actor=actor)
-
-    async def get_namespace(self, name: str) -> Namespace:
-        return await (await self._ready()).namespaces.get(name)
-
-    async def update_namespace(self, name: str, changes: dict[str, Any], actor: str) -> Namespace:
-        return await (await self._ready()).namespaces.update(name, changes, actor=actor)
-
-    async def rotate_webhook_secret(self, name: str, grace_s: float, actor: str) -> Namespace:
-        return await (await self._ready()).namespaces.rotate_secret(
-            name, grace_s=grace_s, actor=actor
-        )
-
-    async def retry_delivery(self, namespace: str, delivery_id: str, actor: str) -> Delivery:
-        return await (await self._ready()).retry_delivery(namespace, delivery_id, actor=actor)
-
-    async def put_api_key(self, namespace: str, key: ApiKey, actor: str) -> None:
-        if namespace not in key.namespaces:
-            raise Invalid(f"key {key.key_id!r} is not a key of namespace {namespace!r}")
-        await (await self._ready()).namespaces.put_api_key(key, actor=actor)
-
     async def submit(
-        self, namespace: str, job_id: str | None, spec: JobSpec, actor: str = ""
+        self, namespace: str, *, job_id: str, spec: JobSpec, actor: str = ""
     ) -> tuple[Job, bool]:
-        return await (await self._ready()).submit(namespace, job_id, spec, actor=actor)
+        return await (await self._ready()).submit(namespace, job_id=job_id, spec=spec, actor=actor)
 
     async def append(
-        self, namespace: str, job_id: str, data: bytes, seq: int | None = None
+        self, namespace: str, *, job_id: str, data: bytes, seq: int | None = None
     ) -> AppendAck:
-        return await (await self._ready()).append(namespace, job_id, data, seq=seq)
+        return await (await self._ready()).append(namespace, job_id=job_id, data=data, seq=seq)
 
-    async def set_progress(
-        self,
-        namespace: str,
-        job_id: str,
-        progress: float | None = None,
-        estimated_completion: float | None = None,
-    ) -> Job:
-        return await (await self._ready()).set_progress(
-            namespace, job_id, progress=progress, estimated_completion=estimated_completion
-        )
+    async def set_progress(self, namespace: str, *, job_id: str, update: ProgressUpdate) -> Job:
+        return await (await self._ready()).set_progress(namespace, job_id=job_id, update=update)
 
-    async def complete(
-        self, namespace: str, job_id: str, status: JobStatus, error: str | None = None
-    ) -> Job:
-        return await (await self._ready()).complete(namespace, job_id, status, error=error)
+    async def complete(self, namespace: str, *, job_id: str, completion: Completion) -> Job:
+        shard = await self._ready()
+        return await shard.complete(namespace, job_id=job_id, completion=completion)
 
-    async def cancel(self, namespace: str, job_id: str, actor: str = "") -> Job:
-        return await (await self._ready()).cancel(namespace, job_id, actor=actor)
+    async def cancel(self, namespace: str, *, job_id: str, actor: str = "") -> Job:
+        return await (await self._ready()).cancel(namespace, job_id=job_id, actor=actor)
 
-    async def delete(self, namespace: str, job_id: str, actor: str = "") -> None:
-        await (await self._ready()).delete(namespace, job_id, actor=actor)
+    async def delete(self, namespace: str, *, job_id: str, actor: str = "") -> None:
+        await (await self._ready()).delete(namespace, job_id=job_id, actor=actor)
 
-    async def get(self, namespace: str, job_id: str) -> Job:
-        return await (await self._ready()).get(namespace, job_id)
+    async def get(self, namespace: str, *, job_id: str) -> Job:
+        return await (await self._ready()).get(namespace, job_id=job_id)
 
     async def watch(
         self,
         namespace: str,
+        *,
         job_id: str,
         revision: int | None = None,
         after_seq: int | None = None,
         timeout_s: float = 0.0,
     ) -> Update:
-        return await (await self._ready()).watch(
-            namespace, job_id, revision=revision, after_seq=after_seq, timeout_s=timeout_s
+        shard = await self._ready()
+        return await shard.watch(
+            namespace, job_id=job_id, revision=revision, after_seq=after_seq, timeout_s=timeout_s
         )
 
     async def read_output(
-        self, namespace: str, job_id: str, after_seq: int = 0, limit: int = 256
+        self, namespace: str, *, job_id: str, after_seq: int = 0, limit: int = 256
     ) -> list[Chunk]:
-        return await (await self._ready()).read_output(
-            namespace, job_id, after_seq=after_seq, limit=limit
-        )
+        shard = await self._ready()
+        return await shard.read_output(namespace, job_id=job_id, after_seq=after_seq, limit=limit)
+
+    async def create_namespace(
+        self, namespace: str, *, changes: NamespaceChanges, actor: str = ""
+    ) -> Namespace:
+        shard = await self._ready()
+        return await shard.create_namespace(namespace, changes=changes, actor=actor)
+
+    async def get_namespace(self, namespace: str) -> Namespace:
+        return await (await self._ready()).get_namespace(namespace)
+
+    async def update_namespace(
+        self, namespace: str, *, changes: NamespaceChanges, actor: str = ""
+    ) -> Namespace:
+        shard = await self._ready()
+        return await shard.update_namespace(namespace, changes=changes, actor=actor)
+
+    async def rotate_webhook_secret(
+        self, namespace: str, *, grace_s: float, actor: str = ""
+    ) -> Namespace:
+        shard = await self._ready()
+        return await shard.rotate_webhook_secret(namespace, grace_s=grace_s, actor=actor)
+
+    async def put_api_key(self, namespace: str, *, key: ApiKey, actor: str = "") -> None:
+        await (await self._ready()).put_api_key(namespace, key=key, actor=actor)
+
+    async def retry_delivery(
+        self, namespace: str, *, delivery_id: str, actor: str = ""
+    ) -> Delivery:
+        shard = await self._ready()
+        return await shard.retry_delivery(namespace, delivery_id=delivery_id, actor=actor)
 
 
 def create_shards(
     *, num_shards: int, store_url: str, config: dict[str, Any] | None = None
 ) -> list[Any]:
-    """Create (or find) the named shard actors; await `ready` on each before use."""
+    """Create (or find) the named shard actors; await `ping` on each before use."""
     handles = []
     for slot in range(num_shards):
         shard_config = ShardConfig(slot=slot, num_shards=num_shards, **(config or {}))
@@ -155,7 +155,7 @@ def create_shards(
     return handles
 
 
-def _cached(factory: Any) -> Any:
+def _cached(factory: Callable[[], Any]) -> Callable[[], Any]:
     """A getter that calls `factory` once it succeeds (the dispatcher may deploy later)."""
     value: list[Any] = []
 

@@ -31,12 +31,13 @@ from ray import serve
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/spine.py` puts bench/, not the repo, on the path
 
-from actors.routing import RAY_NAMESPACE, shard_for, shard_name  # noqa: E402
+from actors.commands import JobSpec  # noqa: E402
+from actors.namespace_settings import NamespaceChanges  # noqa: E402
 from actors.shard import Shard, ShardConfig  # noqa: E402
-from actors.validation import JobSpec  # noqa: E402
+from actors.shard_client import ShardClient  # noqa: E402
 from cluster import bootstrap, ray_connect  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
-from serve_app.app import MAX_ONGOING_REQUESTS, MAX_QUEUED_REQUESTS  # noqa: E402
+from serve_app.deployment import MAX_ONGOING_REQUESTS, MAX_QUEUED_REQUESTS  # noqa: E402
 from storage.sqlite import SqliteStore  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -330,34 +331,34 @@ def concurrent(url: str, key: str, sizes: Sizes, run: str) -> dict[str, Rate]:
 # -- 4. the direct Python client ------------------------------------------------------------
 
 
-def shard_handles() -> list[Any]:
-    return [ray.get_actor(shard_name(slot), namespace=RAY_NAMESPACE) for slot in range(NUM_SHARDS)]
-
-
-def batch_sizes(shards: list[Any]) -> collections.Counter[int]:
+async def batch_sizes(shards: ShardClient) -> collections.Counter[int]:
     """The shards' group-commit histograms, summed."""
     total: collections.Counter[int] = collections.Counter()
-    for stats in ray.get([shard.stats.remote() for shard in shards]):
+    for slot in range(shards.num_shards):
+        stats = await shards.shard(slot).stats()
         total.update({int(k): v for k, v in stats["batchSizes"].items()})
     return total
 
 
-async def direct_rate(shard: Any, job_ids: list[str], cap_s: float) -> Rate:
+async def direct_rate(shards: ShardClient, job_ids: list[str], cap_s: float) -> Rate:
     async def submit(job_id: str) -> bool:
-        await shard.submit.remote(NAMESPACE, job_id, JobSpec(), "bench")
+        await shards.submit(NAMESPACE, JobSpec(), job_id=job_id, actor="bench")
         return True
 
     return await saturate(submit, job_ids, DIRECT_IN_FLIGHT, cap_s)
 
 
 def direct(sizes: Sizes, run: str) -> tuple[Rate, Commits]:
-    """Submits/s straight to the owning shard actor; the commits they took."""
-    shards = shard_handles()
-    owner = shards[shard_for(NAMESPACE, NUM_SHARDS)]
-    asyncio.run(direct_rate(owner, ids(f"{run}-direct-warm", DIRECT_IN_FLIGHT), sizes.round_cap_s))
-    before = batch_sizes(shards)
-    rate = asyncio.run(direct_rate(owner, ids(f"{run}-direct", sizes.direct_n), sizes.round_cap_s))
-    return rate, Commits(batch_sizes(shards) - before)
+    """Submits/s through the typed shard client, straight to the owning shard actor."""
+
+    async def measure() -> tuple[Rate, Commits]:
+        shards = ShardClient(num_shards=NUM_SHARDS)
+        await direct_rate(shards, ids(f"{run}-direct-warm", DIRECT_IN_FLIGHT), sizes.round_cap_s)
+        before = await batch_sizes(shards)
+        rate = await direct_rate(shards, ids(f"{run}-direct", sizes.direct_n), sizes.round_cap_s)
+        return rate, Commits(await batch_sizes(shards) - before)
+
+    return asyncio.run(measure())
 
 
 # -- 5. memory per live job -----------------------------------------------------------------
@@ -374,11 +375,14 @@ async def fill(store: SqliteStore, n: int) -> None:
     """`n` Running jobs in namespace "mem", written by a real shard."""
     shard = Shard(store, ShardConfig(slot=0, num_shards=1))
     await shard.start()
-    await shard.namespaces.create("mem", {}, actor="bench")
+    await shard.namespaces.create("mem", NamespaceChanges(), actor="bench")
+    shards = ShardClient.in_process([shard])
     spec = JobSpec(title="t", tags=("a",))
     for first in range(0, n, MEMORY_CHUNK):
         chunk = range(first, min(n, first + MEMORY_CHUNK))
-        await asyncio.gather(*(shard.submit("mem", f"job-{i}", spec, actor="bench") for i in chunk))
+        await asyncio.gather(
+            *(shards.submit("mem", spec, job_id=f"job-{i}", actor="bench") for i in chunk)
+        )
     await shard.stop()
 
 

@@ -24,8 +24,9 @@ from ray import serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/...`
 
-from actors.routing import RAY_NAMESPACE, shard_for, shard_name
-from actors.validation import JobSpec
+from actors.commands import JobSpec
+from actors.namespace_settings import NamespaceChanges, WebhookSettings
+from actors.shard_client import ShardClient
 from actors.webhooks.dispatcher import APP_NAME, WebhookDispatcher, dispatcher_handle
 from actors.webhooks.dispatcher_client import DispatcherClient
 from actors.webhooks.signing import headers, new_secret
@@ -112,14 +113,15 @@ async def end_to_end_lag(
     )
     service = bootstrap.start(settings)
     namespace = "bench-hooks"
-    shard = ray.get_actor(shard_name(shard_for(namespace, 2)), namespace=RAY_NAMESPACE)
-    await shard.create_namespace.remote(namespace, {"webhooks": {"url": url + "/lag"}}, "bench")
+    shards = ShardClient(num_shards=2)
+    hooks = NamespaceChanges(webhooks=WebhookSettings(url=url + "/lag"))
+    await shards.create_namespace(namespace, hooks, actor="bench")
 
     async def one(i: int) -> None:
         await asyncio.sleep(i / rate)  # paced: lag at a steady rate, not behind a burst
         job_id = f"j{i}-{uuid.uuid4().hex[:6]}"
-        await shard.submit.remote(namespace, job_id, JobSpec(), "bench")
-        await shard.cancel.remote(namespace, job_id, "bench")
+        await shards.submit(namespace, JobSpec(), job_id=job_id, actor="bench")
+        await shards.cancel(namespace, job_id, actor="bench")
 
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(jobs)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,15 +14,16 @@ from ray import serve
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve.context import _get_global_client
 
-from actors.routing import shard_for
+from actors.namespace_settings import NamespaceChanges
 from actors.shard_actor import create_shards
+from actors.shard_client import ShardClient
 from actors.webhooks.dispatcher import APP_NAME as DISPATCHER_APP
 from actors.webhooks.dispatcher import WebhookDispatcher
 from cluster import http_port, ray_connect
 from cluster.settings import Settings
-from serve_app.app import Api
-from serve_app.context import ApiConfig
-from serve_app.keys import sha256
+from serve_app.deployment import Api
+from serve_app.deps import ApiConfig
+from serve_app.keys import key_hash
 from storage.errors import Conflict
 
 APP_NAME = "aos"
@@ -61,7 +63,7 @@ def api_config(settings: Settings, key: str) -> ApiConfig:
     return ApiConfig(
         store_url=settings.storage_url,
         num_shards=settings.num_shards,
-        admin_key_sha256=sha256(key),
+        admin_key_sha256=key_hash(key),
         max_chunk_bytes=settings.max_chunk_bytes,
         max_wait_s=settings.max_wait_s,
         heartbeat_s=settings.heartbeat_s,
@@ -125,13 +127,12 @@ def deploy(
     key, generated = admin_key(settings)
     on_progress(f"starting Serve on {settings.http_host}:{settings.http_port}, webhook dispatcher")
     started_serve = start_serve(settings.http_host, settings.http_port)
-    dispatcher = WebhookDispatcher.bind(**settings.dispatcher_options())
+    dispatcher = WebhookDispatcher.bind(**settings.dispatcher_options())  # type: ignore[attr-defined]
     serve.run(dispatcher, name=DISPATCHER_APP, route_prefix=None)
     on_progress(f"starting {settings.num_shards} shards on {redacted(settings.storage_url)}")
     shards = deploy_shards(settings)
-    ensure_namespace(shards, settings.num_shards, DEFAULT_NAMESPACE)
     on_progress("deploying the HTTP API")
-    app = Api.options(num_replicas=settings.num_replicas).bind(
+    app = Api.options(num_replicas=settings.num_replicas).bind(  # type: ignore[attr-defined]
         api_config(settings, key), settings.shard_options()
     )
     serve.run(app, name=APP_NAME, route_prefix="/")
@@ -181,18 +182,20 @@ def redacted(url: str) -> str:
 
 
 def deploy_shards(settings: Settings) -> list[Any]:
-    shards = create_shards(
+    """The shard actors, started, with the default namespace made; returns their handles."""
+    handles = create_shards(
         num_shards=settings.num_shards,
         store_url=settings.storage_url,
         config=settings.shard_options(),
     )
-    ray.get([shard.ready.remote() for shard in shards])
-    return shards
+    asyncio.run(_ready(ShardClient(num_shards=settings.num_shards)))
+    return handles
 
 
-def ensure_namespace(shards: list[Any], num_shards: int, name: str) -> None:
+async def _ready(shards: ShardClient) -> None:
+    await shards.ping_all()
     try:
-        ray.get(shards[shard_for(name, num_shards)].create_namespace.remote(name, {}, "system"))
+        await shards.create_namespace(DEFAULT_NAMESPACE, NamespaceChanges(), actor="system")
     except Conflict:
         pass
 
@@ -206,7 +209,7 @@ def stop(service: Service) -> None:
     for shard in service.shards:
         ray.kill(shard, no_restart=True)
     if service.started_serve:
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]
     if service.started_ray:
         ray.shutdown()
     if service.port_lock is not None:

@@ -6,30 +6,39 @@
     c.append("default", "job-1", b"hello ")
     c.complete("default", "job-1")
     async for event in c.events("default", "job-1"): ...
+    await c.shards.get("default", "job-1")    # the async API (`actors.shard_client`)
 
-Same validation and durability as HTTP: every call returns once its write is durable.
+Same validation and durability as HTTP, through the same `ShardClient`: every call
+returns once its write is durable, and raises the errors of `storage.errors`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import asyncio
+import functools
+import threading
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 import ray
 
-from actors.feed import Event, job_events
-from actors.routing import RAY_NAMESPACE, shard_for, shard_name
-from actors.shard import AppendAck, Update
-from actors.validation import JobSpec
+from actors.commands import Completion, JobSpec, ProgressUpdate, parse_output_format
+from actors.feed import Event
+from actors.shard_client import ShardClient
+from actors.shard_types import AppendAck
 from cluster import ray_connect
 from cluster.settings import Settings
-from storage.records import Chunk, Job, JobStatus, OutputFormat
+from storage.records import Job
+
+T = TypeVar("T")
+ACTOR = "python-client"
 
 
 class Client:
-    def __init__(self, num_shards: int) -> None:
-        self._num_shards = num_shards
-        self._shards: dict[int, Any] = {}
+    """Blocking calls for plain Python code; `shards` is the same API for async code."""
+
+    def __init__(self, shards: ShardClient) -> None:
+        self.shards = shards
 
     @classmethod
     def connect(cls, address: str | None = None) -> Client:
@@ -50,24 +59,7 @@ class Client:
                     "RAY_ADDRESS (`aos serve` prints it as 'Ray address: ...')"
                 )
             ray_connect.connect(address)
-        names = {
-            actor["name"]
-            for actor in ray.util.list_named_actors(all_namespaces=True)
-            if actor["namespace"] == RAY_NAMESPACE
-        }
-        num_shards = 0
-        while shard_name(num_shards) in names:
-            num_shards += 1
-        if not num_shards:
-            raise RuntimeError("no Async Output Service shards in this Ray cluster")
-        return cls(num_shards)
-
-    def shard(self, namespace: str) -> Any:
-        """The actor owning `namespace`, for async code: `await c.shard(ns).get.remote(...)`."""
-        slot = shard_for(namespace, self._num_shards)
-        if slot not in self._shards:
-            self._shards[slot] = ray.get_actor(shard_name(slot), namespace=RAY_NAMESPACE)
-        return self._shards[slot]
+        return cls(_run(ShardClient.discover()))
 
     def submit(
         self,
@@ -80,22 +72,23 @@ class Client:
         webhook_events: list[str] | None = None,
         ttl_s: int | None = None,
     ) -> Job:
+        """Create a job (`metadata`: title, description, tags); resubmitting is idempotent."""
         spec = JobSpec.from_metadata(
             metadata,
-            output_format=OutputFormat(output_format),
+            output_format=parse_output_format(output_format),
             webhook_url=webhook_url,
             webhook_events=tuple(webhook_events) if webhook_events is not None else None,
             ttl_s=ttl_s,
         )
-        job, _ = self._call(namespace, "submit", job_id, spec, "python-client")
+        job, _ = _run(self.shards.submit(namespace, spec, job_id=job_id, actor=ACTOR))
         return job
 
     def append(
         self, namespace: str, job_id: str, data: bytes | str, *, seq: int | None = None
     ) -> AppendAck:
+        """Append a chunk (text is UTF-8 encoded); with `seq`, retrying is safe."""
         payload = data.encode() if isinstance(data, str) else data
-        ack: AppendAck = self._call(namespace, "append", job_id, payload, seq)
-        return ack
+        return _run(self.shards.append(namespace, job_id, payload, seq=seq))
 
     def progress(
         self,
@@ -105,57 +98,54 @@ class Client:
         *,
         estimated_completion: float | None = None,
     ) -> Job:
-        return self._job(namespace, "set_progress", job_id, percent, estimated_completion)
+        """Report progress (0..100) and/or an estimated completion (epoch seconds)."""
+        update = ProgressUpdate(percent, estimated_completion)
+        return _run(self.shards.set_progress(namespace, job_id, update))
 
     def complete(
         self, namespace: str, job_id: str, status: str = "Succeeded", *, error: str | None = None
     ) -> Job:
-        return self._job(namespace, "complete", job_id, JobStatus(status), error)
+        completion = Completion.parse(status, error)
+        return _run(self.shards.complete(namespace, job_id, completion))
 
     def cancel(self, namespace: str, job_id: str) -> Job:
-        return self._job(namespace, "cancel", job_id, "python-client")
+        return _run(self.shards.cancel(namespace, job_id, actor=ACTOR))
 
     def status(self, namespace: str, job_id: str) -> Job:
-        return self._job(namespace, "get", job_id)
+        return _run(self.shards.get(namespace, job_id))
 
     def output(self, namespace: str, job_id: str) -> bytes:
         """The whole output written so far (mind the size: use `events` for big outputs)."""
-        job = self.status(namespace, job_id)
-        parts, pos = [], 0
-        while pos < job.output_seq:
-            chunks: list[Chunk] = self._call(namespace, "read_output", job_id, pos, 256)
-            if not chunks:
-                break
-            parts.extend(c.data for c in chunks if c.seq <= job.output_seq)
-            pos = chunks[-1].seq
-        return b"".join(parts)
+
+        async def read() -> bytes:
+            job = await self.shards.get(namespace, job_id)
+            return b"".join([chunk.data async for chunk in self.shards.output(job)])
+
+        return _run(read())
 
     async def events(
         self, namespace: str, job_id: str, *, after_seq: int = 0, heartbeat_s: float = 15.0
     ) -> AsyncIterator[Event]:
-        """The job's events (output, status, progress, end), resumable from `after_seq`."""
-        shard = self.shard(namespace)
-        job: Job = await shard.get.remote(namespace, job_id)
-
-        async def watch(revision: int, pos: int, timeout_s: float) -> Update:
-            update: Update = await shard.watch.remote(namespace, job_id, revision, pos, timeout_s)
-            return update
-
-        async def read(pos: int, limit: int) -> list[Chunk]:
-            chunks: list[Chunk] = await shard.read_output.remote(namespace, job_id, pos, limit)
-            return chunks
-
-        async for event in job_events(
-            job, watch=watch, read=read, after_seq=after_seq, heartbeat_s=heartbeat_s
-        ):
+        """The job's events (output, status, progress, end), resumable from `after_seq`;
+        `event.data()` is the JSON an SSE client gets for it."""
+        events = await self.shards.events(
+            namespace, job_id, after_seq=after_seq, heartbeat_s=heartbeat_s
+        )
+        async for event in events:
             yield event
 
-    def _job(self, namespace: str, method: str, *args: Any) -> Job:
-        job: Job = self._call(namespace, method, *args)
-        return job
 
-    def _call(self, namespace: str, method: str, *args: Any) -> Any:
-        return ray.get(getattr(self.shard(namespace), method).remote(namespace, *args))
+@functools.cache
+def _loop() -> asyncio.AbstractEventLoop:
+    """An event loop in a daemon thread, so the blocking methods work from any thread, even
+    one whose own loop is running (e.g. inside an async Ray actor)."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="aos-client", daemon=True).start()
+    return loop
+
+
+def _run(call: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run_coroutine_threadsafe(call, _loop()).result()
 
 
 __all__ = ["Client", "Event"]

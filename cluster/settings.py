@@ -8,6 +8,8 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from actors.limits import MAX_CHUNK_BYTES
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AOS_", extra="ignore")
@@ -28,7 +30,7 @@ class Settings(BaseSettings):
     start_timeout_s: float = Field(default=300.0, gt=0)
 
     # limits
-    max_chunk_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_chunk_bytes: int = Field(default=MAX_CHUNK_BYTES, ge=1024)
     max_wait_s: float = Field(default=60.0, gt=0)
     heartbeat_s: float = Field(default=15.0, gt=0, le=15.0)
     max_pending_items: int = Field(default=50_000, ge=1)

@@ -2,95 +2,86 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from actors.hooks import PREVIOUS_UNTIL, SECRET
+from actors.limits import MAX_KEY_DESCRIPTION_CHARS, check_text
+from actors.namespace_settings import NamespaceSettings, namespace_json
 from actors.timestamps import iso
-from actors.validation import check_namespace
-from serve_app import context
-from serve_app.deps import Caller, require_admin
+from serve_app.deps import Caller, D, require_admin
 from serve_app.keys import mint
-from serve_app.models import (
-    KeyCreate,
-    NamespaceConfig,
-    NamespaceCreate,
-    SecretRotation,
-    namespace_json,
-)
+from serve_app.models import KeyCreate, NamespaceConfig, NamespaceCreate, SecretRotation
 from storage.errors import Forbidden, NotFound
 
 router = APIRouter(prefix="/api/v1/namespaces")
 
 
 @router.post("", status_code=201)
-async def create_namespace(body: NamespaceCreate, caller: Caller) -> JSONResponse:
+async def create_namespace(body: NamespaceCreate, caller: Caller, deps: D) -> JSONResponse:
     require_admin(caller)
-    name = check_namespace(body.name)
-    namespace = await context.get().call(name, "create_namespace", body.config(), caller.key_id)
+    namespace = await deps.shards.create_namespace(body.name, body.changes(), actor=caller.key_id)
     return JSONResponse(
         namespace_json(namespace, with_secret=True),
         status_code=201,
-        headers={"Location": f"/api/v1/namespaces/{name}"},
+        headers={"Location": f"/api/v1/namespaces/{namespace.name}"},
     )
 
 
 @router.get("/{name}")
-async def get_namespace(name: str, caller: Caller) -> dict[str, Any]:
-    name = check_namespace(name)
+async def get_namespace(name: str, caller: Caller, deps: D) -> dict[str, Any]:
     if not caller.can_use(name):
         raise Forbidden(f"this key may not use namespace {name!r}")
-    return namespace_json(await context.get().call(name, "get_namespace"))
+    return namespace_json(await deps.shards.get_namespace(name))
 
 
 @router.patch("/{name}")
-async def update_namespace(name: str, body: NamespaceConfig, caller: Caller) -> dict[str, Any]:
+async def update_namespace(
+    name: str, body: NamespaceConfig, caller: Caller, deps: D
+) -> dict[str, Any]:
     require_admin(caller)
-    name = check_namespace(name)
-    namespace = await context.get().call(name, "update_namespace", body.config(), caller.key_id)
+    namespace = await deps.shards.update_namespace(name, body.changes(), actor=caller.key_id)
     return namespace_json(namespace)
 
 
 @router.post("/{name}/webhook-secret/rotate")
 async def rotate_webhook_secret(
-    name: str, caller: Caller, body: SecretRotation | None = None
+    name: str, caller: Caller, deps: D, body: SecretRotation | None = None
 ) -> dict[str, Any]:
     """A new signing secret; the old one signs beside it until the grace period ends."""
     require_admin(caller)
-    name = check_namespace(name)
     grace_s = (body or SecretRotation()).grace_s
-    namespace = await context.get().call(name, "rotate_webhook_secret", grace_s, caller.key_id)
+    namespace = await deps.shards.rotate_webhook_secret(name, grace_s=grace_s, actor=caller.key_id)
+    settings = NamespaceSettings.from_config(namespace.config)
     return {
-        "webhookSecret": namespace.config[SECRET],
-        "previousSecretValidUntil": iso(namespace.config[PREVIOUS_UNTIL]),
+        "webhookSecret": settings.secret,
+        "previousSecretValidUntil": iso(settings.previous_secret_until),
     }
 
 
 @router.post("/{name}/keys", status_code=201)
-async def create_key(name: str, caller: Caller, body: KeyCreate | None = None) -> JSONResponse:
+async def create_key(
+    name: str, caller: Caller, deps: D, body: KeyCreate | None = None
+) -> JSONResponse:
     """A new key for the namespace. Its secret is in this response and nowhere else."""
     require_admin(caller)
-    name = check_namespace(name)
+    check_text("description", (body or KeyCreate()).description, MAX_KEY_DESCRIPTION_CHARS)
     key, secret = mint((name,), now=time.time())
-    await context.get().call(name, "put_api_key", key, caller.key_id)
+    await deps.shards.put_api_key(name, key, actor=caller.key_id)
     return JSONResponse({"keyId": key.key_id, "key": secret, "namespace": name}, status_code=201)
 
 
 @router.delete("/{name}/keys/{key_id}", status_code=204)
-async def revoke_key(name: str, key_id: str, caller: Caller) -> Response:
+async def revoke_key(name: str, key_id: str, caller: Caller, deps: D) -> Response:
     require_admin(caller)
-    name = check_namespace(name)
-    ctx = context.get()
-    key = await ctx.store.get_api_key(key_id)
+    key = await deps.store.get_api_key(key_id)
     if key is None or name not in key.namespaces:
         raise NotFound(f"no key {key_id!r} in namespace {name!r}")
     if key.revoked_at is None:
-        revoked = type(key)(
-            key.key_id, key.secret_hash, key.namespaces, key.created_at, key.admin, time.time()
-        )
-        await ctx.call(name, "put_api_key", revoked, caller.key_id)
-    ctx.keys.forget(key_id)
+        revoked = dataclasses.replace(key, revoked_at=time.time())
+        await deps.shards.put_api_key(name, revoked, actor=caller.key_id)
+    deps.keys.forget(key_id)
     return Response(status_code=204)

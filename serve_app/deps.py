@@ -1,34 +1,79 @@
-"""Request dependencies: who is calling, and which namespace a request is about."""
+"""What handlers depend on, injected: the replica's config, store, shard client and key cache;
+and who is calling, and which namespace a request is about.
+
+`create_app(deps)` puts a `Deps` on the app; handlers take it with `Depends(deps)`, so a
+test builds the app around a `ShardClient.in_process(...)` and needs no Ray.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Query
+from fastapi import Depends, Header, Query, Request
 
-from actors.validation import check_namespace
-from serve_app import context
-from serve_app.keys import Principal
+from actors.limits import MAX_CHUNK_BYTES
+from actors.shard_client import ShardClient
+from serve_app.keys import KeyCache, Principal
+from storage.base import Store
 from storage.errors import BadRequest, Forbidden
 
 
-async def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return await context.get().keys.authenticate(authorization)
+@dataclass(frozen=True)
+class ApiConfig:
+    store_url: str
+    num_shards: int
+    admin_key_sha256: str
+    max_chunk_bytes: int = MAX_CHUNK_BYTES
+    max_wait_s: float = 60.0
+    heartbeat_s: float = 15.0
+    key_cache_s: float = 1.0
+    max_inline_output_bytes: int = 16 * 1024 * 1024
+    sse_retry_ms: int = 3000
+
+
+@dataclass(frozen=True)
+class Deps:
+    """Everything a replica's handlers share."""
+
+    config: ApiConfig
+    store: Store
+    shards: ShardClient
+    keys: KeyCache
+
+    @classmethod
+    def create(cls, config: ApiConfig, store: Store, shards: ShardClient) -> Deps:
+        keys = KeyCache(store, admin_key_sha256=config.admin_key_sha256, ttl_s=config.key_cache_s)
+        return cls(config, store, shards, keys)
+
+
+def deps(request: Request) -> Deps:
+    found: Deps | None = getattr(request.app.state, "deps", None)
+    if found is None:
+        raise RuntimeError("the app has no dependencies yet (create_app(deps) or app.state.deps)")
+    return found
+
+
+D = Annotated[Deps, Depends(deps)]
+
+
+async def principal(deps: D, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    return await deps.keys.authenticate(authorization)
 
 
 Caller = Annotated[Principal, Depends(principal)]
 
 
 def resolve_namespace(caller: Principal, requested: str | None) -> str:
-    """`?namespace=` (or a body's), else the key's only namespace; anything ambiguous is a 400."""
+    """`?namespace=` (or a body's), else the key's only namespace; anything ambiguous is a 400.
+    Its shape is checked where it is routed (`ShardClient`)."""
     if requested is None:
         if len(caller.namespaces) == 1:
             return next(iter(caller.namespaces))
         raise BadRequest("say which namespace: ?namespace=<name> (this key has several or all)")
-    namespace = check_namespace(requested)
-    if not caller.can_use(namespace):
-        raise Forbidden(f"this key may not use namespace {namespace!r}")
-    return namespace
+    if not caller.can_use(requested):
+        raise Forbidden(f"this key may not use namespace {requested!r}")
+    return requested
 
 
 async def namespace(caller: Caller, namespace: Annotated[str | None, Query()] = None) -> str:

@@ -1,4 +1,7 @@
-"""The one mapping from our errors (and Ray's) to HTTP: `{"error": {"code", "message"}}`."""
+"""The one mapping from our errors to HTTP: `{"error": {"code", "message"}}` (RFC 9110 codes).
+
+Ray's errors never get here: `ShardClient` translates them (`ShardUnavailable`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from starlette.exceptions import HTTPException
 
 from storage import errors
@@ -24,8 +26,8 @@ STATUS = {
     errors.Conflict: 409,
     errors.Overloaded: 503,
     errors.StoreUnavailable: 503,
+    errors.ShardUnavailable: 503,
 }
-SHARD_RESTART_RETRY_AFTER_S = 1
 
 
 def error_response(
@@ -39,28 +41,16 @@ def error_response(
 
 def to_response(exc: BaseException) -> JSONResponse:
     """The response for any error an endpoint lets through."""
-    if isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException):
-        exc = exc.cause
     if isinstance(exc, errors.AosError):
         status = next(s for cls, s in STATUS.items() if isinstance(exc, cls))
         retry = exc.retry_after_s or (1.0 if status == 503 else None)
         return error_response(status, exc.code, exc.message, retry_after_s=retry)
-    if isinstance(exc, ActorUnavailableError | RayActorError):
-        return error_response(
-            503,
-            "shard_unavailable",
-            "the shard is restarting; retry shortly",
-            retry_after_s=SHARD_RESTART_RETRY_AFTER_S,
-        )
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal", "internal error")
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.AosError)
-    @app.exception_handler(RayTaskError)
-    @app.exception_handler(RayActorError)
-    @app.exception_handler(ActorUnavailableError)
     async def _ours(request: Request, exc: Exception) -> JSONResponse:
         return to_response(exc)
 

@@ -11,32 +11,30 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
 
-from serve_app import context
-from serve_app.deps import Caller, Ns, resolve_namespace
+from actors.commands import parse_status
+from actors.render import job_json, status_json
+from serve_app.deps import Caller, D, Ns, resolve_namespace
 from serve_app.durations import to_epoch
-from serve_app.models import (
-    CompleteRequest,
-    ProgressPatch,
-    SubmitRequest,
-    etag,
-    job_json,
-    parse_status,
-    status_json,
-)
+from serve_app.models import CompleteRequest, ProgressPatch, SubmitRequest
 from storage.errors import BadRequest
-from storage.records import Job, JobQuery, JobStatus
+from storage.records import Job, JobQuery
 
 router = APIRouter(prefix="/api/v1/jobs")
 
 
 @router.post("")
 async def submit(
-    body: SubmitRequest, caller: Caller, namespace: Annotated[str | None, Query()] = None
+    body: SubmitRequest,
+    caller: Caller,
+    deps: D,
+    namespace: Annotated[str | None, Query()] = None,
 ) -> JSONResponse:
     if body.namespace and namespace and body.namespace != namespace:
         raise BadRequest("the body's namespace and ?namespace= differ")
     ns = resolve_namespace(caller, body.namespace or namespace)
-    job, created = await context.get().call(ns, "submit", body.job_id, body.spec(), caller.key_id)
+    job, created = await deps.shards.submit(
+        ns, body.spec(), job_id=body.job_id, actor=caller.key_id
+    )
     location = f"/api/v1/jobs/{job.job_id}?namespace={ns}"
     return JSONResponse(
         job_json(job), status_code=201 if created else 200, headers={"Location": location}
@@ -46,6 +44,7 @@ async def submit(
 @router.get("")
 async def list_jobs(
     ns: Ns,
+    deps: D,
     status: str | None = None,
     tag: str | None = None,
     created_after: Annotated[datetime | None, Query(alias="createdAfter")] = None,
@@ -54,14 +53,14 @@ async def list_jobs(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     query = JobQuery(
-        status=parse_status(status),
+        status=parse_status(status) if status is not None else None,
         tag=tag,
         created_from=to_epoch(created_after) if created_after else None,
         created_to=to_epoch(created_before) if created_before else None,
         before=_decode_cursor(cursor) if cursor else None,
         limit=limit + 1,
     )
-    jobs = await context.get().store.list_jobs(ns, query)
+    jobs = await deps.store.list_jobs(ns, query)
     page, more = jobs[:limit], len(jobs) > limit
     return {
         "items": [job_json(job) for job in page],
@@ -70,55 +69,56 @@ async def list_jobs(
 
 
 @router.get("/{job_id}")
-async def get_job(job_id: str, ns: Ns) -> JSONResponse:
-    job = await context.get().call(ns, "get", job_id)
-    return JSONResponse(job_json(job), headers={"ETag": etag(job)})
+async def get_job(job_id: str, ns: Ns, deps: D) -> JSONResponse:
+    job = await deps.shards.get(ns, job_id)
+    return JSONResponse(job_json(job), headers={"ETag": _etag(job)})
 
 
 @router.get("/{job_id}/status")
 async def get_status(
     job_id: str,
     ns: Ns,
+    deps: D,
     wait: Annotated[float, Query(ge=0)] = 0,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """With `If-None-Match` and `?wait=S`, hold the request until the status changes."""
-    ctx = context.get()
     known = _revision(if_none_match)
     if known is not None and wait > 0:
-        wait = min(wait, ctx.config.max_wait_s)
-        job = (await ctx.call(ns, "watch", job_id, revision=known, timeout_s=wait)).job
+        wait = min(wait, deps.config.max_wait_s)
+        job = (await deps.shards.watch(ns, job_id, revision=known, timeout_s=wait)).job
     else:
-        job = await ctx.call(ns, "get", job_id)
-    headers = {"ETag": etag(job), "Cache-Control": "no-cache"}
+        job = await deps.shards.get(ns, job_id)
+    headers = {"ETag": _etag(job), "Cache-Control": "no-cache"}
     if known == job.revision:
         return Response(status_code=304, headers=headers)
     return JSONResponse(status_json(job), headers=headers)
 
 
 @router.patch("/{job_id}")
-async def set_progress(job_id: str, body: ProgressPatch, ns: Ns) -> dict[str, Any]:
-    job = await context.get().call(
-        ns, "set_progress", job_id, body.progress, body.estimated_epoch()
-    )
-    return status_json(job)
+async def set_progress(job_id: str, body: ProgressPatch, ns: Ns, deps: D) -> dict[str, Any]:
+    return status_json(await deps.shards.set_progress(ns, job_id, body.update()))
 
 
 @router.post("/{job_id}/complete")
-async def complete(job_id: str, body: CompleteRequest, ns: Ns) -> dict[str, Any]:
-    job = await context.get().call(ns, "complete", job_id, JobStatus(body.status), body.error)
-    return status_json(job)
+async def complete(job_id: str, body: CompleteRequest, ns: Ns, deps: D) -> dict[str, Any]:
+    return status_json(await deps.shards.complete(ns, job_id, body.completion()))
 
 
 @router.post("/{job_id}/cancel")
-async def cancel(job_id: str, ns: Ns, caller: Caller) -> dict[str, Any]:
-    return status_json(await context.get().call(ns, "cancel", job_id, caller.key_id))
+async def cancel(job_id: str, ns: Ns, caller: Caller, deps: D) -> dict[str, Any]:
+    return status_json(await deps.shards.cancel(ns, job_id, actor=caller.key_id))
 
 
 @router.delete("/{job_id}", status_code=204)
-async def delete(job_id: str, ns: Ns, caller: Caller) -> Response:
-    await context.get().call(ns, "delete", job_id, caller.key_id)
+async def delete(job_id: str, ns: Ns, caller: Caller, deps: D) -> Response:
+    await deps.shards.delete(ns, job_id, actor=caller.key_id)
     return Response(status_code=204)
+
+
+def _etag(job: Job) -> str:
+    """The job's revision as a strong entity tag (RFC 9110 §8.8.3)."""
+    return f'"{job.revision}"'
 
 
 def _revision(if_none_match: str | None) -> int | None:

@@ -28,15 +28,16 @@ class Principal:
         return self.admin or namespace in self.namespaces
 
 
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def key_hash(secret: str) -> str:
+    """How a key's secret is stored and compared: its SHA-256, hex."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def mint(namespaces: tuple[str, ...], *, now: float) -> tuple[ApiKey, str]:
     """A new key record and its secret (`aos_<keyId>_<random>`), shown to the caller once."""
     key_id = secrets.token_hex(8)
     secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-    return ApiKey(key_id, sha256(secret), namespaces, created_at=now), secret
+    return ApiKey(key_id, key_hash(secret), namespaces, created_at=now), secret
 
 
 class KeyCache:
@@ -52,7 +53,7 @@ class KeyCache:
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthorized("send 'Authorization: Bearer <key>'")
         secret = authorization[len("Bearer ") :].strip()
-        digest = sha256(secret)
+        digest = key_hash(secret)
         if hmac.compare_digest(digest, self._admin_sha256):
             return Principal(ADMIN, frozenset(), admin=True)
         key = await self._lookup(secret)

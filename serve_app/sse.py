@@ -9,14 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
-from actors.feed import Event, EventKind, job_events
-from actors.shard import Update
-from actors.timestamps import iso
-from serve_app import context
-from serve_app.deps import Ns
-from serve_app.models import chunk_text
+from actors.feed import Event, EventKind
+from serve_app.deps import D, Ns
 from storage.errors import AosError, Invalid
-from storage.records import Chunk, Job
 
 router = APIRouter(prefix="/api/v1/jobs")
 
@@ -27,28 +22,18 @@ HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection":
 async def stream(
     job_id: str,
     ns: Ns,
+    deps: D,
     after: Annotated[int | None, Query(ge=0)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """Output (id = seq), status, progress, then `end`; comments keep idle streams alive."""
-    ctx = context.get()
     after_seq = _resume_point(after, last_event_id)
-    job: Job = await ctx.call(ns, "get", job_id)  # 404 before the stream starts
-    shard = ctx.shard(ns)
-
-    async def watch(revision: int, pos: int, timeout_s: float) -> Update:
-        ref = shard.watch.remote(ns, job_id, revision=revision, after_seq=pos, timeout_s=timeout_s)
-        update: Update = await ref
-        return update
-
-    async def read(pos: int, limit: int) -> list[Chunk]:
-        return await ctx.store.read_output(ns, job_id, after_seq=pos, limit=limit)
+    events = await deps.shards.events(  # a missing job is a 404 before the stream starts
+        ns, job_id, after_seq=after_seq, heartbeat_s=deps.config.heartbeat_s
+    )
 
     async def body() -> AsyncIterator[str]:
-        yield f"retry: {ctx.config.sse_retry_ms}\n\n"
-        events = job_events(
-            job, watch=watch, read=read, after_seq=after_seq, heartbeat_s=ctx.config.heartbeat_s
-        )
+        yield f"retry: {deps.config.sse_retry_ms}\n\n"
         try:
             async for event in events:
                 yield format_event(event)
@@ -59,24 +44,11 @@ async def stream(
 
 
 def format_event(event: Event) -> str:
+    """One SSE frame: `id` (output events: the chunk's seq), `event` (the kind), `data`."""
     if event.kind is EventKind.HEARTBEAT:
         return ": keepalive\n\n"
-    job = event.job
-    if event.kind is EventKind.OUTPUT:
-        chunk = event.chunk
-        assert chunk is not None
-        data = {
-            "seq": chunk.seq,
-            "offset": chunk.offset,
-            "data": chunk_text(job, chunk.data),
-            "encoding": "base64" if job.output_format.value == "binary" else "utf-8",
-        }
-        return _frame("output", data, event_id=chunk.seq)
-    if event.kind is EventKind.PROGRESS:
-        data = {"progress": job.progress, "estimatedCompletion": iso(job.estimated_completion)}
-        return _frame("progress", data)
-    payload = {"status": job.status.value, "outputSeq": job.output_seq, "error": job.error}
-    return _frame(event.kind.value, payload)
+    event_id = event.chunk.seq if event.chunk is not None else None
+    return _frame(event.kind.value, event.data(), event_id=event_id)
 
 
 def _frame(kind: str, data: dict[str, Any], *, event_id: int | None = None) -> str:

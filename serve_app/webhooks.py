@@ -7,23 +7,21 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from serve_app import context
-from serve_app.deps import Caller, Ns
-from serve_app.models import delivery_json
+from actors.render import delivery_json
+from serve_app.deps import Caller, D, Ns
 
 router = APIRouter(prefix="/api/v1")
 
 
 @router.get("/jobs/{job_id}/webhooks")
-async def job_deliveries(job_id: str, ns: Ns) -> dict[str, Any]:
-    ctx = context.get()
-    await ctx.call(ns, "get", job_id)  # 404 for a job this namespace does not have
-    deliveries = await ctx.store.list_deliveries(ns, job_id)
+async def job_deliveries(job_id: str, ns: Ns, deps: D) -> dict[str, Any]:
+    await deps.shards.get(ns, job_id)  # 404 for a job this namespace does not have
+    deliveries = await deps.store.list_deliveries(ns, job_id)
     return {"items": [delivery_json(d) for d in deliveries]}
 
 
 @router.post("/webhooks/deliveries/{delivery_id}/retry")
-async def retry(delivery_id: str, ns: Ns, caller: Caller) -> JSONResponse:
+async def retry(delivery_id: str, ns: Ns, caller: Caller, deps: D) -> JSONResponse:
     """Send the delivery again now, with the same webhook-id."""
-    delivery = await context.get().call(ns, "retry_delivery", delivery_id, caller.key_id)
+    delivery = await deps.shards.retry_delivery(ns, delivery_id, actor=caller.key_id)
     return JSONResponse(delivery_json(delivery), status_code=202)

@@ -10,7 +10,8 @@ AosError
  +-- Conflict           409
  +-- Overloaded         503  with retry_after_s (full write-behind buffer)
  +-- StoreUnavailable   503  the store failed or is unreachable
-      +-- Fenced        503  another owner took this shard's lease
+ |    +-- Fenced        503  another owner took this shard's lease
+ +-- ShardUnavailable   503  the shard actor is restarting (Ray's actor errors, translated)
 """
 
 from __future__ import annotations
@@ -75,3 +76,9 @@ class StoreUnavailable(AosError):
 
 class Fenced(StoreUnavailable):
     code = "shard_fenced"
+
+
+class ShardUnavailable(AosError):
+    """The shard actor is restarting or its node is gone; the caller may retry shortly."""
+
+    code = "shard_unavailable"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from actors.committer import GroupCommitter
+from actors.webhooks.body import OutputGone, ReadChunks, render
 from actors.webhooks.outbox import Hooks, Outbox
 from storage.errors import AosError
 from storage.records import Attempt, Delivery
@@ -20,7 +22,11 @@ STORE_RETRY_S = 1.0
 
 
 class DeliveryLoop:
-    """Each due delivery is its own task (bounded), so a slow receiver delays no other."""
+    """Each due delivery is its own task (bounded), so a slow receiver delays no other.
+
+    `read_chunks` reads committed output: an output window's body is rendered from it
+    at each attempt (the stored delivery holds the window's seq range, not its chunks).
+    """
 
     def __init__(
         self,
@@ -29,6 +35,7 @@ class DeliveryLoop:
         *,
         send: Send,
         hooks_for: HooksFor,
+        read_chunks: ReadChunks,
         clock: Callable[[], float] = time.time,
         max_in_flight: int = 1000,
     ) -> None:
@@ -36,6 +43,7 @@ class DeliveryLoop:
         self._committer = committer
         self._send = send
         self._hooks_for = hooks_for
+        self._read_chunks = read_chunks
         self._clock = clock
         self._slots = asyncio.Semaphore(max_in_flight)
         self._wakeup = asyncio.Event()
@@ -72,9 +80,15 @@ class DeliveryLoop:
     async def _attempt(self, delivery: Delivery) -> None:
         try:
             hooks = await self._hooks_for(delivery.namespace)
-            attempt = await self._send(delivery, hooks.secrets, hooks.retry.timeout_s)
+            body = await render(delivery, self._read_chunks)
+            attempt = await self._send(
+                replace(delivery, payload=body), hooks.secrets, hooks.retry.timeout_s
+            )
+            # Recorded from the stored version: it keeps the compact payload.
             updated = self._outbox.after_attempt(delivery, attempt, hooks.retry)
             await asyncio.shield(self._committer.add(deliveries=[updated]))
+        except OutputGone:
+            self._outbox.abandon(delivery)  # its job was deleted, and its deliveries with it
         except AosError:
             # Not recorded (the store failed): send again later, from the last durable version.
             self._outbox.reschedule(delivery, self._clock() + STORE_RETRY_S)

@@ -4,21 +4,21 @@ Plain logic, no I/O. The shard asks `on_change` for the deliveries a change caus
 and commits them in the same batch as the change (so no event is lost or invented),
 then tells `committed` so they are scheduled. The shard's dispatch loop takes
 `due()` deliveries, sends them, and records each attempt with `after_attempt`.
+
+An output window's delivery holds its job header and seq range, not its chunks (see
+`actors.webhooks.body`): growing it costs O(1) bytes, whatever it already holds.
 """
 
 from __future__ import annotations
 
-import base64
 import heapq
 import itertools
-import json
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
 
-from actors.timestamps import iso
+from actors.webhooks import body
 from actors.webhooks.backoff import RetryPolicy, next_delay_s, should_retry
 from storage.errors import Invalid
 from storage.records import Attempt, Chunk, Delivery, DeliveryStatus, Job, OutputFormat
@@ -56,12 +56,16 @@ class Hooks:
 
 @dataclass(slots=True)
 class _Window:
-    """An open coalescing window: a delivery that still takes more chunks or progress."""
+    """An open coalescing window: a delivery that still takes more chunks or progress.
+
+    Only sizes are kept: the chunks are read back from the store when the window is sent.
+    """
 
     delivery: Delivery
     closes_at: float
-    chunks: list[dict[str, Any]] = field(default_factory=list)
-    size: int = 0
+    first_seq: int = 0  # 0 until it holds a chunk
+    first_offset: int = 0
+    size: int = 0  # bytes its chunk entries add to the body
 
 
 class Outbox:
@@ -117,16 +121,20 @@ class Outbox:
         return out
 
     def _new(self, kind: EventType, job: Job, url: str) -> Delivery:
-        body = _payload(kind, job, self._clock())
-        return self._delivery(kind, job, url, body, due=self._clock())
+        payload = body.encode(body.header(kind.value, job, self._clock()))
+        return self._delivery(kind, job, url, payload, due=self._clock())
 
     def _grow(self, kind: EventType, job: Job, url: str, chunks: list[Chunk]) -> list[Delivery]:
-        """Add to the job's open window of `kind`, opening a new one when none is open."""
+        """Add to the job's open window of `kind`, opening a new one when none is open.
+
+        O(1) in what the window holds: the new version stores the header and seq range.
+        """
         key = (job.namespace, job.job_id, kind.value)
         now = self._clock()
         window = self._windows.get(key)
-        entries = [_chunk_entry(job, c, self._max_payload_bytes // 2) for c in chunks]
-        grown = sum(len(json.dumps(e)) for e in entries)
+        binary = job.output_format is OutputFormat.BINARY
+        inline = self._max_payload_bytes // 2
+        grown = sum(body.entry_size(c, binary=binary, inline_max_bytes=inline) for c in chunks)
         if (
             window is None
             or window.size + grown > self._max_payload_bytes
@@ -135,10 +143,21 @@ class Outbox:
             self._windows.pop(key, None)
             delivery = self._delivery(kind, job, url, b"", due=now + self._coalesce_s)
             window = self._windows[key] = _Window(delivery, now + self._coalesce_s)
-        window.chunks.extend(entries)
+        if chunks and not window.first_seq:
+            window.first_seq, window.first_offset = chunks[0].seq, chunks[0].offset
         window.size += grown
-        body = _payload(kind, job, now, chunks=window.chunks if kind is EventType.OUTPUT else None)
-        window.delivery = replace(window.delivery, payload=body)
+        header = body.header(kind.value, job, now)
+        if kind is EventType.OUTPUT:
+            payload = body.window_payload(
+                header,
+                job,
+                first_seq=window.first_seq,
+                first_offset=window.first_offset,
+                inline_max_bytes=inline,
+            )
+        else:
+            payload = body.encode(header)
+        window.delivery = replace(window.delivery, payload=payload)
         return [window.delivery]
 
     def _close_windows(self, job: Job) -> list[Delivery]:
@@ -254,6 +273,11 @@ class Outbox:
         """A manual retry: pending again, due now, same id (so the same webhook-id)."""
         return replace(delivery, status=DeliveryStatus.PENDING, next_attempt_at=self._clock())
 
+    def abandon(self, delivery: Delivery) -> None:
+        """Drop an in-flight delivery that can no longer be sent (its job was deleted)."""
+        self._in_flight.discard(delivery.delivery_id)
+        self._pending.pop(delivery.delivery_id, None)
+
     def is_in_flight(self, delivery_id: str) -> bool:
         return delivery_id in self._in_flight
 
@@ -278,34 +302,3 @@ def _destination(job: Job, hooks: Hooks) -> tuple[str | None, tuple[str, ...]]:
     if job.webhook_url:
         return job.webhook_url, job.webhook_events or DEFAULT_EVENTS
     return hooks.url, hooks.events
-
-
-def _payload(
-    kind: EventType, job: Job, at: float, *, chunks: list[dict[str, Any]] | None = None
-) -> bytes:
-    data: dict[str, Any] = {
-        "namespace": job.namespace,
-        "jobId": job.job_id,
-        "status": job.status.value,
-        "progress": job.progress,
-        "estimatedCompletion": iso(job.estimated_completion),
-        "sequence": job.revision,
-        "outputSeq": job.output_seq,
-        "outputSize": job.output_size,
-    }
-    if job.error is not None:
-        data["error"] = job.error
-    if chunks is not None:
-        data["chunks"] = chunks
-    body = {"type": kind.value, "timestamp": iso(at), "data": data}
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
-def _chunk_entry(job: Job, chunk: Chunk, max_bytes: int) -> dict[str, Any]:
-    """A chunk as a webhook carries it; one too big to carry says so (fetch it from /output/raw)."""
-    entry: dict[str, Any] = {"seq": chunk.seq, "offset": chunk.offset, "size": len(chunk.data)}
-    if len(chunk.data) > max_bytes:
-        return entry | {"data": None, "truncated": True}
-    if job.output_format is OutputFormat.BINARY:
-        return entry | {"data": base64.b64encode(chunk.data).decode(), "encoding": "base64"}
-    return entry | {"data": chunk.data.decode("utf-8"), "encoding": "utf-8"}

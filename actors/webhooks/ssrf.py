@@ -19,6 +19,7 @@ from typing import TypeAlias
 
 import httpx
 
+from actors.limits import MAX_URL_CHARS, check_size
 from storage.errors import Invalid
 
 Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -26,7 +27,6 @@ Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 # (host, port) -> the addresses it resolves to, as strings ("10.0.0.1", "::1").
 Resolver: TypeAlias = Callable[[str, int], Awaitable[Sequence[str]]]
 
-MAX_URL_LENGTH = 2048
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # RFC 6052 well-known NAT64 prefix: 64:ff9b::a.b.c.d reaches a.b.c.d.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -54,6 +54,14 @@ def parse_allowed_networks(text: str) -> tuple[Network, ...]:
         except ValueError as exc:
             raise ValueError(f"invalid network {item!r} in allowed list: {exc}") from exc
     return tuple(networks)
+
+
+def check_shape(url: object) -> str:
+    """The URL, if it is a well-formed http(s) URL a webhook may use (no address policy)."""
+    if not isinstance(url, str):
+        raise Invalid("a webhook URL must be a string")
+    _parse(url, None)
+    return url
 
 
 def check_url(url: str, *, allowed: Sequence[Network]) -> None:
@@ -85,10 +93,10 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
-def _parse(url: str, allowed: Sequence[Network]) -> tuple[str, int, Address | None]:
-    """The URL's host, port and, when the host is a literal IP, that (checked) address."""
-    if len(url) > MAX_URL_LENGTH:
-        raise Invalid(f"webhook URL is longer than {MAX_URL_LENGTH} characters")
+def _parse(url: str, allowed: Sequence[Network] | None) -> tuple[str, int, Address | None]:
+    """The URL's host, port and, when the host is a literal IP, that address (checked
+    against `allowed` unless it is None)."""
+    check_size("webhook URL", len(url), MAX_URL_CHARS)
     parsed = _httpx_url(url)
     if parsed.scheme not in DEFAULT_PORTS:
         raise Invalid(f"webhook URL scheme must be http or https, not {parsed.scheme!r}")
@@ -100,7 +108,7 @@ def _parse(url: str, allowed: Sequence[Network]) -> tuple[str, int, Address | No
     if not 0 < port < 65536:
         raise Invalid(f"webhook URL port {port} is out of range")
     literal = _literal_ip(parsed.host)
-    if literal is not None:
+    if literal is not None and allowed is not None:
         _check_address(literal, allowed, host=parsed.host)
     return parsed.host, port, literal
 

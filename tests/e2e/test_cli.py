@@ -140,7 +140,7 @@ def client_connect(address: str | None) -> subprocess.CompletedProcess[str]:
     """`Client.connect(address)` in a fresh Python process; prints the number of shards."""
     code = (
         "from cluster.client import Client\n"
-        f"print('shards', Client.connect({address!r})._num_shards)\n"
+        f"print('shards', Client.connect({address!r}).shards.num_shards)\n"
     )
     return subprocess.run(
         [sys.executable, "-c", code],

@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from actors.namespace_settings import NamespaceChanges
 from actors.shard import Shard, ShardConfig
+from actors.shard_client import ShardClient
 from storage.errors import StoreUnavailable
 from storage.memory import MemoryStore
 from storage.records import Batch
@@ -42,7 +44,13 @@ async def store() -> FlakyStore:
 async def shard(store: FlakyStore) -> AsyncIterator[Shard]:
     shard = Shard(store, ShardConfig(slot=0, num_shards=1))
     await shard.start()
-    await shard.namespaces.create("acme", {}, actor="test")
-    await shard.namespaces.create("globex", {}, actor="test")
+    await shard.namespaces.create("acme", NamespaceChanges(), actor="test")
+    await shard.namespaces.create("globex", NamespaceChanges(), actor="test")
     yield shard
     await shard.stop()
+
+
+@pytest.fixture
+def shards(shard: Shard) -> ShardClient:
+    """The shard as every caller reaches it: through a `ShardClient` (here without Ray)."""
+    return ShardClient.in_process([shard])

@@ -1,4 +1,4 @@
-"""One mapping from our errors (and Ray's) to HTTP statuses and JSON bodies."""
+"""One mapping from our errors (Ray's translated by the shard client) to HTTP statuses and JSON."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import pytest
 from ray.exceptions import ActorUnavailableError
 
+from actors.shard_client import _unwrapped
 from serve_app.errors import to_response
 from storage import errors
 
@@ -23,6 +24,7 @@ from storage import errors
         (errors.Conflict("x"), 409),
         (errors.StoreUnavailable("x"), 503),
         (errors.Fenced("x"), 503),
+        (errors.ShardUnavailable("x"), 503),
     ],
 )
 def test_each_error_has_its_status_and_a_json_body(error, status):
@@ -36,8 +38,13 @@ def test_overload_is_503_with_retry_after():
     assert response.status_code == 503 and response.headers["retry-after"] == "2"
 
 
-def test_a_restarting_shard_is_503_with_retry_after():
-    response = to_response(ActorUnavailableError("restarting", None))
+async def test_a_restarting_shard_is_503_with_retry_after():
+    async def restarting() -> None:
+        raise ActorUnavailableError("restarting", None)
+
+    with pytest.raises(errors.ShardUnavailable) as caught:
+        await _unwrapped(restarting())
+    response = to_response(caught.value)
     assert response.status_code == 503 and response.headers["retry-after"]
 
 

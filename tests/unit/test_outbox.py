@@ -7,27 +7,36 @@ import random
 
 import pytest
 
+from actors.webhooks import body
 from actors.webhooks.backoff import RetryPolicy
 from actors.webhooks.outbox import Hooks, Outbox
-from storage.records import Attempt, Chunk, DeliveryStatus, Job, JobStatus
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from storage.memory import MemoryStore
+from storage.records import (
+    Attempt,
+    Batch,
+    Chunk,
+    Delivery,
+    DeliveryStatus,
+    Job,
+    JobStatus,
+    OutputFormat,
+)
+from tests.unit.fakes import FakeClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def outbox(clock: Clock) -> Outbox:
+def outbox(clock: FakeClock) -> Outbox:
     return Outbox(slot=0, clock=clock, coalesce_s=1.0, max_payload_bytes=4096)
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
 
 
 ALL = Hooks(
@@ -44,12 +53,36 @@ def _job(**changes) -> Job:
     )
 
 
-def _chunk(seq: int, data: bytes = b"x") -> Chunk:
-    return Chunk("acme", "j1", seq, seq - 1, data)
+def _chunk(seq: int, data: bytes = b"x", offset: int | None = None) -> Chunk:
+    return Chunk("acme", "j1", seq, seq - 1 if offset is None else offset, data)
 
 
 def _body(delivery) -> dict:
     return json.loads(delivery.payload)
+
+
+def _reader(store: MemoryStore) -> body.ReadChunks:
+    async def read(namespace: str, job_id: str, after_seq: int, limit: int) -> list[Chunk]:
+        return await store.read_output(namespace, job_id, after_seq=after_seq, limit=limit)
+
+    return read
+
+
+async def _sent(delivery: Delivery, store: MemoryStore) -> dict:
+    """The body a receiver gets for `delivery`, its chunks read from `store`."""
+    return json.loads(await body.render(delivery, _reader(store)))
+
+
+async def _append(
+    outbox: Outbox, store: MemoryStore, job: Job, data: bytes
+) -> tuple[Job, Delivery]:
+    """What the shard does for an append: the chunk and the window's version commit together."""
+    chunk = Chunk(job.namespace, job.job_id, job.output_seq + 1, job.output_size, data)
+    after = job.evolve(output_seq=chunk.seq, output_size=chunk.end)
+    (delivery,) = outbox.on_change(job, after, [chunk], ALL)
+    await store.commit(Batch(chunks=[chunk], deliveries=[delivery]))
+    outbox.committed([delivery])
+    return after, delivery
 
 
 def test_no_url_means_no_deliveries(outbox):
@@ -72,27 +105,129 @@ def test_the_jobs_own_url_and_events_win_over_the_namespaces(outbox):
     assert delivery.url == "http://mine.example/" and delivery.event_type == "job.created"
 
 
-def test_appends_in_one_window_grow_one_delivery(outbox, clock):
-    job = _job()
-    first = outbox.on_change(job, job.evolve(output_seq=1), [_chunk(1, b"a")], ALL)
-    second = outbox.on_change(job, job.evolve(output_seq=2), [_chunk(2, b"b")], ALL)
-    assert first[0].delivery_id == second[0].delivery_id
-    assert [c["data"] for c in _body(second[0])["data"]["chunks"]] == ["a", "b"]
-    clock.now += 1.5
-    third = outbox.on_change(job, job.evolve(output_seq=3), [_chunk(3, b"c")], ALL)
-    assert third[0].delivery_id != first[0].delivery_id  # the window closed
+async def test_appends_in_one_window_grow_one_delivery(outbox, clock, store):
+    job, first = await _append(outbox, store, _job(), b"a")
+    job, second = await _append(outbox, store, job, b"b")
+    assert first.delivery_id == second.delivery_id
+    assert [c["data"] for c in (await _sent(second, store))["data"]["chunks"]] == ["a", "b"]
+    clock.advance(1.5)
+    job, third = await _append(outbox, store, job, b"c")
+    assert third.delivery_id != first.delivery_id  # the window closed
+    assert [c["seq"] for c in (await _sent(third, store))["data"]["chunks"]] == [3]
 
 
-def test_a_full_window_starts_a_new_delivery_and_a_huge_chunk_is_referenced(outbox):
-    job = _job()
-    a = outbox.on_change(job, job, [_chunk(1, b"a" * 1500)], ALL)[0]
-    b = outbox.on_change(job, job, [_chunk(2, b"b" * 1500)], ALL)[0]
-    c = outbox.on_change(job, job, [_chunk(3, b"c" * 1500)], ALL)[0]
+async def test_a_full_window_starts_a_new_delivery_and_a_huge_chunk_is_referenced(outbox, store):
+    job, a = await _append(outbox, store, _job(), b"a" * 1500)
+    job, b = await _append(outbox, store, job, b"b" * 1500)
+    job, c = await _append(outbox, store, job, b"c" * 1500)
     assert a.delivery_id == b.delivery_id != c.delivery_id
-    (huge,) = _body(outbox.on_change(job, job, [_chunk(4, b"h" * 5000)], ALL)[0])["data"]["chunks"][
-        -1:
-    ]
-    assert huge["truncated"] and huge["data"] is None and huge["size"] == 5000
+    job, d = await _append(outbox, store, job, b"h" * 5000)
+    assert d.delivery_id == c.delivery_id
+    first, huge = (await _sent(d, store))["data"]["chunks"]
+    assert first["data"] == "c" * 1500
+    assert huge == {"seq": 4, "offset": 4500, "size": 5000, "data": None, "truncated": True}
+
+
+async def test_a_window_version_stores_the_same_few_bytes_however_much_it_holds(store):
+    outbox = Outbox(slot=0, clock=FakeClock(), coalesce_s=10.0)
+    job, sizes = _job(), []
+    for _ in range(200):
+        job, delivery = await _append(outbox, store, job, b"x" * 1024)
+        sizes.append(len(delivery.payload))
+    assert delivery.payload.startswith(body.WINDOW_TAG)
+    assert max(sizes) < 1024 and max(sizes) - min(sizes) < 16  # a few more digits, not chunks
+    assert len((await _sent(delivery, store))["data"]["chunks"]) == 200
+
+
+async def test_a_sent_window_is_the_body_receivers_get(clock, store):
+    """The job's status as the API renders it, plus namespace, sequence and the chunks."""
+    outbox = Outbox(slot=0, clock=clock, coalesce_s=10.0, max_payload_bytes=180)
+    job = _job(output_format=OutputFormat.BINARY, progress=12.5, error="e\u00e9")
+    job, _ = await _append(outbox, store, job, b"\x00\xff")
+    clock.advance(0.25)
+    job, delivery = await _append(outbox, store, job, b"y" * 100)
+    expected = {
+        "type": "job.output",
+        "timestamp": "1970-01-01T00:16:40.250Z",
+        "data": {
+            "namespace": "acme",
+            "jobId": "j1",
+            "status": "Running",
+            "progress": 12.5,
+            "estimatedCompletion": None,
+            "outputSeq": 2,
+            "outputSize": 102,
+            "revision": job.revision,
+            "updatedAt": "1970-01-01T00:16:40.000Z",
+            "completedAt": None,
+            "error": "e\u00e9",
+            "sequence": job.revision,
+            "chunks": [
+                {"seq": 1, "offset": 0, "size": 2, "data": "AP8=", "encoding": "base64"},
+                {"seq": 2, "offset": 2, "size": 100, "data": None, "truncated": True},
+            ],
+        },
+    }
+    sent = await body.render(delivery, _reader(store))
+    assert sent == json.dumps(expected, separators=(",", ":")).encode()
+
+
+async def test_a_retry_or_a_restart_renders_the_same_bytes(outbox, clock, store):
+    job, delivery = await _append(outbox, store, _job(), "h\u00e9llo ".encode())
+    job, delivery = await _append(outbox, store, job, b"world")
+    first = await body.render(delivery, _reader(store))
+    assert await body.render(delivery, _reader(store)) == first
+    clock.advance(5)
+    await _append(outbox, store, job.evolve(progress=50.0), b"later")  # the next window
+    (reloaded, _) = await store.load_pending_deliveries(0)
+    assert reloaded == delivery
+    assert await body.render(reloaded, _reader(store)) == first
+    assert [c["seq"] for c in json.loads(first)["data"]["chunks"]] == [1, 2]
+
+
+async def test_a_window_holds_only_the_seqs_committed_with_its_version(outbox, store):
+    job, early = await _append(outbox, store, _job(), b"a")
+    job, _ = await _append(outbox, store, job, b"b")
+    assert [c["data"] for c in (await _sent(early, store))["data"]["chunks"]] == ["a"]
+
+
+async def test_rendering_reads_every_chunk_when_reads_return_short_pages(outbox, store):
+    job = _job()
+    for data in (b"a", b"b", b"c", b"d", b"e"):
+        job, delivery = await _append(outbox, store, job, data)
+    limits = []
+
+    async def two_at_a_time(namespace: str, job_id: str, after_seq: int, limit: int):
+        limits.append(limit)
+        return (await store.read_output(namespace, job_id, after_seq=after_seq, limit=2))[:limit]
+
+    sent = json.loads(await body.render(delivery, two_at_a_time))
+    assert "".join(c["data"] for c in sent["data"]["chunks"]) == "abcde"
+    assert len(limits) == 3
+
+
+async def test_a_window_whose_output_was_deleted_is_gone(outbox, store):
+    job, delivery = await _append(outbox, store, _job(), b"a")
+    job, delivery = await _append(outbox, store, job, b"b")
+    await store.commit(Batch(deleted=[job.key]))
+    with pytest.raises(body.OutputGone):
+        await body.render(delivery, _reader(store))
+
+
+async def test_a_window_with_a_hole_in_its_output_is_gone(outbox, store):
+    job, delivery = await _append(outbox, store, _job(), b"a")
+    job, delivery = await _append(outbox, store, job, b"b")
+    del store.output[job.key][1][1]
+    with pytest.raises(body.OutputGone):
+        await body.render(delivery, _reader(store))
+
+
+def test_progress_and_other_events_are_stored_as_the_body_they_send(outbox):
+    job = _job()
+    (created,) = outbox.on_change(None, job, (), ALL)
+    (progress,) = outbox.on_change(job, job.evolve(progress=40.0), (), ALL)
+    assert _body(created)["type"] == "job.created"
+    assert _body(progress)["data"]["progress"] == 40.0 and "chunks" not in _body(progress)["data"]
 
 
 def test_completion_closes_open_windows_so_they_go_out_first(outbox, clock):

@@ -1,0 +1,113 @@
+"""The jobs a shard has loaded, in two views each, and the recent output of each.
+
+Every running job of the slot is loaded; terminal ones stay in a bounded LRU. `current`
+has every change applied (to validate the next one), `committed` is what the store
+holds (the only view readers see). Waiters are woken when a change is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+from actors.tail import OutputTail
+from storage.base import Store
+from storage.errors import NotFound
+from storage.records import Batch, Job
+
+Key = tuple[str, str]
+
+
+class LiveJob:
+    """A loaded job. Slotted: a shard holds 100k+ of these."""
+
+    __slots__ = ("changed", "committed", "current")
+
+    def __init__(self, job: Job, *, committed: bool) -> None:
+        self.current = job
+        self.committed: Job | None = job if committed else None
+        self.changed: asyncio.Event | None = None
+
+    def wake(self) -> None:
+        if self.changed is not None:
+            self.changed.set()
+            self.changed = None
+
+
+class JobTable:
+    def __init__(self, store: Store, *, tail: OutputTail, terminal_cache_jobs: int) -> None:
+        self._store = store
+        self.tail = tail
+        self._terminal_cache_jobs = terminal_cache_jobs
+        self._jobs: dict[Key, LiveJob] = {}
+        self._terminal: collections.OrderedDict[Key, None] = collections.OrderedDict()
+        #: Jobs whose delete is committing: neither loaded nor created until it is done.
+        self.deleting: set[Key] = set()
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def get(self, key: Key) -> LiveJob | None:
+        return self._jobs.get(key)
+
+    def add(self, job: Job, *, committed: bool) -> LiveJob:
+        live = self._jobs[job.key] = LiveJob(job, committed=committed)
+        return live
+
+    async def load(self, namespace: str, job_id: str) -> LiveJob:
+        """The live job, loading a terminal one from the store on first access."""
+        key = (namespace, job_id)
+        live = self._jobs.get(key)
+        if live is None and key not in self.deleting:
+            job = await self._store.get_job(namespace, job_id)
+            live = self._jobs.get(key)  # another call may have loaded it meanwhile
+            if live is None and job is not None and key not in self.deleting:
+                live = self.add(job, committed=True)
+                if job.status.terminal:
+                    self._remember_terminal(key)
+        if live is None:
+            raise NotFound(f"job {job_id!r} not found in namespace {namespace!r}")
+        return live
+
+    def on_committed(self, batch: Batch) -> None:
+        """Readers see the batch's jobs and output now; their waiters wake."""
+        for job in batch.jobs:
+            self._commit_view(job)
+        for chunk in batch.chunks:
+            if (chunk.namespace, chunk.job_id) in self._jobs:
+                self.tail.add(chunk)
+        for job in batch.jobs:
+            live = self._jobs.get(job.key)
+            if live is not None:
+                live.wake()
+
+    def on_failed(self, batch: Batch) -> None:
+        """Forget the batch's jobs: the next access reloads the store's truth."""
+        for job in batch.jobs:
+            live = self._jobs.get(job.key)
+            self.forget(job.key)
+            if live is not None:
+                live.wake()
+
+    def forget(self, key: Key) -> None:
+        self._jobs.pop(key, None)
+        self._terminal.pop(key, None)
+        self.tail.forget(key)
+
+    def _commit_view(self, job: Job) -> None:
+        live = self._jobs.get(job.key)
+        if live is None:
+            return
+        if live.committed is None or job.revision > live.committed.revision:
+            live.committed = job
+        if job.status.terminal:
+            self._remember_terminal(job.key)
+
+    def _remember_terminal(self, key: Key) -> None:
+        self._terminal[key] = None
+        self._terminal.move_to_end(key)
+        while len(self._terminal) > self._terminal_cache_jobs:
+            old, _ = self._terminal.popitem(last=False)
+            live = self._jobs.get(old)
+            if live is not None and live.changed is None:
+                self.forget(old)

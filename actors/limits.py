@@ -1,0 +1,57 @@
+"""Every size and range limit of the service, named once; checks raise `TooLarge` or `Invalid`.
+
+The rule for status codes: a body or a field over its size limit is `TooLarge` (413),
+a value of the wrong shape or out of range is `Invalid` (422).
+"""
+
+from __future__ import annotations
+
+from storage.errors import Invalid, TooLarge
+
+MAX_ID_CHARS = 128
+MAX_NAMESPACE_CHARS = 63
+MAX_TITLE_CHARS = 512
+MAX_DESCRIPTION_CHARS = 8192
+MAX_TAGS = 32
+MAX_TAG_CHARS = 64
+MAX_URL_CHARS = 2048
+MAX_WEBHOOK_EVENTS = 16
+MAX_ERROR_CHARS = 8192
+MAX_TTL_S = 10 * 365 * 86400
+MAX_NAMESPACE_DESCRIPTION_CHARS = 1024
+MAX_KEY_DESCRIPTION_CHARS = 256
+#: The default largest append; `Settings.max_chunk_bytes` may change it for a deployment.
+MAX_CHUNK_BYTES = 4 * 1024 * 1024
+MAX_SECRET_GRACE_S = 30 * 86400
+DEFAULT_SECRET_GRACE_S = 24 * 3600
+
+
+def check_size(name: str, size: int, limit: int, unit: str = "characters") -> None:
+    """`TooLarge` when `size` is over `limit`."""
+    if size > limit:
+        raise TooLarge(f"{name} is longer than {limit} {unit}")
+
+
+def check_text(name: str, value: object, limit: int) -> str | None:
+    """None, or a string of at most `limit` characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Invalid(f"{name} must be a string")
+    check_size(name, len(value), limit)
+    return value
+
+
+def check_chunk(data: object, limit: int) -> bytes:
+    """One append's bytes: non-empty, at most `limit` bytes."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise Invalid("output must be bytes")
+    if not data:
+        raise Invalid("output chunk is empty")
+    check_chunk_size(len(data), limit)
+    return bytes(data)
+
+
+def check_chunk_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise TooLarge(f"an output chunk may be at most {limit} bytes; split it")

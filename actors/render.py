@@ -1,0 +1,111 @@
+"""The one JSON rendering of each resource: job, status, chunk, job event, delivery.
+
+HTTP responses, SSE frames, webhook bodies and the Python client's `Event.data()` all
+use these, so a field means the same everywhere. Timestamps are ISO 8601 UTC strings.
+A namespace renders in `actors.namespace_settings` (its settings record lives there).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from actors.timestamps import iso
+from storage.records import Chunk, Delivery, Job, OutputFormat
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """A job with its settings and its status (`GET /api/v1/jobs/{jobId}`)."""
+    return {
+        "namespace": job.namespace,
+        "jobId": job.job_id,
+        **status_json(job),
+        "metadata": {"title": job.title, "description": job.description, "tags": list(job.tags)},
+        "webhookUrl": job.webhook_url,
+        "webhookEvents": list(job.webhook_events) if job.webhook_events is not None else None,
+        "retentionPolicy": {"ttl": job.ttl_s} if job.ttl_s is not None else None,
+        "outputFormat": job.output_format.value,
+        "createdAt": iso(job.created_at),
+    }
+
+
+def status_json(job: Job) -> dict[str, Any]:
+    """A job's status: what changes while it runs (`GET .../status`, long-poll)."""
+    return {
+        "jobId": job.job_id,
+        "status": job.status.value,
+        "progress": job.progress,
+        "estimatedCompletion": iso(job.estimated_completion),
+        "outputSeq": job.output_seq,
+        "outputSize": job.output_size,
+        "revision": job.revision,
+        "updatedAt": iso(job.updated_at),
+        "completedAt": iso(job.completed_at),
+        "error": job.error,
+    }
+
+
+def webhook_data(job: Job) -> dict[str, Any]:
+    """The `data` of a webhook body: the job's status, its namespace, and `sequence` (its
+    revision, which orders a job's events)."""
+    return {"namespace": job.namespace, **status_json(job), "sequence": job.revision}
+
+
+def output_text(output_format: OutputFormat, data: bytes) -> str:
+    """Output as JSON can carry it: text as is, binary as base64."""
+    if output_format is OutputFormat.BINARY:
+        return base64.b64encode(data).decode()
+    return data.decode("utf-8")
+
+
+def chunk_json(
+    chunk: Chunk, output_format: OutputFormat, *, inline_max_bytes: int | None = None
+) -> dict[str, Any]:
+    """One append: `{seq, offset, size, data, encoding}`, data base64 for binary jobs.
+
+    A chunk over `inline_max_bytes` is `{seq, offset, size, data: null, truncated: true}`
+    (a webhook says so; the receiver fetches it from /output/raw).
+    """
+    entry: dict[str, Any] = {"seq": chunk.seq, "offset": chunk.offset, "size": len(chunk.data)}
+    if inline_max_bytes is not None and len(chunk.data) > inline_max_bytes:
+        return entry | {"data": None, "truncated": True}
+    binary = output_format is OutputFormat.BINARY
+    return entry | {
+        "data": output_text(output_format, chunk.data),
+        "encoding": "base64" if binary else "utf-8",
+    }
+
+
+def event_json(kind: str, job: Job, chunk: Chunk | None = None) -> dict[str, Any]:
+    """The data of one job event (`actors.feed.EventKind`: output, progress, status, end,
+    heartbeat), as SSE frames and the Python client's events carry it."""
+    if kind == "output":
+        assert chunk is not None
+        return chunk_json(chunk, job.output_format)
+    if kind == "progress":
+        return {"progress": job.progress, "estimatedCompletion": iso(job.estimated_completion)}
+    if kind == "heartbeat":
+        return {}
+    return {"status": job.status.value, "outputSeq": job.output_seq, "error": job.error}
+
+
+def delivery_json(delivery: Delivery) -> dict[str, Any]:
+    """A webhook delivery with every attempt (`GET .../webhooks`)."""
+    return {
+        "id": delivery.delivery_id,
+        "jobId": delivery.job_id,
+        "type": delivery.event_type,
+        "url": delivery.url,
+        "status": delivery.status.value,
+        "createdAt": iso(delivery.created_at),
+        "nextAttemptAt": iso(delivery.next_attempt_at),
+        "attempts": [
+            {
+                "at": iso(a.at),
+                "statusCode": a.status_code,
+                "error": a.error,
+                "durationMs": round(a.duration_ms, 3),
+            }
+            for a in delivery.attempts
+        ],
+    }

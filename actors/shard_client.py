@@ -1,0 +1,322 @@
+"""The one typed way to reach the shards: commands checked, routed, Ray's errors unwrapped.
+
+The HTTP ingress, the Python client and the CLI call shards only through `ShardClient`.
+Its methods mirror the shard's operations (`ShardApi`), with keyword-only options;
+they check what the caller passed (namespace, job id, chunk size) before the hop, route
+by namespace (`actors.routing`), and raise our own errors (`storage.errors`): a shard
+actor that is restarting becomes `ShardUnavailable`. `events` is the replay-then-watch
+iterator over one job, the same for SSE and the Python client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol, cast
+
+from actors.commands import (
+    Completion,
+    JobSpec,
+    ProgressUpdate,
+    check_grace_s,
+    check_job_id,
+    check_namespace,
+    check_seq,
+    new_job_id,
+)
+from actors.feed import Event, job_events, replay
+from actors.limits import MAX_CHUNK_BYTES, check_chunk
+from actors.namespace_settings import NamespaceChanges
+from actors.routing import RAY_NAMESPACE, shard_for, shard_name
+from actors.shard_types import AppendAck, Update
+from storage.base import Store
+from storage.errors import AosError, ShardUnavailable
+from storage.records import ApiKey, Chunk, Delivery, Job, Namespace
+
+SHARD_RESTART_RETRY_AFTER_S = 1.0
+
+
+class ShardApi(Protocol):
+    """A shard's operations: `actors.shard.Shard` in process, `ShardActor` through Ray."""
+
+    async def submit(
+        self, namespace: str, *, job_id: str, spec: JobSpec, actor: str = ""
+    ) -> tuple[Job, bool]: ...
+    async def append(
+        self, namespace: str, *, job_id: str, data: bytes, seq: int | None = None
+    ) -> AppendAck: ...
+    async def set_progress(self, namespace: str, *, job_id: str, update: ProgressUpdate) -> Job: ...
+    async def complete(self, namespace: str, *, job_id: str, completion: Completion) -> Job: ...
+    async def cancel(self, namespace: str, *, job_id: str, actor: str = "") -> Job: ...
+    async def delete(self, namespace: str, *, job_id: str, actor: str = "") -> None: ...
+    async def get(self, namespace: str, *, job_id: str) -> Job: ...
+    async def watch(
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        revision: int | None = None,
+        after_seq: int | None = None,
+        timeout_s: float = 0.0,
+    ) -> Update: ...
+    async def read_output(
+        self, namespace: str, *, job_id: str, after_seq: int = 0, limit: int = 256
+    ) -> list[Chunk]: ...
+    async def create_namespace(
+        self, namespace: str, *, changes: NamespaceChanges, actor: str = ""
+    ) -> Namespace: ...
+    async def get_namespace(self, namespace: str) -> Namespace: ...
+    async def update_namespace(
+        self, namespace: str, *, changes: NamespaceChanges, actor: str = ""
+    ) -> Namespace: ...
+    async def rotate_webhook_secret(
+        self, namespace: str, *, grace_s: float, actor: str = ""
+    ) -> Namespace: ...
+    async def put_api_key(self, namespace: str, *, key: ApiKey, actor: str = "") -> None: ...
+    async def retry_delivery(
+        self, namespace: str, *, delivery_id: str, actor: str = ""
+    ) -> Delivery: ...
+    async def ping(self) -> None: ...
+    async def stats(self) -> dict[str, Any]: ...
+
+
+class ShardClient:
+    """Typed calls to the shard that owns each namespace.
+
+    `shards` finds the shard of a slot: by default the named Ray actors, found lazily
+    (`ShardClient.in_process` takes plain `Shard` objects, for tests without Ray).
+    `store`, when given, serves replays of committed output directly, sparing the
+    shard; else they go through the shard. `max_chunk_bytes` is the deployment's
+    largest append (`TooLarge` above it).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_shards: int,
+        shards: Callable[[int], ShardApi] | None = None,
+        store: Store | None = None,
+        max_chunk_bytes: int = MAX_CHUNK_BYTES,
+    ) -> None:
+        if num_shards < 1:
+            raise ValueError("num_shards must be >= 1")
+        self.num_shards = num_shards
+        self.max_chunk_bytes = max_chunk_bytes
+        self._find = shards or _actor_shard
+        self._shards: dict[int, ShardApi] = {}
+        self._store = store
+
+    @classmethod
+    def in_process(cls, shards: Sequence[ShardApi], *, store: Store | None = None) -> ShardClient:
+        """A client over shard objects in this process (no Ray), e.g. `actors.shard.Shard`."""
+        return cls(num_shards=len(shards), shards=shards.__getitem__, store=store)
+
+    @classmethod
+    async def discover(cls) -> ShardClient:
+        """A client for the service running in this process's Ray cluster (Ray connected).
+
+        Raises `RuntimeError` when the cluster runs no Async Output Service.
+        """
+        import ray  # the Ray edge; everything else here runs without Ray
+
+        names = {
+            actor["name"]
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["namespace"] == RAY_NAMESPACE
+        }
+        num_shards = 0
+        while shard_name(num_shards) in names:
+            num_shards += 1
+        if not num_shards:
+            raise RuntimeError("no Async Output Service shards in this Ray cluster")
+        client = cls(num_shards=num_shards)
+        stats = await client.shard(0).stats()
+        client.max_chunk_bytes = int(stats["maxChunkBytes"])
+        return client
+
+    def shard(self, slot: int) -> ShardApi:
+        found = self._shards.get(slot)
+        if found is None:
+            found = self._shards[slot] = self._find(slot)
+        return found
+
+    def owner(self, namespace: str) -> ShardApi:
+        """The shard that owns `namespace` (checked: `Invalid`, `TooLarge`)."""
+        return self.shard(shard_for(check_namespace(namespace), self.num_shards))
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    async def submit(
+        self, namespace: str, spec: JobSpec, *, job_id: str | None = None, actor: str = ""
+    ) -> tuple[Job, bool]:
+        """Create a job (a new id when `job_id` is None): `(job, created)`; resubmitting the
+        same request with the same id gives `(job, False)`, a different one `Conflict`."""
+        job_id = check_job_id(job_id) if job_id is not None else new_job_id()
+        return await self.owner(namespace).submit(namespace, job_id=job_id, spec=spec, actor=actor)
+
+    async def append(
+        self, namespace: str, job_id: str, data: bytes, *, seq: int | None = None
+    ) -> AppendAck:
+        """Append one chunk (1 byte .. `max_chunk_bytes`); with `seq` a retry is idempotent."""
+        shard = self.owner(namespace)
+        chunk = check_chunk(data, self.max_chunk_bytes)
+        return await shard.append(
+            namespace, job_id=check_job_id(job_id), data=chunk, seq=check_seq(seq)
+        )
+
+    async def set_progress(self, namespace: str, job_id: str, update: ProgressUpdate) -> Job:
+        return await self.owner(namespace).set_progress(
+            namespace, job_id=check_job_id(job_id), update=update
+        )
+
+    async def complete(self, namespace: str, job_id: str, completion: Completion) -> Job:
+        return await self.owner(namespace).complete(
+            namespace, job_id=check_job_id(job_id), completion=completion
+        )
+
+    async def cancel(self, namespace: str, job_id: str, *, actor: str = "") -> Job:
+        return await self.owner(namespace).cancel(
+            namespace, job_id=check_job_id(job_id), actor=actor
+        )
+
+    async def delete(self, namespace: str, job_id: str, *, actor: str = "") -> None:
+        await self.owner(namespace).delete(namespace, job_id=check_job_id(job_id), actor=actor)
+
+    async def get(self, namespace: str, job_id: str) -> Job:
+        return await self.owner(namespace).get(namespace, job_id=check_job_id(job_id))
+
+    async def watch(
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        revision: int | None = None,
+        after_seq: int | None = None,
+        timeout_s: float = 0.0,
+    ) -> Update:
+        """The committed job once its revision differs from `revision` or its output passes
+        `after_seq`, or after `timeout_s` (capped by the shard) either way."""
+        return await self.owner(namespace).watch(
+            namespace,
+            job_id=check_job_id(job_id),
+            revision=revision,
+            after_seq=after_seq,
+            timeout_s=timeout_s,
+        )
+
+    async def read_output(
+        self, namespace: str, job_id: str, *, after_seq: int = 0, limit: int = 256
+    ) -> list[Chunk]:
+        """At most `limit` committed chunks with seq > `after_seq`, in order."""
+        if self._store is not None:
+            return await self._store.read_output(
+                namespace, job_id, after_seq=after_seq, limit=limit
+            )
+        return await self.owner(namespace).read_output(
+            namespace, job_id=check_job_id(job_id), after_seq=after_seq, limit=limit
+        )
+
+    def output(self, job: Job, *, after_seq: int = 0) -> AsyncIterator[Chunk]:
+        """The committed chunks of `job` (as fetched) after `after_seq`, page by page."""
+
+        async def read(pos: int, limit: int) -> list[Chunk]:
+            return await self.read_output(job.namespace, job.job_id, after_seq=pos, limit=limit)
+
+        return replay(read, after_seq=after_seq, until_seq=job.output_seq)
+
+    async def events(
+        self, namespace: str, job_id: str, *, after_seq: int = 0, heartbeat_s: float = 15.0
+    ) -> AsyncIterator[Event]:
+        """The job's events: output after `after_seq` (replayed, then live), status and
+        progress changes, `end` once it is finished; a heartbeat after `heartbeat_s` of
+        quiet. Raises `NotFound` here, before the first event, for a job that is not."""
+        job = await self.get(namespace, job_id)
+
+        async def watch(revision: int, pos: int, timeout_s: float) -> Update:
+            return await self.watch(
+                namespace, job_id, revision=revision, after_seq=pos, timeout_s=timeout_s
+            )
+
+        async def read(pos: int, limit: int) -> list[Chunk]:
+            return await self.read_output(namespace, job_id, after_seq=pos, limit=limit)
+
+        return job_events(job, watch=watch, read=read, after_seq=after_seq, heartbeat_s=heartbeat_s)
+
+    # -- namespaces, keys, deliveries -------------------------------------------------------
+
+    async def create_namespace(
+        self, namespace: str, changes: NamespaceChanges, *, actor: str = ""
+    ) -> Namespace:
+        """A new namespace (its webhook secret is made now); `Conflict` if it exists."""
+        return await self.owner(namespace).create_namespace(namespace, changes=changes, actor=actor)
+
+    async def get_namespace(self, namespace: str) -> Namespace:
+        return await self.owner(namespace).get_namespace(namespace)
+
+    async def update_namespace(
+        self, namespace: str, changes: NamespaceChanges, *, actor: str = ""
+    ) -> Namespace:
+        return await self.owner(namespace).update_namespace(namespace, changes=changes, actor=actor)
+
+    async def rotate_webhook_secret(
+        self, namespace: str, *, grace_s: float, actor: str = ""
+    ) -> Namespace:
+        """A new signing secret; the old one signs beside it for `grace_s` (0 s .. 30 days)."""
+        return await self.owner(namespace).rotate_webhook_secret(
+            namespace, grace_s=check_grace_s(grace_s), actor=actor
+        )
+
+    async def put_api_key(self, namespace: str, key: ApiKey, *, actor: str = "") -> None:
+        """Store a new or revoked key of `namespace` (durable before it returns)."""
+        await self.owner(namespace).put_api_key(namespace, key=key, actor=actor)
+
+    async def retry_delivery(
+        self, namespace: str, delivery_id: str, *, actor: str = ""
+    ) -> Delivery:
+        return await self.owner(namespace).retry_delivery(
+            namespace, delivery_id=delivery_id, actor=actor
+        )
+
+    async def ping_all(self) -> None:
+        """Raise unless every shard is started and its store answers."""
+        for slot in range(self.num_shards):
+            await self.shard(slot).ping()
+
+
+def _actor_shard(slot: int) -> ShardApi:
+    """The named shard actor of `slot`, as a `ShardApi`."""
+    import ray
+
+    handle = ray.get_actor(shard_name(slot), namespace=RAY_NAMESPACE)
+    return cast(ShardApi, _ActorShard(handle))
+
+
+class _ActorShard:
+    """A shard actor handle seen as a `ShardApi`: `await proxy.get(ns, job_id=...)` is
+    `await handle.get.remote(ns, job_id=...)`, with Ray's errors translated. `ShardActor`
+    has exactly `ShardApi`'s methods (tests/unit/test_shard_client.py checks it)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(self._handle, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await _unwrapped(method.remote(*args, **kwargs))
+
+        return call
+
+
+async def _unwrapped(ref: Awaitable[Any]) -> Any:
+    from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+
+    try:
+        return await ref
+    except RayTaskError as exc:
+        if isinstance(exc.cause, AosError):
+            raise exc.cause from None
+        raise
+    except (ActorUnavailableError, RayActorError) as exc:
+        raise ShardUnavailable(
+            "the shard is restarting; retry shortly", retry_after_s=SHARD_RESTART_RETRY_AFTER_S
+        ) from exc

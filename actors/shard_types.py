@@ -1,0 +1,49 @@
+"""A shard's configuration and the replies of its operations (plain records, no logic)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from actors.limits import MAX_CHUNK_BYTES
+from actors.webhooks.ssrf import Network, parse_allowed_networks
+from storage.records import Chunk, Job
+
+
+@dataclass(frozen=True, slots=True)
+class ShardConfig:
+    slot: int
+    num_shards: int
+    #: The deployment's largest append, checked where appends are built (`ShardClient`).
+    max_chunk_bytes: int = MAX_CHUNK_BYTES
+    tail_bytes_per_job: int = 256 * 1024
+    tail_bytes_total: int = 64 * 1024 * 1024
+    terminal_cache_jobs: int = 10_000
+    max_wait_s: float = 60.0
+    linger_s: float = 0.0
+    max_pending_items: int = 50_000
+    max_pending_bytes: int = 256 * 1024 * 1024
+    #: CIDRs webhook URLs may reach despite the SSRF guard (e.g. 127.0.0.0/8 in development).
+    webhook_allowed_networks: str = ""
+    webhook_coalesce_s: float = 0.5
+    webhook_max_in_flight: int = 1000
+    webhook_max_payload_bytes: int = 1024 * 1024
+
+    @property
+    def allowed_networks(self) -> tuple[Network, ...]:
+        return parse_allowed_networks(self.webhook_allowed_networks)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendAck:
+    seq: int
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """What `watch` returns: the committed job and the committed output after the caller's
+    position that the in-memory tail still holds (empty when the caller must read the store)."""
+
+    job: Job
+    chunks: tuple[Chunk, ...] = ()

@@ -1,0 +1,110 @@
+"""Webhook bodies: what a receiver gets, and the compact form an output window is stored in.
+
+An output window's delivery stores its job header and the seqs it covers, not the
+chunks: they are in the output table already, committed in the same batch and never
+changed. `render` rebuilds the full body from them at each attempt, byte for byte the
+same every time (receivers dedupe on webhook-id; a retry must resend the same body).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from actors.render import chunk_json, webhook_data
+from actors.timestamps import iso
+from storage.errors import NotFound
+from storage.records import Chunk, Delivery, Job, OutputFormat
+
+#: Reads a job's committed output: (namespace, job_id, after_seq, limit) -> chunks in seq order.
+ReadChunks = Callable[[str, str, int, int], Awaitable[list[Chunk]]]
+
+#: A stored payload starting with this is a window to render, not a body to send as is.
+WINDOW_TAG = b"aos-window/1\n"
+
+#: Aim for about this many chunk bytes per read while rendering a window.
+READ_PAGE_BYTES = 4 * 1024 * 1024
+MAX_PAGE_CHUNKS = 512
+
+
+class OutputGone(NotFound):
+    """A window's chunks are no longer in the store: its job was deleted, deliveries with it."""
+
+    code = "output_gone"
+
+
+def header(kind: str, job: Job, at: float) -> dict[str, Any]:
+    """The body of an event about `job` at `at`, without chunks."""
+    return {"type": kind, "timestamp": iso(at), "data": webhook_data(job)}
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def chunk_entry(chunk: Chunk, *, binary: bool, inline_max_bytes: int) -> dict[str, Any]:
+    """A chunk as a webhook carries it; one too big to carry says so (fetch it from /output/raw)."""
+    output_format = OutputFormat.BINARY if binary else OutputFormat.TEXT
+    return chunk_json(chunk, output_format, inline_max_bytes=inline_max_bytes)
+
+
+def entry_size(chunk: Chunk, *, binary: bool, inline_max_bytes: int) -> int:
+    """Bytes `chunk` adds to a body (its entry and a comma): O(chunk), whatever the window holds."""
+    return len(encode(chunk_entry(chunk, binary=binary, inline_max_bytes=inline_max_bytes))) + 1
+
+
+def window_payload(
+    body: dict[str, Any], job: Job, *, first_seq: int, first_offset: int, inline_max_bytes: int
+) -> bytes:
+    """The stored form of an output window holding seqs first_seq..job.output_seq."""
+    window = {
+        "firstSeq": first_seq,
+        "lastSeq": job.output_seq,
+        "bytes": job.output_size - first_offset,
+        "binary": job.output_format is OutputFormat.BINARY,
+        "inlineMaxBytes": inline_max_bytes,
+    }
+    return WINDOW_TAG + encode({"window": window, "body": body})
+
+
+async def render(delivery: Delivery, read_chunks: ReadChunks) -> bytes:
+    """The body to send for `delivery`: its payload, or its window with the chunks read back.
+
+    Raises `OutputGone` when the window's chunks are gone, and whatever `read_chunks`
+    raises (e.g. `StoreUnavailable`).
+    """
+    if not delivery.payload.startswith(WINDOW_TAG):
+        return delivery.payload
+    stored = json.loads(delivery.payload[len(WINDOW_TAG) :])
+    window, body = stored["window"], stored["body"]
+    chunks = await _read_window(delivery, window, read_chunks)
+    binary, inline_max_bytes = window["binary"], window["inlineMaxBytes"]
+    body["data"]["chunks"] = [
+        chunk_entry(c, binary=binary, inline_max_bytes=inline_max_bytes) for c in chunks
+    ]
+    return encode(body)
+
+
+async def _read_window(
+    delivery: Delivery, window: dict[str, Any], read_chunks: ReadChunks
+) -> list[Chunk]:
+    """Chunks firstSeq..lastSeq, all of them, read in pages of about READ_PAGE_BYTES."""
+    pos, last = window["firstSeq"] - 1, window["lastSeq"]
+    average = max(1, window["bytes"] // max(1, last - pos))
+    limit = max(1, min(MAX_PAGE_CHUNKS, READ_PAGE_BYTES // average))
+    chunks: list[Chunk] = []
+    while pos < last:
+        page = await read_chunks(delivery.namespace, delivery.job_id, pos, min(limit, last - pos))
+        taken = 0
+        for chunk in page:
+            if pos == last or chunk.seq != pos + 1:
+                break
+            chunks.append(chunk)
+            pos, taken = chunk.seq, taken + 1
+        if not taken:  # never for a window whose job still exists: its chunks are immutable
+            raise OutputGone(
+                f"output {pos + 1}..{last} of job {delivery.job_id!r} is gone "
+                f"(delivery {delivery.delivery_id})"
+            )
+    return chunks

@@ -1,0 +1,58 @@
+"""The Ray Serve deployment of the API (`Api`), and the builder RayService imports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+
+from actors.shard_actor import create_shards
+from actors.shard_client import ShardClient
+from serve_app.app import create_app
+from serve_app.deps import ApiConfig, Deps
+from storage.base import open_store
+
+#: Streams and long-polls hold a request slot for minutes: the default of 5 would let six
+#: open streams block every route (DESIGN-NOTES.md, Ray pitfalls). Past the queue: 503.
+MAX_ONGOING_REQUESTS = 5000
+MAX_QUEUED_REQUESTS = 2000
+
+
+@serve.deployment(
+    name="Api",
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=MAX_ONGOING_REQUESTS,
+    max_queued_requests=MAX_QUEUED_REQUESTS,
+    health_check_period_s=10,
+)
+@serve.ingress()
+class Api:
+    """One ingress replica: opens its store connection and finds (or creates) the shards,
+    then Serve asks it for its app (`__serve_build_asgi_app__`, after the constructor)."""
+
+    async def __init__(  # type: ignore[misc]  # Serve supports async constructors
+        self, config: ApiConfig, shard_options: dict[str, Any] | None = None
+    ) -> None:
+        create_shards(
+            num_shards=config.num_shards, store_url=config.store_url, config=shard_options
+        )
+        store = open_store(config.store_url)
+        await store.open()
+        shards = ShardClient(
+            num_shards=config.num_shards, store=store, max_chunk_bytes=config.max_chunk_bytes
+        )
+        await shards.ping_all()
+        self._deps = Deps.create(config, store, shards)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(self._deps)
+
+
+def build(args: dict[str, Any]) -> Any:
+    """Application builder for `serveConfigV2` (import_path: serve_app.deployment:build)."""
+    shard_options = args.pop("shard_options", None)
+    replicas = int(args.pop("num_replicas", 1))
+    return Api.options(num_replicas=replicas).bind(  # type: ignore[attr-defined]
+        ApiConfig(**args), shard_options
+    )

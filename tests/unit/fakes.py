@@ -1,0 +1,64 @@
+"""Fakes shared by unit tests: a clock that moves only when told, a store that fails on cue."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from storage.errors import StoreUnavailable
+from storage.memory import MemoryStore
+from storage.records import Batch, Chunk
+
+WAIT_S = 2.0
+
+
+class FakeClock:
+    """Seconds since the epoch, moved by `advance` only."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class GatedStore(MemoryStore):
+    """The in-memory store, whose commits can be held at a gate or made to fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_commits = False
+        self.gate: asyncio.Event | None = None
+        self.arrived = asyncio.Event()  # set when a commit reaches the gate
+        self.commits: list[Batch] = []
+        self.reads = 0
+
+    async def commit(self, batch: Batch) -> None:
+        self.arrived.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_commits:
+            raise StoreUnavailable("injected commit failure")
+        self.commits.append(batch)
+        await super().commit(batch)
+
+    async def read_output(
+        self, namespace: str, job_id: str, *, version: int = 1, after_seq: int = 0, limit: int = 256
+    ) -> list[Chunk]:
+        self.reads += 1
+        return await super().read_output(
+            namespace, job_id, version=version, after_seq=after_seq, limit=limit
+        )
+
+
+async def until(condition: Callable[[], bool], *, timeout_s: float = WAIT_S) -> None:
+    """Poll `condition` while other tasks run; fail the test if it is not met in time."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.001)

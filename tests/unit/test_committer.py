@@ -1,0 +1,204 @@
+"""The group committer: batching, durability before acknowledgement, failure and back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from actors.committer import GroupCommitter, durable
+from storage.errors import AosError, Overloaded, StoreUnavailable
+from storage.records import Batch, Chunk, Job
+from tests.unit.fakes import WAIT_S, GatedStore
+
+
+@dataclass
+class Outcomes:
+    committed: list[Batch] = field(default_factory=list)
+    failed: list[tuple[Batch, AosError]] = field(default_factory=list)
+
+
+@pytest.fixture
+def store() -> GatedStore:
+    return GatedStore()
+
+
+@pytest.fixture
+def outcomes() -> Outcomes:
+    return Outcomes()
+
+
+@pytest.fixture
+async def make(
+    store: GatedStore, outcomes: Outcomes
+) -> AsyncIterator[Callable[..., GroupCommitter]]:
+    """Started committers over `store`, with `options`; stopped after the test."""
+    started: list[GroupCommitter] = []
+
+    def make(**options: int) -> GroupCommitter:
+        committer = GroupCommitter(
+            store,
+            slot=None,
+            epoch=None,
+            on_committed=outcomes.committed.append,
+            on_failed=lambda batch, exc: outcomes.failed.append((batch, exc)),
+            **options,
+        )
+        committer.start()
+        started.append(committer)
+        return committer
+
+    yield make
+    if store.gate is not None:
+        store.gate.set()
+    for committer in started:
+        await committer.stop()
+
+
+@pytest.fixture
+async def committer(make: Callable[..., GroupCommitter]) -> GroupCommitter:
+    return make()
+
+
+def _job(job_id: str, revision: int = 1) -> Job:
+    return Job("acme", job_id, 0, 1000.0, 1000.0, revision=revision)
+
+
+async def _done(*futures: Awaitable[None]) -> None:
+    """Wait for `futures`, failing the test rather than hanging if one never resolves."""
+    await asyncio.wait_for(asyncio.gather(*futures), WAIT_S)
+
+
+async def _hold(store: GatedStore, committer: GroupCommitter) -> asyncio.Future[None]:
+    """Put one commit in flight and hold it at the store's gate."""
+    store.gate = asyncio.Event()
+    store.arrived.clear()
+    future = committer.add(jobs=[_job("first")])
+    await asyncio.wait_for(store.arrived.wait(), WAIT_S)
+    return future
+
+
+async def test_concurrent_adds_wait_for_the_commit_in_flight_and_share_the_next(store, committer):
+    first = await _hold(store, committer)
+    later = [committer.add(jobs=[_job(f"j{i}")]) for i in range(3)]
+    store.gate.set()
+    await _done(first, *later)
+    assert [[j.job_id for j in b.jobs] for b in store.commits] == [["first"], ["j0", "j1", "j2"]]
+    assert committer.batch_sizes == {1: 1, 3: 1}
+
+
+async def test_callers_are_told_only_after_the_store_commit(store, committer, outcomes):
+    future = await _hold(store, committer)
+    await asyncio.sleep(0)
+    assert not future.done() and await store.get_job("acme", "first") is None
+    store.gate.set()
+    await _done(future)
+    assert await store.get_job("acme", "first") is not None
+    assert [b.jobs[0].job_id for b in outcomes.committed] == ["first"]
+
+
+async def test_failed_commit_fails_every_later_batch(store, make, outcomes):
+    committer = make(max_batch_items=1)
+    first = await _hold(store, committer)
+    queued = [committer.add(jobs=[_job(f"j{i}")]) for i in range(2)]  # two more batches
+    store.fail_commits = True
+    store.gate.set()
+    for future in (first, *queued):
+        with pytest.raises(StoreUnavailable):
+            await _done(durable(future))
+    assert store.commits == [] and len(outcomes.failed) == 3
+    assert committer.pending_items == 0
+    store.fail_commits = False
+    await _done(committer.add(jobs=[_job("after")]))  # the flusher lives on
+    assert [b.jobs[0].job_id for b in store.commits] == ["after"]
+
+
+async def test_a_backend_bug_fails_the_batch_as_store_unavailable(store, committer, outcomes):
+    async def broken(batch: Batch) -> None:
+        raise RuntimeError("driver bug")
+
+    store.commit = broken  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable, match="driver bug"):
+        await _done(committer.add(jobs=[_job("a")]))
+    assert isinstance(outcomes.failed[0][1], StoreUnavailable)
+
+
+async def test_a_full_buffer_refuses_with_overloaded_until_it_drains(store, make):
+    committer = make(max_pending_items=2)
+    first = await _hold(store, committer)
+    second = committer.add(jobs=[_job("second")])
+    with pytest.raises(Overloaded) as refused:
+        committer.add(jobs=[_job("third")])
+    assert refused.value.retry_after_s is not None and refused.value.retry_after_s > 0
+    store.gate.set()
+    await _done(first, second)
+    await committer.add(jobs=[_job("third")])
+
+
+async def test_output_over_the_byte_budget_is_refused_with_overloaded(store, make):
+    committer = make(max_pending_bytes=10)
+    first = await _hold(store, committer)
+    committer.add(chunks=[Chunk("acme", "first", 1, 0, b"12345678")])
+    with pytest.raises(Overloaded):
+        committer.add(chunks=[Chunk("acme", "first", 2, 8, b"12345678")])
+    store.gate.set()
+    await _done(committer.barrier())
+    await committer.add(chunks=[Chunk("acme", "first", 2, 8, b"12345678")])
+    assert first.done()
+
+
+async def test_a_job_deleted_and_written_again_goes_into_the_next_batch(store, committer):
+    await committer.add(jobs=[_job("j")])
+    first = await _hold(store, committer)
+    deleted = committer.add(deleted=[("acme", "j")])
+    written = committer.add(jobs=[_job("j", revision=5)])
+    store.gate.set()
+    await _done(first, deleted, written)
+    assert store.commits[-2].deleted == [("acme", "j")] and store.commits[-2].jobs == []
+    assert (await store.get_job("acme", "j")).revision == 5
+
+
+async def test_a_batch_writes_only_the_newest_record_of_each_job(store, committer):
+    first = await _hold(store, committer)
+    later = [committer.add(jobs=[_job("j", revision=r)]) for r in (1, 2, 3)]
+    store.gate.set()
+    await _done(first, *later)
+    assert [j.revision for j in store.commits[-1].jobs] == [3]
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_batch_for_others(store, committer):
+    await _hold(store, committer)
+    shared = committer.add(jobs=[_job("shared")])
+    leaving = asyncio.create_task(durable(shared))
+    staying = asyncio.create_task(durable(shared))
+    await asyncio.sleep(0)
+    leaving.cancel()
+    store.gate.set()
+    await _done(staying)
+    assert leaving.cancelled() and not shared.cancelled()
+    assert await store.get_job("acme", "shared") is not None
+
+
+async def test_barrier_waits_for_everything_queued_so_far(store, make):
+    committer = make(max_batch_items=1)
+    await _hold(store, committer)
+    queued = [committer.add(jobs=[_job(f"j{i}")]) for i in range(3)]
+    barrier = asyncio.create_task(committer.barrier())
+    await asyncio.sleep(0)
+    assert not barrier.done()
+    store.gate.set()
+    await _done(barrier)
+    assert all(f.done() for f in queued) and len(store.commits) == 4
+    await asyncio.wait_for(committer.barrier(), 1)  # nothing queued: returns at once
+
+
+async def test_stop_commits_what_is_pending_first(store, make):
+    committer = make()
+    await _hold(store, committer)
+    pending = committer.add(jobs=[_job("pending")])
+    stopping = asyncio.create_task(committer.stop())
+    store.gate.set()
+    await _done(stopping)
+    assert pending.done() and await store.get_job("acme", "pending") is not None
