@@ -32,7 +32,7 @@ from actors.limits import (
 from actors.webhooks import ssrf
 from actors.webhooks.outbox import EventType
 from storage.errors import Invalid
-from storage.records import JobStatus, OutputFormat
+from storage.records import Job, JobStatus, OutputFormat
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 _NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -98,6 +98,18 @@ def parse_output_format(value: str) -> OutputFormat:
         raise Invalid("outputFormat must be one of text, json, binary") from exc
 
 
+def check_encoding(output_format: OutputFormat, data: bytes) -> None:
+    """A text or json job's output is UTF-8 in every chunk; a binary job's is any bytes."""
+    if output_format is OutputFormat.BINARY:
+        return
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Invalid(
+            "a text or json job's output must be UTF-8 in every chunk; use outputFormat binary"
+        ) from exc
+
+
 def check_ttl_s(name: str, value: object) -> int | None:
     if value is None:
         return None
@@ -158,6 +170,24 @@ class JobSpec:
             description=metadata.get("description"),
             tags=tuple(tags),
             **fields,
+        )
+
+    def new_job(self, namespace: str, job_id: str, *, slot: int, now: float) -> Job:
+        """The job this spec asks for, created at `now` (epoch seconds) in `slot`."""
+        return Job(
+            namespace=namespace,
+            job_id=job_id,
+            slot=slot,
+            created_at=now,
+            updated_at=now,
+            title=self.title,
+            description=self.description,
+            tags=self.tags,
+            webhook_url=self.webhook_url,
+            webhook_events=self.webhook_events,
+            ttl_s=self.ttl_s,
+            output_format=self.output_format,
+            request_hash=self.fingerprint(),
         )
 
     def fingerprint(self) -> str:

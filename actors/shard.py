@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from actors.commands import Completion, JobSpec, ProgressUpdate
+from actors.commands import Completion, JobSpec, ProgressUpdate, check_encoding
 from actors.committer import GroupCommitter, durable
 from actors.job_table import JobTable, LiveJob
 from actors.namespace_settings import NamespaceChanges
@@ -25,8 +25,8 @@ from actors.namespaces import NamespaceBook, audit_entry
 from actors.shard_types import AppendAck, ShardConfig, Update
 from actors.tail import OutputTail
 from actors.webhooks import ssrf
-from actors.webhooks.delivery import DeliveryLoop, Send
-from actors.webhooks.outbox import Outbox
+from actors.webhooks.delivery import Send
+from actors.webhooks.shard_webhooks import ShardWebhooks
 from storage.base import Store
 from storage.errors import (
     AosError,
@@ -45,7 +45,6 @@ from storage.records import (
     Job,
     JobStatus,
     Namespace,
-    OutputFormat,
 )
 
 
@@ -73,7 +72,6 @@ class Shard:
         )
         self._fenced = False
         self._committer: GroupCommitter | None = None
-        self._send = send
         self._allowed = config.allowed_networks
         self.namespaces = NamespaceBook(
             store,
@@ -83,13 +81,7 @@ class Shard:
             allowed_networks=self._allowed,
             clock=clock,
         )
-        self._outbox = Outbox(
-            slot=config.slot,
-            clock=clock,
-            coalesce_s=config.webhook_coalesce_s,
-            max_payload_bytes=config.webhook_max_payload_bytes,
-        )
-        self._delivery_loop: DeliveryLoop | None = None
+        self._webhooks = ShardWebhooks(store, config, clock=clock, send=send)
         self.epoch = 0
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -110,24 +102,10 @@ class Shard:
             max_pending_bytes=self._config.max_pending_bytes,
         )
         self._committer.start()
-        self._outbox.load(await self._store.load_pending_deliveries(self._config.slot))
-        if self._send is not None:
-            self._delivery_loop = DeliveryLoop(
-                self._outbox,
-                self._committer,
-                send=self._send,
-                hooks_for=self.namespaces.hooks,
-                read_chunks=lambda namespace, job_id, after_seq, limit: self._store.read_output(
-                    namespace, job_id, after_seq=after_seq, limit=limit
-                ),
-                clock=self._clock,
-                max_in_flight=self._config.webhook_max_in_flight,
-            )
-            self._delivery_loop.start()
+        await self._webhooks.start(self._committer, hooks_for=self.namespaces.hooks)
 
     async def stop(self) -> None:
-        if self._delivery_loop is not None:
-            await self._delivery_loop.stop()
+        await self._webhooks.stop()
         if self._committer is not None:
             await self._committer.stop()
 
@@ -146,7 +124,7 @@ class Shard:
             "pendingWrites": committer.pending_items,
             "batchSizes": dict(sorted(committer.batch_sizes.items())),
             "fenced": self._fenced,
-            "pendingDeliveries": self._outbox.pending_count,
+            "pendingDeliveries": self._webhooks.pending_count,
         }
 
     # -- jobs: writes -------------------------------------------------------------------------
@@ -165,7 +143,7 @@ class Shard:
         try:
             live = await self._load(namespace, job_id)
         except NotFound:
-            return await self._create(namespace, job_id, spec, fingerprint, actor), True
+            return await self._create(namespace, job_id, spec, actor), True
         if live.current.request_hash != fingerprint:
             raise Conflict(f"job {job_id!r} exists with a different request")
         return await self._durable(live), False
@@ -182,8 +160,7 @@ class Shard:
             if seq != job.output_seq + 1:
                 raise Conflict(f"seq {seq} would leave a gap: the next seq is {job.output_seq + 1}")
         self._check_running(job, "append output to")
-        if job.output_format is not OutputFormat.BINARY:
-            _check_utf8(data)
+        check_encoding(job.output_format, data)
         chunk = Chunk(namespace, job_id, job.output_seq + 1, job.output_size, data)
         await self._change(
             live,
@@ -219,7 +196,7 @@ class Shard:
         audit = audit_entry(self._clock(), namespace, actor, "job.delete", job_id)
         future = self._require_committer().add(deleted=[key], audit=[audit])
         self._jobs.forget(key)
-        self._outbox.forget_job(*key)
+        self._webhooks.forget_job(*key)
         self._jobs.deleting.add(key)
         live.wake()
         try:
@@ -299,44 +276,21 @@ class Shard:
     ) -> Delivery:
         """Send a delivery again now, with the same id (receivers dedupe on webhook-id)."""
         await self.namespaces.get(namespace)
-        delivery = self._outbox.pending(delivery_id) or await self._store.get_delivery(
-            namespace, delivery_id
-        )
-        if delivery is None or delivery.namespace != namespace:
-            raise NotFound(f"no webhook delivery {delivery_id!r} in namespace {namespace!r}")
-        if self._outbox.is_in_flight(delivery_id):
-            raise Conflict(f"delivery {delivery_id!r} is being sent right now")
-        again = self._outbox.retry_now(delivery)
+        again = await self._webhooks.retry_now(namespace, delivery_id)
         audit = audit_entry(self._clock(), namespace, actor, "webhook.retry", delivery_id)
         await durable(self._require_committer().add(deliveries=[again], audit=[audit]))
         return again
 
     # -- internals ----------------------------------------------------------------------------
 
-    async def _create(
-        self, namespace: str, job_id: str, spec: JobSpec, fingerprint: str, actor: str
-    ) -> Job:
+    async def _create(self, namespace: str, job_id: str, spec: JobSpec, actor: str) -> Job:
         now = self._clock()
-        job = Job(
-            namespace=namespace,
-            job_id=job_id,
-            slot=self._config.slot,
-            created_at=now,
-            updated_at=now,
-            title=spec.title,
-            description=spec.description,
-            tags=spec.tags,
-            webhook_url=spec.webhook_url,
-            webhook_events=spec.webhook_events,
-            ttl_s=spec.ttl_s,
-            output_format=spec.output_format,
-            request_hash=fingerprint,
-        )
+        job = spec.new_job(namespace, job_id, slot=self._config.slot, now=now)
         self._check_writable()
         hooks = self.namespaces.cached_hooks(namespace)
         future = self._require_committer().add(
             jobs=[job],
-            deliveries=self._outbox.on_change(None, job, (), hooks),
+            deliveries=self._webhooks.on_change(None, job, (), hooks),
             audit=[audit_entry(now, namespace, actor, "job.submit", job_id)],
         )
         self._jobs.add(job, committed=False)
@@ -364,14 +318,14 @@ class Shard:
     ) -> Job:
         self._check_writable()
         hooks = self.namespaces.cached_hooks(job.namespace)
-        deliveries = self._outbox.on_change(live.current, job, chunks or (), hooks)
+        deliveries = self._webhooks.on_change(live.current, job, chunks or (), hooks)
         # add() may refuse (Overloaded): it runs before any state changes.
         try:
             future = self._require_committer().add(
                 jobs=[job], chunks=chunks or (), deliveries=deliveries, audit=audit or ()
             )
         except Overloaded:
-            self._outbox.failed(deliveries)
+            self._webhooks.failed(deliveries)
             raise
         live.current = job
         await durable(future)
@@ -404,16 +358,13 @@ class Shard:
 
     def _on_committed(self, batch: Batch) -> None:
         self._jobs.on_committed(batch)
-        if batch.deliveries:
-            self._outbox.committed(batch.deliveries)
-            if self._delivery_loop is not None:
-                self._delivery_loop.wake()
+        self._webhooks.committed(batch.deliveries)
 
     def _on_failed(self, batch: Batch, exc: AosError) -> None:
         """Forget what did not commit: the next access reloads the store's truth."""
         if isinstance(exc, Fenced):
             self._fenced = True
-        self._outbox.failed(batch.deliveries)
+        self._webhooks.failed(batch.deliveries)
         self._jobs.on_failed(batch)
         self.namespaces.forget(batch.namespaces)
 
@@ -437,12 +388,3 @@ def _changed(job: Job, revision: int | None, after_seq: int | None) -> bool:
     if revision is not None and job.revision != revision:
         return True
     return after_seq is not None and job.output_seq > after_seq
-
-
-def _check_utf8(data: bytes) -> None:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Invalid(
-            "a text or json job's output must be UTF-8 in every chunk; use outputFormat binary"
-        ) from exc
