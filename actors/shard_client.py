@@ -206,14 +206,14 @@ class ShardClient:
     async def read_output(
         self, namespace: str, job_id: str, *, after_seq: int = 0, limit: int = 256
     ) -> list[Chunk]:
-        """At most `limit` committed chunks with seq > `after_seq`, in order."""
+        """At most `limit` committed chunks with seq > `after_seq`, in order (from the store
+        when this client has one: the output is immutable once committed)."""
+        shard, job_id = self.owner(namespace), check_job_id(job_id)
         if self._store is not None:
             return await self._store.read_output(
                 namespace, job_id, after_seq=after_seq, limit=limit
             )
-        return await self.owner(namespace).read_output(
-            namespace, job_id=check_job_id(job_id), after_seq=after_seq, limit=limit
-        )
+        return await shard.read_output(namespace, job_id=job_id, after_seq=after_seq, limit=limit)
 
     def output(self, job: Job, *, after_seq: int = 0) -> AsyncIterator[Chunk]:
         """The committed chunks of `job` (as fetched) after `after_seq`, page by page."""

@@ -20,7 +20,6 @@ from enum import StrEnum
 
 from actors.webhooks import body
 from actors.webhooks.backoff import RetryPolicy, next_delay_s, should_retry
-from storage.errors import Invalid
 from storage.records import Attempt, Chunk, Delivery, DeliveryStatus, Job, OutputFormat
 
 
@@ -33,15 +32,6 @@ class EventType(StrEnum):
 
 DEFAULT_EVENTS = (EventType.COMPLETED.value,)
 COALESCED = frozenset({EventType.PROGRESS.value, EventType.OUTPUT.value})
-
-
-def check_events(events: Iterable[str]) -> tuple[str, ...]:
-    known = {e.value for e in EventType}
-    events = tuple(events)
-    unknown = [e for e in events if e not in known]
-    if unknown:
-        raise Invalid(f"unknown webhook event type(s) {unknown}; known: {sorted(known)}")
-    return tuple(dict.fromkeys(events))
 
 
 @dataclass(frozen=True, slots=True)
