@@ -17,6 +17,8 @@ MAX_TAG_CHARS = 64
 MAX_URL_CHARS = 2048
 MAX_WEBHOOK_EVENTS = 16
 MAX_ERROR_CHARS = 8192
+#: A webhook attempt's error text, as recorded (longer ones are clipped, not refused).
+MAX_ATTEMPT_ERROR_CHARS = 512
 MAX_TTL_S = 10 * 365 * 86400
 MAX_NAMESPACE_DESCRIPTION_CHARS = 1024
 MAX_KEY_DESCRIPTION_CHARS = 256
@@ -24,6 +26,13 @@ MAX_KEY_DESCRIPTION_CHARS = 256
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
 MAX_SECRET_GRACE_S = 30 * 86400
 DEFAULT_SECRET_GRACE_S = 24 * 3600
+
+
+def clip(text: str | None, limit: int) -> str | None:
+    """`text` cut to at most `limit` characters, marked with "..." when cut."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 3] + "..."
 
 
 def check_size(name: str, size: int, limit: int, unit: str = "characters") -> None:

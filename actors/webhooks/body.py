@@ -12,6 +12,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from actors.feed import replay
 from actors.render import chunk_json, webhook_data
 from actors.timestamps import iso
 from storage.errors import NotFound
@@ -22,10 +23,6 @@ ReadChunks = Callable[[str, str, int, int], Awaitable[list[Chunk]]]
 
 #: A stored payload starting with this is a window to render, not a body to send as is.
 WINDOW_TAG = b"aos-window/1\n"
-
-#: Aim for about this many chunk bytes per read while rendering a window.
-READ_PAGE_BYTES = 4 * 1024 * 1024
-MAX_PAGE_CHUNKS = 512
 
 
 class OutputGone(NotFound):
@@ -55,13 +52,12 @@ def entry_size(chunk: Chunk, *, binary: bool, inline_max_bytes: int) -> int:
 
 
 def window_payload(
-    body: dict[str, Any], job: Job, *, first_seq: int, first_offset: int, inline_max_bytes: int
+    body: dict[str, Any], job: Job, *, first_seq: int, inline_max_bytes: int
 ) -> bytes:
     """The stored form of an output window holding seqs first_seq..job.output_seq."""
     window = {
         "firstSeq": first_seq,
         "lastSeq": job.output_seq,
-        "bytes": job.output_size - first_offset,
         "binary": job.output_format is OutputFormat.BINARY,
         "inlineMaxBytes": inline_max_bytes,
     }
@@ -89,22 +85,17 @@ async def render(delivery: Delivery, read_chunks: ReadChunks) -> bytes:
 async def _read_window(
     delivery: Delivery, window: dict[str, Any], read_chunks: ReadChunks
 ) -> list[Chunk]:
-    """Chunks firstSeq..lastSeq, all of them, read in pages of about READ_PAGE_BYTES."""
-    pos, last = window["firstSeq"] - 1, window["lastSeq"]
-    average = max(1, window["bytes"] // max(1, last - pos))
-    limit = max(1, min(MAX_PAGE_CHUNKS, READ_PAGE_BYTES // average))
-    chunks: list[Chunk] = []
-    while pos < last:
-        page = await read_chunks(delivery.namespace, delivery.job_id, pos, min(limit, last - pos))
-        taken = 0
-        for chunk in page:
-            if pos == last or chunk.seq != pos + 1:
-                break
-            chunks.append(chunk)
-            pos, taken = chunk.seq, taken + 1
-        if not taken:  # never for a window whose job still exists: its chunks are immutable
-            raise OutputGone(
-                f"output {pos + 1}..{last} of job {delivery.job_id!r} is gone "
-                f"(delivery {delivery.delivery_id})"
-            )
+    """Chunks firstSeq..lastSeq, all of them, paged as replays are (`actors.feed.replay`)."""
+    first, last = window["firstSeq"], window["lastSeq"]
+
+    async def read(after_seq: int, limit: int) -> list[Chunk]:
+        return await read_chunks(delivery.namespace, delivery.job_id, after_seq, limit)
+
+    chunks = [chunk async for chunk in replay(read, after_seq=first - 1, until_seq=last)]
+    if [chunk.seq for chunk in chunks] != list(range(first, last + 1)):
+        # Never for a window whose job still exists: committed output is immutable.
+        raise OutputGone(
+            f"output {first}..{last} of job {delivery.job_id!r} is gone "
+            f"(delivery {delivery.delivery_id})"
+        )
     return chunks

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from actors.limits import MAX_ATTEMPT_ERROR_CHARS, clip
 from actors.webhooks.dispatcher import MAX_BATCH, Outgoing
 from storage.records import Attempt, Delivery
 
@@ -84,4 +85,5 @@ def _settle(
 ) -> None:
     for _, future in batch:
         if not future.done():
-            future.set_result(Attempt(started, (time.time() - started) * 1000, None, error[:512]))
+            clipped = clip(error, MAX_ATTEMPT_ERROR_CHARS)
+            future.set_result(Attempt(started, (time.time() - started) * 1000, None, clipped))

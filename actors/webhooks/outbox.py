@@ -54,7 +54,6 @@ class _Window:
     delivery: Delivery
     closes_at: float
     first_seq: int = 0  # 0 until it holds a chunk
-    first_offset: int = 0
     size: int = 0  # bytes its chunk entries add to the body
 
 
@@ -134,7 +133,7 @@ class Outbox:
             delivery = self._delivery(kind, job, url, b"", due=now + self._coalesce_s)
             window = self._windows[key] = _Window(delivery, now + self._coalesce_s)
         if chunks and not window.first_seq:
-            window.first_seq, window.first_offset = chunks[0].seq, chunks[0].offset
+            window.first_seq = chunks[0].seq
         window.size += grown
         header = body.header(kind.value, job, now)
         if kind is EventType.OUTPUT:
@@ -142,7 +141,6 @@ class Outbox:
                 header,
                 job,
                 first_seq=window.first_seq,
-                first_offset=window.first_offset,
                 inline_max_bytes=inline,
             )
         else:

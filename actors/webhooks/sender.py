@@ -11,6 +11,7 @@ from types import TracebackType
 
 import httpx
 
+from actors.limits import MAX_ATTEMPT_ERROR_CHARS, clip
 from actors.webhooks import ssrf
 from storage.errors import Invalid
 from storage.records import Attempt
@@ -21,7 +22,6 @@ KEEPALIVE_EXPIRY_S = 30.0
 # We only need the status; reading a little lets a small reply keep its connection
 # alive, while a huge or endless reply is cut off (its connection is then dropped).
 MAX_RESPONSE_BYTES = 64 * 1024
-MAX_ERROR_CHARS = 512
 
 
 @dataclass(slots=True)
@@ -181,7 +181,12 @@ def _destination(url: str) -> tuple[str, int | None]:
 
 def _attempt(at: float, started: float, status: int | None, error: str | None) -> Attempt:
     duration_ms = (time.perf_counter() - started) * 1000
-    return Attempt(at=at, duration_ms=duration_ms, status_code=status, error=_clip(error))
+    return Attempt(
+        at=at,
+        duration_ms=duration_ms,
+        status_code=status,
+        error=clip(error, MAX_ATTEMPT_ERROR_CHARS),
+    )
 
 
 def _rejection(exc: Invalid) -> str:
@@ -199,9 +204,3 @@ def _describe(exc: httpx.HTTPError) -> str:
     if isinstance(exc, httpx.ProtocolError):
         return f"protocol error: {detail}"
     return f"http error: {type(exc).__name__}: {detail}"
-
-
-def _clip(error: str | None) -> str | None:
-    if error is None or len(error) <= MAX_ERROR_CHARS:
-        return error
-    return error[: MAX_ERROR_CHARS - 3] + "..."
