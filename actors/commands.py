@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import uuid
 from dataclasses import asdict, dataclass
@@ -34,8 +35,8 @@ from actors.webhooks.outbox import EventType
 from storage.errors import Invalid
 from storage.records import Job, JobStatus, OutputFormat
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
-_NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
 def check_job_id(value: object) -> str:
@@ -43,7 +44,7 @@ def check_job_id(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise Invalid("jobId must be a non-empty string")
     check_size("jobId", len(value), MAX_ID_CHARS)
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         raise Invalid("jobId may hold only letters, digits and . _ : - and must start alnum")
     return value
 
@@ -57,7 +58,7 @@ def check_namespace(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise Invalid("namespace must be a non-empty string")
     check_size("namespace", len(value), MAX_NAMESPACE_CHARS)
-    if not _NAMESPACE.match(value):
+    if not _NAMESPACE.fullmatch(value):
         raise Invalid("namespace must be lowercase letters, digits or '-', starting alnum")
     return value
 
@@ -212,7 +213,9 @@ class ProgressUpdate:
                 raise Invalid("progress must be a number from 0 to 100")
             object.__setattr__(self, "progress", float(self.progress))
         if self.estimated_completion is not None:
-            if not _is_number(self.estimated_completion):
+            if not _is_number(self.estimated_completion) or not math.isfinite(
+                self.estimated_completion
+            ):
                 raise Invalid("estimatedCompletion must be a timestamp")
             object.__setattr__(self, "estimated_completion", float(self.estimated_completion))
 

@@ -113,7 +113,7 @@ class Shard:
         """Readiness: raise unless the store answers."""
         await self._store.ping()
 
-    def stats(self) -> dict[str, Any]:
+    async def stats(self) -> dict[str, Any]:
         committer = self._require_committer()
         return {
             "slot": self._config.slot,

@@ -59,7 +59,7 @@ class ShardActor:
         await (await self._ready()).ping()
 
     async def stats(self) -> dict[str, Any]:
-        return (await self._ready()).stats()
+        return await (await self._ready()).stats()
 
     async def submit(
         self, namespace: str, *, job_id: str, spec: JobSpec, actor: str = ""

@@ -111,27 +111,21 @@ class ShardClient:
         return cls(num_shards=len(shards), shards=shards.__getitem__, store=store)
 
     @classmethod
-    async def discover(cls) -> ShardClient:
-        """A client for the service running in this process's Ray cluster (Ray connected).
+    async def discover(
+        cls, *, num_shards: int | None = None, store: Store | None = None
+    ) -> ShardClient:
+        """A client for the service running in this process's Ray cluster (Ray connected),
+        once every shard answers; with the deployment's limits, which the shards hold.
 
-        Raises `RuntimeError` when the cluster runs no Async Output Service.
+        `num_shards` defaults to the number of shard actors found. Raises `RuntimeError`
+        when the cluster runs no Async Output Service.
         """
-        import ray  # the Ray edge; everything else here runs without Ray
-
-        names = {
-            actor["name"]
-            for actor in ray.util.list_named_actors(all_namespaces=True)
-            if actor["namespace"] == RAY_NAMESPACE
-        }
-        num_shards = 0
-        while shard_name(num_shards) in names:
-            num_shards += 1
-        if not num_shards:
-            raise RuntimeError("no Async Output Service shards in this Ray cluster")
-        client = cls(num_shards=num_shards)
-        stats = await client.shard(0).stats()
-        client.max_chunk_bytes = int(stats["maxChunkBytes"])
-        return client
+        if num_shards is None:
+            num_shards = _count_shard_actors()
+        probe = cls(num_shards=num_shards)
+        await probe.ping_all()
+        stats = await probe.shard(0).stats()
+        return cls(num_shards=num_shards, store=store, max_chunk_bytes=stats["maxChunkBytes"])
 
     def shard(self, slot: int) -> ShardApi:
         found = self._shards.get(slot)
@@ -280,6 +274,22 @@ class ShardClient:
         """Raise unless every shard is started and its store answers."""
         for slot in range(self.num_shards):
             await self.shard(slot).ping()
+
+
+def _count_shard_actors() -> int:
+    import ray  # the Ray edge; everything else here runs without Ray
+
+    names = {
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["namespace"] == RAY_NAMESPACE
+    }
+    num_shards = 0
+    while shard_name(num_shards) in names:
+        num_shards += 1
+    if not num_shards:
+        raise RuntimeError("no Async Output Service shards in this Ray cluster")
+    return num_shards
 
 
 def _actor_shard(slot: int) -> ShardApi:

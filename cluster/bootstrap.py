@@ -64,7 +64,6 @@ def api_config(settings: Settings, key: str) -> ApiConfig:
         store_url=settings.storage_url,
         num_shards=settings.num_shards,
         admin_key_sha256=key_hash(key),
-        max_chunk_bytes=settings.max_chunk_bytes,
         max_wait_s=settings.max_wait_s,
         heartbeat_s=settings.heartbeat_s,
     )

@@ -39,10 +39,7 @@ class Api:
         )
         store = open_store(config.store_url)
         await store.open()
-        shards = ShardClient(
-            num_shards=config.num_shards, store=store, max_chunk_bytes=config.max_chunk_bytes
-        )
-        await shards.ping_all()
+        shards = await ShardClient.discover(num_shards=config.num_shards, store=store)
         self._deps = Deps.create(config, store, shards)
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -12,7 +12,6 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
 
-from actors.limits import MAX_CHUNK_BYTES
 from actors.shard_client import ShardClient
 from serve_app.keys import KeyCache, Principal
 from storage.base import Store
@@ -24,7 +23,6 @@ class ApiConfig:
     store_url: str
     num_shards: int
     admin_key_sha256: str
-    max_chunk_bytes: int = MAX_CHUNK_BYTES
     max_wait_s: float = 60.0
     heartbeat_s: float = 15.0
     key_cache_s: float = 1.0

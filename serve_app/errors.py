@@ -59,8 +59,9 @@ def install(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"{where}: {first.get('msg', 'invalid')}" if where else first.get("msg", "")
-        status = 400 if first.get("type") == "json_invalid" else 422
-        return error_response(status, "invalid", message or "invalid request")
+        if first.get("type") == "json_invalid":
+            return error_response(400, errors.BadRequest.code, message or "malformed JSON")
+        return error_response(422, errors.Invalid.code, message or "invalid request")
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:

@@ -50,9 +50,12 @@ class KeyCache:
         self._cache: dict[str, tuple[float, ApiKey]] = {}
 
     async def authenticate(self, authorization: str | None) -> Principal:
-        if not authorization or not authorization.startswith("Bearer "):
+        """The caller of `Authorization: Bearer <key>` (the scheme is case-insensitive,
+        RFC 9110 §11.1); `Unauthorized` for anything else."""
+        scheme, _, secret = (authorization or "").strip().partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
             raise Unauthorized("send 'Authorization: Bearer <key>'")
-        secret = authorization[len("Bearer ") :].strip()
         digest = key_hash(secret)
         if hmac.compare_digest(digest, self._admin_sha256):
             return Principal(ADMIN, frozenset(), admin=True)

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+import ray
 
 from actors.namespace_settings import NamespaceChanges
 from actors.shard import Shard, ShardConfig
@@ -13,6 +14,16 @@ from actors.shard_client import ShardClient
 from storage.errors import StoreUnavailable
 from storage.memory import MemoryStore
 from storage.records import Batch
+
+
+@pytest.fixture(autouse=True)
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `ray.init` (and Ray's auto-init, which calls it) fail: unit tests run without Ray."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("unit tests run without Ray; put Ray tests under tests/e2e")
+
+    monkeypatch.setattr(ray, "init", refuse)
 
 
 class FlakyStore(MemoryStore):

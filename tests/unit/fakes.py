@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from storage.errors import StoreUnavailable
 from storage.memory import MemoryStore
@@ -55,10 +56,18 @@ class GatedStore(MemoryStore):
         )
 
 
-async def until(condition: Callable[[], bool], *, timeout_s: float = WAIT_S) -> None:
-    """Poll `condition` while other tasks run; fail the test if it is not met in time."""
+async def until(
+    condition: Callable[[], bool | Awaitable[bool]], *, timeout_s: float = WAIT_S
+) -> None:
+    """Poll `condition` (sync or async) while other tasks run; fail the test if it is not
+    met in time."""
     deadline = time.monotonic() + timeout_s
-    while not condition():
+    while not await _holds(condition):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.001)
+
+
+async def _holds(condition: Callable[[], bool | Awaitable[bool]]) -> bool:
+    met = condition()
+    return await met if inspect.isawaitable(met) else met

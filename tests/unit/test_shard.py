@@ -5,6 +5,7 @@ Tests call it as every caller does, through `ShardClient` (no Ray: `in_process`)
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.namespace_settings import NamespaceChanges
 from actors.shard import Shard, ShardConfig
 from actors.shard_client import ShardClient
+from actors.shard_types import Update
 from storage.errors import (
     BadRequest,
     Conflict,
@@ -23,6 +25,7 @@ from storage.errors import (
     TooLarge,
 )
 from storage.records import JobStatus, OutputFormat
+from tests.unit.fakes import WAIT_S, until
 
 
 async def test_submit_is_durable_when_it_returns(shards, store):
@@ -188,12 +191,29 @@ async def test_text_jobs_need_utf8_and_binary_jobs_take_any_bytes(shards):
     assert (await shards.append("acme", "bin", b"\xff\xfe")).size == 2
 
 
-async def test_watch_wakes_on_commit_and_hands_over_the_new_chunk(shards):
+class Watched:
+    """The shard, saying when a caller has entered `watch` (where it waits for a commit)."""
+
+    def __init__(self, shard: Shard) -> None:
+        self._shard = shard
+        self.watching = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shard, name)
+
+    async def watch(self, namespace: str, **options: Any) -> Update:
+        self.watching.set()
+        return await self._shard.watch(namespace, **options)
+
+
+async def test_watch_wakes_on_commit_and_hands_over_the_new_chunk(shard):
+    watched = Watched(shard)
+    shards = ShardClient.in_process([watched])
     job, _ = await shards.submit("acme", JobSpec(), job_id="j1")
     waiter = asyncio.create_task(
         shards.watch("acme", "j1", revision=job.revision, after_seq=0, timeout_s=5)
     )
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(watched.watching.wait(), WAIT_S)
     assert not waiter.done()
     await shards.append("acme", "j1", b"live")
     update = await asyncio.wait_for(waiter, 2)
@@ -215,7 +235,7 @@ async def test_restart_reloads_running_jobs_and_loads_terminal_ones_lazily(store
     await shard.stop()
     reborn = Shard(store, ShardConfig(slot=0, num_shards=1))
     await reborn.start()
-    assert reborn.stats()["jobsLoaded"] == 1
+    assert (await reborn.stats())["jobsLoaded"] == 1
     again = ShardClient.in_process([reborn])
     assert (await again.get("acme", "run")).output_seq == 1
     assert (await again.get("acme", "done")).status is JobStatus.SUCCEEDED
@@ -254,7 +274,7 @@ async def test_a_full_write_buffer_refuses_with_overloaded(store):
     await shards.submit("acme", JobSpec(), job_id="j1")
     store.gate = asyncio.Event()
     writes = [asyncio.create_task(shards.append("acme", "j1", b"x")) for _ in range(2)]
-    await asyncio.sleep(0.01)
+    await until(lambda: _pending_writes_are(shard, 2))  # both queued behind the gate
     with pytest.raises(Overloaded) as refused:
         await shards.append("acme", "j1", b"x")
     assert refused.value.retry_after_s
@@ -272,13 +292,13 @@ async def test_concurrent_writes_share_group_commits(store, shards):
     assert [(await shards.get("acme", j)).output_seq for j in jobs] == [1] * len(jobs)
 
 
-async def test_a_client_that_goes_away_does_not_cancel_others_writes(store, shards):
+async def test_a_client_that_goes_away_does_not_cancel_others_writes(store, shard, shards):
     await shards.submit("acme", JobSpec(), job_id="a")
     await shards.submit("acme", JobSpec(), job_id="b")
     store.gate = asyncio.Event()
     leaving = asyncio.create_task(shards.append("acme", "a", b"x"))
     staying = asyncio.create_task(shards.append("acme", "b", b"y"))
-    await asyncio.sleep(0.01)
+    await until(lambda: _pending_writes_are(shard, 2))  # both queued behind the gate
     leaving.cancel()
     store.gate.set()
     assert (await staying).seq == 1
@@ -295,5 +315,9 @@ async def test_the_in_memory_tail_is_bounded(store):
         await shards.submit("acme", JobSpec(), job_id=f"j{j}")
         for _ in range(10):
             await shards.append("acme", f"j{j}", b"x" * 30)
-    assert shard.stats()["tailBytes"] <= 250
+    assert (await shard.stats())["tailBytes"] <= 250
     await shard.stop()
+
+
+async def _pending_writes_are(shard: Shard, count: int) -> bool:
+    return (await shard.stats())["pendingWrites"] == count
