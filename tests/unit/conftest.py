@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,9 +10,7 @@ import ray
 from actors.namespace_settings import NamespaceChanges
 from actors.shard import Shard, ShardConfig
 from actors.shard_client import ShardClient
-from storage.errors import StoreUnavailable
-from storage.memory import MemoryStore
-from storage.records import Batch
+from tests.unit.fakes import GatedStore
 
 
 @pytest.fixture(autouse=True)
@@ -26,33 +23,15 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ray, "init", refuse)
 
 
-class FlakyStore(MemoryStore):
-    """A real in-memory store whose commits can be made to fail or to stall."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fail_commits = False
-        self.gate: asyncio.Event | None = None
-        self.commits: list[Batch] = []
-
-    async def commit(self, batch: Batch) -> None:
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.fail_commits:
-            raise StoreUnavailable("injected commit failure")
-        self.commits.append(batch)
-        await super().commit(batch)
-
-
 @pytest.fixture
-async def store() -> FlakyStore:
-    store = FlakyStore()
+async def store() -> GatedStore:
+    store = GatedStore()
     await store.open()
     return store
 
 
 @pytest.fixture
-async def shard(store: FlakyStore) -> AsyncIterator[Shard]:
+async def shard(store: GatedStore) -> AsyncIterator[Shard]:
     shard = Shard(store, ShardConfig(slot=0, num_shards=1))
     await shard.start()
     await shard.namespaces.create("acme", NamespaceChanges(), actor="test")
