@@ -6,7 +6,9 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+from actors.shard import Shard
 from storage.errors import StoreUnavailable
 from storage.memory import MemoryStore
 from storage.records import Batch, Chunk
@@ -71,3 +73,18 @@ async def until(
 async def _holds(condition: Callable[[], bool | Awaitable[bool]]) -> bool:
     met = condition()
     return await met if inspect.isawaitable(met) else met
+
+
+class Watched:
+    """The shard, saying when a caller has entered `watch` (where it waits for a commit)."""
+
+    def __init__(self, shard: Shard) -> None:
+        self._shard = shard
+        self.watching = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shard, name)
+
+    async def watch(self, namespace: str, **options: Any) -> Any:
+        self.watching.set()
+        return await self._shard.watch(namespace, **options)

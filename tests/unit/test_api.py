@@ -25,7 +25,7 @@ from serve_app.deps import ApiConfig, Deps
 from serve_app.keys import key_hash
 from storage.errors import ShardUnavailable
 from storage.memory import MemoryStore
-from tests.unit.fakes import WAIT_S
+from tests.unit.fakes import WAIT_S, Watched
 
 ADMIN_KEY = "admin-test-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -45,21 +45,6 @@ def make_app(store: MemoryStore, shards: ShardClient, **config: Any) -> FastAPI:
 
 def http(app: FastAPI) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-
-
-class Watched:
-    """The shard, saying when a caller starts to wait in `watch` (a long-poll is parked)."""
-
-    def __init__(self, shard: Shard) -> None:
-        self._shard = shard
-        self.watching = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shard, name)
-
-    async def watch(self, namespace: str, **options: Any) -> Any:
-        self.watching.set()
-        return await self._shard.watch(namespace, **options)
 
 
 class Restarting:

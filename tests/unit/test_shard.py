@@ -5,7 +5,6 @@ Tests call it as every caller does, through `ShardClient` (no Ray: `in_process`)
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
@@ -13,7 +12,6 @@ from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.namespace_settings import NamespaceChanges
 from actors.shard import Shard, ShardConfig
 from actors.shard_client import ShardClient
-from actors.shard_types import Update
 from storage.errors import (
     BadRequest,
     Conflict,
@@ -25,7 +23,7 @@ from storage.errors import (
     TooLarge,
 )
 from storage.records import JobStatus, OutputFormat
-from tests.unit.fakes import WAIT_S, until
+from tests.unit.fakes import WAIT_S, Watched, until
 
 
 async def test_submit_is_durable_when_it_returns(shards, store):
@@ -189,21 +187,6 @@ async def test_text_jobs_need_utf8_and_binary_jobs_take_any_bytes(shards):
     with pytest.raises(Invalid):
         await shards.append("acme", "text", b"\xff\xfe")
     assert (await shards.append("acme", "bin", b"\xff\xfe")).size == 2
-
-
-class Watched:
-    """The shard, saying when a caller has entered `watch` (where it waits for a commit)."""
-
-    def __init__(self, shard: Shard) -> None:
-        self._shard = shard
-        self.watching = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._shard, name)
-
-    async def watch(self, namespace: str, **options: Any) -> Update:
-        self.watching.set()
-        return await self._shard.watch(namespace, **options)
 
 
 async def test_watch_wakes_on_commit_and_hands_over_the_new_chunk(shard):
