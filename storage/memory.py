@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from storage.errors import Fenced
+from storage.errors import Fenced, StoreUnavailable
 from storage.records import (
     ApiKey,
     AuditEntry,
@@ -41,15 +41,17 @@ class MemoryStore:
         self.api_keys: dict[str, ApiKey] = {}
         self.audit: list[AuditEntry] = []
         self.leases: dict[int, tuple[int, str]] = {}
+        self._open = False
 
     async def open(self) -> None:
-        pass
+        self._open = True
 
     async def close(self) -> None:
-        pass
+        self._open = False
 
     async def ping(self) -> None:
-        pass
+        if not self._open:
+            raise StoreUnavailable("the in-memory store is not open")
 
     async def commit(self, batch: Batch) -> None:
         if batch.slot is not None:

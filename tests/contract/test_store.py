@@ -153,8 +153,11 @@ async def test_a_large_chunk_round_trips(store: Store) -> None:
     assert store.max_chunk_bytes == 16 * MiB
 
 
-async def test_ping_answers(store: Store) -> None:
-    await store.ping()
+async def test_ping_answers_while_open_and_is_unavailable_once_closed(store: Store) -> None:
+    await store.ping()  # an open store answers: no exception
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
 
 
 # -- writes --------------------------------------------------------------------------------

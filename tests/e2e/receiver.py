@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.e2e.waiting import wait_until
+
 
 @dataclass
 class Received:
@@ -18,6 +20,8 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    #: The status the receiver answered with; None while the answer is being decided.
+    answered: int | None = None
 
     @property
     def json(self) -> Any:
@@ -40,13 +44,18 @@ class Receiver:
     def wait_for(
         self, path: str, count: int, timeout_s: float = 30, where: Callable[[Received], bool] = bool
     ) -> list[Received]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        """At least `count` requests to `path` matching `where`, once they have arrived."""
+
+        def arrived() -> list[Received]:
             got = [r for r in self.at(path) if where(r)]
-            if len(got) >= count:
-                return got
-            time.sleep(0.05)
-        raise AssertionError(f"{path}: wanted {count} requests, got {len(self.at(path))}")
+            return got if len(got) >= count else []
+
+        return wait_until(
+            arrived,
+            timeout_s=timeout_s,
+            what=f"{count} matching requests to {path}",
+            state=lambda: f"{len(self.at(path))} requests to {path}",
+        )
 
 
 @contextmanager
@@ -62,6 +71,8 @@ def running_receiver() -> Iterator[Receiver]:
             with receiver.lock:
                 receiver.received.append(got)
             answer = receiver.answers.get(self.path, lambda _: 200)(got)
+            with receiver.lock:
+                got.answered = answer
             self.send_response(answer)
             self.send_header("content-length", "0")
             self.end_headers()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -32,3 +33,37 @@ def until_end(response: httpx.Response) -> list[dict[str, Any]]:
         if frame.get("event") == "end":
             break
     return out
+
+
+def read_until(
+    stream: Iterator[dict[str, Any]],
+    match: Callable[[dict[str, Any]], bool],
+    *,
+    timeout_s: float,
+    what: str,
+) -> list[dict[str, Any]]:
+    """Frames from an open stream up to and including the first one that `match`es, which
+    must arrive within `timeout_s`. An idle stream sends a heartbeat comment every
+    heartbeat_s, so the deadline is checked often; the client's read timeout bounds a
+    silent stream."""
+    deadline = time.monotonic() + timeout_s
+    got: list[dict[str, Any]] = []
+    for frame in stream:
+        got.append(frame)
+        late = time.monotonic() > deadline
+        if match(frame) and not late:
+            return got
+        if late:
+            break
+    raise AssertionError(f"no {what} on the stream within {timeout_s:g} s; got {got}")
+
+
+def event(kind: str, **data: Any) -> Callable[[dict[str, Any]], bool]:
+    """Matches a frame of event `kind` whose data has the given values."""
+
+    def match(frame: dict[str, Any]) -> bool:
+        if frame.get("event") != kind:
+            return False
+        return all(frame["data"].get(key) == value for key, value in data.items())
+
+    return match

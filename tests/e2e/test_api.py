@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -99,17 +99,19 @@ def test_status_etag_gives_304_and_long_poll_wakes_on_change(tenant):
     same = tenant.http.get("/api/v1/jobs/job-1/status", headers={"If-None-Match": etag})
     assert same.status_code == 304
 
-    def later():
-        time.sleep(0.5)
+    with ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        poll = pool.submit(
+            tenant.http.get,
+            "/api/v1/jobs/job-1/status",
+            params={"wait": 20},
+            headers={"If-None-Match": etag},
+        )
+        # The scenario, not synchronisation: while nothing changes, the poll stays open.
+        with pytest.raises(TimeoutError):
+            poll.result(timeout=0.5)
         tenant.http.patch("/api/v1/jobs/job-1", json={"progress": 10})
-
-    producer = threading.Thread(target=later)
-    producer.start()
-    started = time.monotonic()
-    polled = tenant.http.get(
-        "/api/v1/jobs/job-1/status", params={"wait": 20}, headers={"If-None-Match": etag}
-    )
-    producer.join()
+        polled = poll.result(timeout=15)
     assert polled.status_code == 200 and polled.json()["progress"] == 10
     assert polled.headers["etag"] != etag
     assert time.monotonic() - started < 15
@@ -118,10 +120,12 @@ def test_status_etag_gives_304_and_long_poll_wakes_on_change(tenant):
 def test_long_poll_without_change_returns_304_after_the_wait(tenant):
     _submit(tenant)
     etag = tenant.http.get("/api/v1/jobs/job-1/status").headers["etag"]
+    started = time.monotonic()
     r = tenant.http.get(
         "/api/v1/jobs/job-1/status", params={"wait": 0.3}, headers={"If-None-Match": etag}
     )
     assert r.status_code == 304
+    assert time.monotonic() - started >= 0.3  # held for the whole wait, not answered at once
 
 
 def test_cancel_and_delete_rules(tenant):

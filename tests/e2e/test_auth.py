@@ -17,8 +17,10 @@ def test_every_api_endpoint_needs_a_key(service):
 
 
 def test_two_namespaces_never_see_each_others_jobs(tenant, other_tenant):
-    tenant.http.post("/api/v1/jobs", json={"jobId": "shared-name"})
-    tenant.http.post("/api/v1/jobs/shared-name/output", content=b"tenant secret")
+    # The job and its output must exist, or every "cannot see it" below would hold vacuously.
+    assert tenant.http.post("/api/v1/jobs", json={"jobId": "shared-name"}).status_code == 201
+    secret = tenant.http.post("/api/v1/jobs/shared-name/output", content=b"tenant secret")
+    assert secret.status_code == 200
     assert other_tenant.http.get("/api/v1/jobs/shared-name").status_code == 404
     assert other_tenant.http.get("/api/v1/jobs").json()["items"] == []
     # The same id in the other namespace is a different job.

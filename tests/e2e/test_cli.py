@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.e2e.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -48,11 +49,15 @@ def session_processes(sid: int) -> list[int]:
     return pids
 
 
-def wait_until_gone(sid: int, timeout_s: float = 30.0) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while (left := session_processes(sid)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return left
+def assert_all_gone(sid: int, timeout_s: float = 30.0) -> None:
+    """Every process of session `sid` exits within `timeout_s`; else fail naming those left."""
+    wait_until(
+        lambda: not session_processes(sid),
+        timeout_s=timeout_s,
+        what=f"every process of session {sid} to exit",
+        state=lambda: {"alive": session_processes(sid)},
+        interval_s=0.5,
+    )
 
 
 class Serve:
@@ -119,12 +124,13 @@ def foreign_cluster(tmp_path: Path) -> Iterator[str]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+    def recorded() -> bool:
+        assert head.poll() is None, (tmp_path / "ray-start.log").read_text()
+        return RAY_CURRENT_CLUSTER.exists() and f":{port}" in RAY_CURRENT_CLUSTER.read_text()
+
     try:
-        deadline = time.monotonic() + 60
-        while not RAY_CURRENT_CLUSTER.exists() or f":{port}" not in RAY_CURRENT_CLUSTER.read_text():
-            assert head.poll() is None, (tmp_path / "ray-start.log").read_text()
-            assert time.monotonic() < deadline, "ray start did not record its cluster"
-            time.sleep(0.5)
+        wait_until(recorded, timeout_s=60, what="ray start to record its cluster", interval_s=0.5)
         yield RAY_CURRENT_CLUSTER.read_text().strip()
     finally:
         for pid in session_processes(head.pid):
@@ -191,7 +197,7 @@ def test_serve_runs_its_own_cluster_beside_another_and_stops_cleanly_on_sigterm(
         code, out, err = serve.finish(timeout_s=90)
         assert code == 0, err
         assert out.splitlines()[-1] == "Async Output Service stopped"
-        assert wait_until_gone(serve.process.pid) == []
+        assert_all_gone(serve.process.pid)
     finally:
         serve.kill()
 
@@ -271,6 +277,6 @@ def test_sigint_while_starting_stops_everything_it_started(tmp_path):
         code, _, err = serve.finish(timeout_s=60)
         assert code == 130
         assert "interrupted while starting" in err
-        assert wait_until_gone(serve.process.pid) == []
+        assert_all_gone(serve.process.pid)
     finally:
         serve.kill()

@@ -54,23 +54,37 @@ def test_the_client_validates_like_http(client, namespace):
 def test_events_iterate_output_then_end_and_resume(client, namespace):
     client.submit(namespace, "j1")
 
-    async def consume(after: int) -> list[tuple[str, int | None]]:
+    async def consume(
+        after: int, caught_up: asyncio.Event | None = None
+    ) -> list[tuple[str, int | None]]:
         seen = []
         async for event in client.events(namespace, "j1", after_seq=after):
             seen.append((event.kind.value, event.chunk.seq if event.chunk else None))
+            if event.kind.value == "status" and caught_up is not None:
+                caught_up.set()  # the replay is over: every later event is live
             if event.kind.value == "end":
                 return seen
         return seen
 
     async def scenario() -> list[tuple[str, int | None]]:
-        reader = asyncio.create_task(consume(0))
-        await asyncio.sleep(0.3)
+        caught_up = asyncio.Event()
+        reader = asyncio.create_task(consume(0, caught_up))
+        await asyncio.wait(
+            [reader, asyncio.create_task(caught_up.wait())],
+            timeout=30,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if reader.done():
+            reader.result()  # the reader failed before catching up: raise its error
+        assert caught_up.is_set(), "the reader did not catch up within 30 s"
         for text in ("a", "b", "c"):
             await asyncio.to_thread(client.append, namespace, "j1", text)
         await asyncio.to_thread(client.complete, namespace, "j1")
         return await asyncio.wait_for(reader, 30)
 
     seen = asyncio.run(scenario())
+    caught_up_at = [k for k, _ in seen].index("status")
+    assert "output" not in [k for k, _ in seen[:caught_up_at]]  # so all output came live
     assert [s for k, s in seen if k == "output"] == [1, 2, 3]
     assert seen[-1] == ("end", None)
     resumed = asyncio.run(consume(2))

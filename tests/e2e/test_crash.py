@@ -7,13 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.e2e.receiver import running_receiver
+from tests.e2e.receiver import Received, running_receiver
+from tests.e2e.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 ADMIN = {"Authorization": "Bearer crash-admin"}
@@ -107,21 +109,30 @@ def test_pending_webhook_deliveries_are_sent_after_a_kill_9_and_restart(tmp_path
                 for i in range(5):
                     http.post("/api/v1/jobs", params=params, json={"jobId": f"j{i}"})
                     http.post(f"/api/v1/jobs/j{i}/cancel", params=params)
-                deadline = time.monotonic() + 30
-                while len({r.headers["webhook-id"] for r in receiver.at("/hook")}) < 5:
-                    assert time.monotonic() < deadline, "not every message was attempted"
-                    time.sleep(0.05)
+                wait_until(
+                    lambda: len(_ids(receiver.at("/hook"))) >= 5,
+                    timeout_s=30,
+                    what="every message to be attempted",
+                )
         finally:
             _kill_all(proc)
-        before = {r.headers["webhook-id"] for r in receiver.at("/hook")}
+        before = _ids(receiver.at("/hook"))
         receiver.answers["/hook"] = lambda _: 200
         proc = _start(tmp_path, port)
         try:
-            delivered = receiver.wait_for(
-                "/hook", 5, timeout_s=60, where=lambda r: r.headers["webhook-id"] in before
+            # A 200 answer means a send after the restart: before the kill every one got 503.
+            wait_until(
+                lambda: _ids(r for r in receiver.at("/hook") if r.answered == 200) >= before,
+                timeout_s=60,
+                what="every pending message to be delivered after the restart",
             )
-            ids = {r.headers["webhook-id"] for r in receiver.at("/hook")}
+            delivered = [r for r in receiver.at("/hook") if r.answered == 200]
+            ids = _ids(receiver.at("/hook"))
             assert ids == before and len(ids) == 5  # none lost, none invented
             assert {r.json["data"]["jobId"] for r in delivered} == {f"j{i}" for i in range(5)}
         finally:
             _kill_all(proc)
+
+
+def _ids(requests: Iterable[Received]) -> set[str]:
+    return {r.headers["webhook-id"] for r in requests}

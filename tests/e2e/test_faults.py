@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import ray
 
 from actors.routing import RAY_NAMESPACE, shard_for, shard_name
+from tests.e2e.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 def _eventually_ok(call, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
+    """The first answer that is not 503; every 503 meanwhile must say when to retry."""
+
+    def answered():
         response = call()
-        if response.status_code != 503 or time.monotonic() > deadline:
+        if response.status_code != 503:
             return response
         assert response.headers.get("retry-after")
-        time.sleep(0.2)
+        return None
+
+    return wait_until(
+        answered, timeout_s=timeout_s, what="the restarted shard to answer", interval_s=0.2
+    )
 
 
 def test_a_killed_shard_actor_restarts_and_serves_all_acknowledged_output(tenant):

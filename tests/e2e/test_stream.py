@@ -8,9 +8,11 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.sse import frames, until_end
+from tests.e2e.sse import event, frames, read_until, until_end
 
 pytestmark = pytest.mark.e2e
+#: How soon a change must reach an open stream (the e2e service's heartbeat is 1 s).
+LIVE_S = 10.0
 
 
 def _job(t, job_id="job-1", **body):
@@ -23,22 +25,23 @@ def _append(t, text, job_id="job-1"):
 
 def test_a_live_stream_carries_output_progress_status_and_end(tenant):
     _job(tenant)
-
-    def produce():
-        time.sleep(0.3)
-        _append(tenant, "a")
-        tenant.http.patch("/api/v1/jobs/job-1", json={"progress": 50})
-        _append(tenant, "b")
-        tenant.http.post("/api/v1/jobs/job-1/complete", json={"status": "Succeeded"})
-
-    producer = threading.Thread(target=produce)
-    producer.start()
     with tenant.http.stream("GET", "/api/v1/jobs/job-1/stream") as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["cache-control"] == "no-cache"
         assert r.headers["x-accel-buffering"] == "no"
-        got = until_end(r)
-    producer.join()
+        stream = frames(r)
+        # The first status event follows the replay of all output so far: caught up.
+        got = read_until(stream, event("status"), timeout_s=LIVE_S, what="the first status")
+        assert not [f for f in got if f.get("event") == "output"]  # no output yet, none replayed
+        # Each change is made only now, so it can reach this open stream only live.
+        _append(tenant, "a")
+        got += read_until(stream, event("output", seq=1), timeout_s=LIVE_S, what="output 1")
+        tenant.http.patch("/api/v1/jobs/job-1", json={"progress": 50})
+        got += read_until(stream, event("progress", progress=50), timeout_s=LIVE_S, what="50%")
+        _append(tenant, "b")
+        got += read_until(stream, event("output", seq=2), timeout_s=LIVE_S, what="output 2")
+        tenant.http.post("/api/v1/jobs/job-1/complete", json={"status": "Succeeded"})
+        got += read_until(stream, event("end"), timeout_s=LIVE_S, what="the end event")
     assert got[0] == {"retry": "3000"}
     outputs = [f for f in got if f.get("event") == "output"]
     assert [(f["id"], f["data"]["data"]) for f in outputs] == [("1", "a"), ("2", "b")]
@@ -125,7 +128,8 @@ def test_a_client_that_disconnects_never_affects_the_job(tenant):
     with tenant.http.stream("GET", "/api/v1/jobs/job-1/stream") as r:
         next(frames(r))
     _append(tenant, "after the client left")
-    tenant.http.post("/api/v1/jobs/job-1/complete", json={"status": "Succeeded"})
+    done = tenant.http.post("/api/v1/jobs/job-1/complete", json={"status": "Succeeded"})
+    assert done.status_code == 200
     assert tenant.http.get("/api/v1/jobs/job-1/output").json()["output"] == "after the client left"
 
 

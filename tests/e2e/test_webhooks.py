@@ -10,6 +10,7 @@ import standardwebhooks
 import svix.webhooks
 
 from tests.e2e.receiver import Received
+from tests.e2e.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 FAST_RETRY = {"initialDelayMs": 100, "maxDelayMs": 400, "maxAttempts": 3}
@@ -34,13 +35,14 @@ def _deliveries(tenant, job_id):
     return r.json()["items"]
 
 
-def _eventually(fn, timeout_s=30):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
+def _deliveries_in(tenant, job_id, status, timeout_s=30):
+    """The job's deliveries in `status`, once there is at least one."""
+    return wait_until(
+        lambda: [d for d in _deliveries(tenant, job_id) if d["status"] == status],
+        timeout_s=timeout_s,
+        what=f"a {status} delivery of job {job_id}",
+        state=lambda: [d["status"] for d in _deliveries(tenant, job_id)],
+    )
 
 
 def test_job_completed_goes_to_the_jobs_url_signed_for_both_libraries(tenant, receiver):
@@ -54,9 +56,7 @@ def test_job_completed_goes_to_the_jobs_url_signed_for_both_libraries(tenant, re
     assert data["namespace"] == tenant.namespace and data["jobId"] == "j"
     assert (data["status"], data["error"]) == ("Failed", "boom")
     assert {"progress", "sequence"} <= set(data)
-    (delivery,) = _eventually(
-        lambda: [d for d in _deliveries(tenant, "j") if d["status"] == "delivered"]
-    )
+    (delivery,) = _deliveries_in(tenant, "j", "delivered")
     assert delivery["id"] == got.headers["webhook-id"] and delivery["type"] == "job.completed"
     assert delivery["attempts"][0]["statusCode"] == 200
 
@@ -69,10 +69,16 @@ def test_namespace_settings_apply_at_once_and_chatty_events_are_coalesced(admin,
         tenant.http.post("/api/v1/jobs/chatty/output", content=f"line {i}\n")
     for p in (10, 20, 30):
         tenant.http.patch("/api/v1/jobs/chatty", json={"progress": p})
-    time.sleep(0.5)
     tenant.http.post("/api/v1/jobs/chatty/complete", json={"status": "Succeeded"})
     receiver.wait_for("/ns", 1, where=lambda r: r.json["type"] == "job.completed")
-    time.sleep(0.3)
+    # Every delivery of the job is recorded as delivered only after the receiver got it,
+    # and a delivered one is never sent again: from then on, what arrived is all there is.
+    wait_until(
+        lambda: all(d["status"] == "delivered" for d in _deliveries(tenant, "chatty")),
+        timeout_s=30,
+        what="every delivery of job chatty to be recorded as delivered",
+        state=lambda: [(d["type"], d["status"]) for d in _deliveries(tenant, "chatty")],
+    )
     got = receiver.at("/ns")
     for delivery in got:
         _verify(tenant.webhook_secret, delivery)
@@ -107,9 +113,7 @@ def test_a_receiver_failing_twice_gets_three_attempts_with_growing_gaps(admin, t
     assert got[0].json["data"]["status"] == "Cancelled"
     gaps = [b.at - a.at for a, b in itertools.pairwise(got)]
     assert all(gap >= 0.09 for gap in gaps)
-    (delivery,) = _eventually(
-        lambda: [d for d in _deliveries(tenant, "j") if d["status"] == "delivered"]
-    )
+    (delivery,) = _deliveries_in(tenant, "j", "delivered")
     assert [a["statusCode"] for a in delivery["attempts"]] == [500, 500, 200]
 
 
@@ -118,7 +122,7 @@ def test_dead_letter_after_max_attempts_then_a_manual_retry_delivers(admin, tena
     receiver.answers["/down"] = lambda _: 503
     tenant.http.post("/api/v1/jobs", json={"jobId": "j"})
     tenant.http.post("/api/v1/jobs/j/complete", json={"status": "Succeeded"})
-    (dead,) = _eventually(lambda: [d for d in _deliveries(tenant, "j") if d["status"] == "failed"])
+    (dead,) = _deliveries_in(tenant, "j", "failed")
     assert len(dead["attempts"]) == 3 and len(receiver.at("/down")) == 3
     receiver.answers["/down"] = lambda _: 204
     retry = tenant.http.post(f"/api/v1/webhooks/deliveries/{dead['id']}/retry")
@@ -126,9 +130,7 @@ def test_dead_letter_after_max_attempts_then_a_manual_retry_delivers(admin, tena
     got = receiver.wait_for("/down", 4)
     assert got[-1].headers["webhook-id"] == dead["id"]
     _verify(tenant.webhook_secret, got[-1])
-    (done,) = _eventually(
-        lambda: [d for d in _deliveries(tenant, "j") if d["status"] == "delivered"]
-    )
+    (done,) = _deliveries_in(tenant, "j", "delivered")
     assert done["attempts"][-1]["statusCode"] == 204
 
 
@@ -137,9 +139,7 @@ def test_410_gone_stops_retries_at_once(admin, tenant, receiver):
     receiver.answers["/gone"] = lambda _: 410
     tenant.http.post("/api/v1/jobs", json={"jobId": "j"})
     tenant.http.post("/api/v1/jobs/j/cancel")
-    (failed,) = _eventually(
-        lambda: [d for d in _deliveries(tenant, "j") if d["status"] == "failed"]
-    )
+    (failed,) = _deliveries_in(tenant, "j", "failed")
     assert [a["statusCode"] for a in failed["attempts"]] == [410]
 
 
@@ -147,7 +147,7 @@ def test_a_hanging_receiver_times_out_without_delaying_others(admin, tenant, rec
     _configure(admin, tenant, url=receiver.url + "/hang", timeoutMs=500, retry=FAST_RETRY)
 
     def hang(_):
-        time.sleep(3)
+        time.sleep(3)  # the scenario: a receiver that answers long after the sender's timeout
         return 200
 
     receiver.answers["/hang"] = hang
@@ -159,7 +159,11 @@ def test_a_hanging_receiver_times_out_without_delaying_others(admin, tenant, rec
     tenant.http.post("/api/v1/jobs/fast/cancel")
     receiver.wait_for("/fast", 1, timeout_s=10)
     assert time.monotonic() - started < 2.5
-    (slow,) = _eventually(lambda: [d for d in _deliveries(tenant, "slow") if d["attempts"]])
+    (slow,) = wait_until(
+        lambda: [d for d in _deliveries(tenant, "slow") if d["attempts"]],
+        timeout_s=30,
+        what="the hanging delivery's first attempt to be recorded",
+    )
     assert slow["attempts"][0]["error"] == "timeout"
 
 
@@ -232,7 +236,9 @@ def test_deliveries_are_scoped_to_their_namespace(tenant, other_tenant, receiver
     tenant.http.post("/api/v1/jobs", json={"jobId": "j", "webhookUrl": receiver.url + "/a"})
     tenant.http.post("/api/v1/jobs/j/cancel")
     receiver.wait_for("/a", 1)
-    (delivery,) = _eventually(lambda: _deliveries(tenant, "j"))
+    (delivery,) = wait_until(
+        lambda: _deliveries(tenant, "j"), timeout_s=30, what="the job's delivery to be listed"
+    )
     assert other_tenant.http.get("/api/v1/jobs/j/webhooks").status_code == 404
     r = other_tenant.http.post(f"/api/v1/webhooks/deliveries/{delivery['id']}/retry")
     assert r.status_code == 404
@@ -258,16 +264,30 @@ def test_pending_deliveries_survive_a_shard_restart(admin, tenant, receiver):
     ray.kill(shard, no_restart=False)
     receiver.answers["/later"] = lambda _: 200
     tenant.http.get("/api/v1/jobs/j0/status")  # wakes the restarted shard
-    _eventually(lambda: tenant.http.get("/api/v1/jobs/j0/status").status_code == 200)
-    ok = receiver.wait_for("/later", 5, timeout_s=60, where=lambda r: True)
+    wait_until(
+        lambda: tenant.http.get("/api/v1/jobs/j0/status").status_code == 200,
+        timeout_s=30,
+        what="the restarted shard to answer",
+    )
+
+    def accepted_by_all() -> list[Received]:
+        """Requests answered 200 (so sent after the kill: before it, all got 503), once
+        every message is among them."""
+        ok = [g for g in receiver.at("/later") if g.answered == 200]
+        return ok if len({g.headers["webhook-id"] for g in ok}) >= 5 else []
+
+    ok = wait_until(
+        accepted_by_all, timeout_s=60, what="all 5 messages to be accepted after the restart"
+    )
     ids = {g.headers["webhook-id"] for g in receiver.at("/later")}
     assert len(ids) == 5  # every message arrived; repeats carry the same webhook-id
     jobs = {g.json["data"]["jobId"] for g in ok}
     assert jobs == {f"j{i}" for i in range(5)}
-    delivered = _eventually(
+    delivered = wait_until(
         lambda: all(
             any(d["status"] == "delivered" for d in _deliveries(tenant, f"j{i}")) for i in range(5)
         ),
         timeout_s=60,
+        what="every job's delivery to be recorded as delivered",
     )
     assert delivered
