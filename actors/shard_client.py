@@ -314,6 +314,7 @@ class _ActorShard:
         async def call(*args: Any, **kwargs: Any) -> Any:
             return await _unwrapped(method.remote(*args, **kwargs))
 
+        setattr(self, name, call)  # made once per method: __getattr__ runs on misses only
         return call
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from actors.shard_actor import create_shards
 from actors.shard_client import ShardClient
 from actors.webhooks.dispatcher import APP_NAME as DISPATCHER_APP
 from actors.webhooks.dispatcher import WebhookDispatcher
-from cluster import http_port, ray_connect
+from cluster import blocking, http_port, ray_connect
 from cluster.settings import Settings
 from serve_app.deployment import Api
 from serve_app.deps import ApiConfig
@@ -187,7 +186,7 @@ def deploy_shards(settings: Settings) -> list[Any]:
         store_url=settings.storage_url,
         config=settings.shard_options(),
     )
-    asyncio.run(_ready(ShardClient(num_shards=settings.num_shards)))
+    blocking.run(_ready(ShardClient(num_shards=settings.num_shards)))
     return handles
 
 

@@ -14,11 +14,8 @@ returns once its write is durable, and raises the errors of `storage.errors`.
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import threading
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import ray
 
@@ -27,10 +24,10 @@ from actors.feed import Event
 from actors.shard_client import ShardClient
 from actors.shard_types import AppendAck
 from cluster import ray_connect
+from cluster.blocking import run as _run
 from cluster.settings import Settings
 from storage.records import Job
 
-T = TypeVar("T")
 ACTOR = "python-client"
 
 
@@ -133,19 +130,6 @@ class Client:
         )
         async for event in events:
             yield event
-
-
-@functools.cache
-def _loop() -> asyncio.AbstractEventLoop:
-    """An event loop in a daemon thread, so the blocking methods work from any thread, even
-    one whose own loop is running (e.g. inside an async Ray actor)."""
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, name="aos-client", daemon=True).start()
-    return loop
-
-
-def _run(call: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run_coroutine_threadsafe(call, _loop()).result()
 
 
 __all__ = ["Client", "Event"]
