@@ -121,9 +121,11 @@ def check_ttl_s(name: str, value: object) -> int | None:
 
 def check_grace_s(value: object) -> float:
     """How long a rotated-out webhook secret keeps signing: 0 s to 30 days."""
-    if not _is_number(value) or not 0 <= value <= MAX_SECRET_GRACE_S:  # type: ignore[operator]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Invalid("graceS must be a number of seconds")
+    if not 0 <= value <= MAX_SECRET_GRACE_S:
         raise Invalid("graceS must be between 0 and 30 days")
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,7 +125,7 @@ def deploy(
     key, generated = admin_key(settings)
     on_progress(f"starting Serve on {settings.http_host}:{settings.http_port}, webhook dispatcher")
     started_serve = start_serve(settings.http_host, settings.http_port)
-    dispatcher = WebhookDispatcher.bind(**settings.dispatcher_options())  # type: ignore[attr-defined]
+    dispatcher = WebhookDispatcher.bind(**settings.dispatcher_options())  # type: ignore[attr-defined]  # by @serve
     serve.run(dispatcher, name=DISPATCHER_APP, route_prefix=None)
     on_progress(f"starting {settings.num_shards} shards on {redacted(settings.storage_url)}")
     shards = deploy_shards(settings)
