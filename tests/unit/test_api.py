@@ -721,3 +721,10 @@ async def test_an_unavailable_shard_is_503_with_retry_after_and_not_ready(store)
         assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
         assert "shard_unavailable" in ready.json()["detail"]
         assert (await api.get("/healthz")).status_code == 200
+
+
+async def test_a_body_that_is_not_utf8_json_is_a_400_bad_request(api, acme):
+    # Starlette refuses it before validation ("error parsing the body"): same code as bad JSON.
+    headers = acme | {"Content-Type": "application/json"}
+    response = await api.post(JOBS, content=b'{"jobId": "\xff\xfe"}', headers=headers)
+    assert error_of(response, 400)["code"] == "bad_request"
