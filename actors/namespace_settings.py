@@ -51,12 +51,15 @@ class WebhookSettings:
         self.policy()  # out-of-range retry settings raise Invalid here
 
     def policy(self) -> RetryPolicy:
-        defaults = RetryPolicy()
+        """The retry policy: these settings over the defaults (built per write, so cheap)."""
+        given = (self.initial_delay_ms, self.max_delay_ms, self.max_attempts, self.timeout_ms)
+        if given == (None, None, None, None):
+            return DEFAULT_POLICY
         return RetryPolicy(
-            initial_delay_ms=_or(self.initial_delay_ms, defaults.initial_delay_ms),
-            max_delay_ms=_or(self.max_delay_ms, defaults.max_delay_ms),
-            max_attempts=_or(self.max_attempts, defaults.max_attempts),
-            timeout_ms=_or(self.timeout_ms, defaults.timeout_ms),
+            initial_delay_ms=_or(self.initial_delay_ms, DEFAULT_POLICY.initial_delay_ms),
+            max_delay_ms=_or(self.max_delay_ms, DEFAULT_POLICY.max_delay_ms),
+            max_attempts=_or(self.max_attempts, DEFAULT_POLICY.max_attempts),
+            timeout_ms=_or(self.timeout_ms, DEFAULT_POLICY.timeout_ms),
         )
 
     @classmethod
@@ -86,6 +89,10 @@ class WebhookSettings:
             "retry": _present(retry) or None,
         }
         return _present(config)
+
+
+DEFAULT_POLICY = RetryPolicy()
+NO_WEBHOOKS = WebhookSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +176,7 @@ class NamespaceSettings:
         secrets = [self.secret] if self.secret else []
         if self.previous_secret and now < (self.previous_secret_until or 0):
             secrets.append(self.previous_secret)
-        webhooks = self.webhooks or WebhookSettings()
+        webhooks = self.webhooks or NO_WEBHOOKS
         return Hooks(
             url=webhooks.url,
             events=webhooks.events or DEFAULT_EVENTS,

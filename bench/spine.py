@@ -37,7 +37,7 @@ from actors.shard import Shard, ShardConfig  # noqa: E402
 from actors.shard_client import ShardClient  # noqa: E402
 from cluster import bootstrap, ray_connect  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
-from serve_app.deployment import MAX_ONGOING_REQUESTS, MAX_QUEUED_REQUESTS  # noqa: E402
+from serve_app.deployment import OPTIONS as API_OPTIONS  # noqa: E402
 from storage.sqlite import SqliteStore  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -89,13 +89,7 @@ async def noop_status() -> dict[str, str]:
     return {"jobId": "noop", "status": "Running"}
 
 
-@serve.deployment(
-    name="Noop",
-    ray_actor_options={"num_cpus": 0},
-    max_ongoing_requests=MAX_ONGOING_REQUESTS,
-    max_queued_requests=MAX_QUEUED_REQUESTS,
-    health_check_period_s=10,
-)
+@serve.deployment(name="Noop", **API_OPTIONS)
 @serve.ingress(noop_api)
 class Noop:
     """What HTTP, the Serve proxy and FastAPI cost on their own, with `Api`'s options."""
