@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 STATUS = {
     errors.TooLarge: 413,
+    errors.Unstorable: 422,
     errors.Invalid: 422,
     errors.BadRequest: 400,
     errors.Unauthorized: 401,

@@ -3,6 +3,7 @@
 AosError
  +-- Invalid            422  a value is out of range or malformed
  |    +-- TooLarge      413  a body, chunk or id is over its limit
+ |    +-- Unstorable    422  the store refused this request's data (the cause is logged, not sent)
  +-- BadRequest         400  the request cannot be understood (e.g. ambiguous namespace)
  +-- Unauthorized       401
  +-- Forbidden          403
@@ -44,6 +45,13 @@ class Invalid(AosError):
 
 class TooLarge(Invalid):
     code = "too_large"
+
+
+class Unstorable(Invalid):
+    """The store refused one write's data; only that write's caller gets this, never the text
+    of the store's error (it may quote the data)."""
+
+    code = "unstorable"
 
 
 class BadRequest(AosError):
