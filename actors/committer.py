@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from storage.base import Store
-from storage.errors import AosError, Overloaded, StoreUnavailable
+from storage.errors import AosError, Conflict, Overloaded, StoreUnavailable, Unstorable
 from storage.records import ApiKey, AuditEntry, Batch, Chunk, Delivery, Job, Namespace
 
+log = logging.getLogger(__name__)
+
 OVERLOAD_RETRY_AFTER_S = 1.0
+BUILT_ON_REFUSED = (
+    "this write was built on an earlier write of the same job that the store refused,"
+    " so it was not written either; read the job and retry"
+)
+
+Key = tuple[str, str]
 
 
 async def durable(future: asyncio.Future[None]) -> None:
-    """Wait for a batch to commit. Shielded: the future is shared by the whole batch, and a
-    caller that goes away (a client disconnect cancels its handler) must not cancel it for
-    everybody else."""
+    """Wait for an add to commit. Shielded: a caller that goes away (a client disconnect
+    cancels its handler) leaves its write to commit, as later writes were built on it."""
     await asyncio.shield(future)
 
 
@@ -29,6 +37,10 @@ class GroupCommitter:
     `linger_s`). Light load gets one-write batches and the lowest latency; heavy
     load gets large batches and the highest throughput. One commit at a time, so
     batches reach the store in the order their mutations were applied.
+
+    Each add has its own outcome. When the store refuses a batch for anything but
+    being unavailable (one caller's data it cannot hold), the batch is committed by
+    halves, in order, down to the adds it refuses alone: only those callers fail.
     """
 
     def __init__(
@@ -52,10 +64,13 @@ class GroupCommitter:
         self._max_pending_items = max_pending_items
         self._max_pending_bytes = max_pending_bytes
         self._queue: collections.deque[_Pending] = collections.deque()
+        self._flushing: _Pending | None = None
+        self._last: _Pending | None = None
         self._pending_items = 0
         self._pending_bytes = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: Adds per store commit that succeeded.
         self.batch_sizes: collections.Counter[int] = collections.Counter()
 
     def start(self) -> None:
@@ -79,7 +94,10 @@ class GroupCommitter:
         namespaces: Iterable[Namespace] = (),
         api_keys: Iterable[ApiKey] = (),
     ) -> asyncio.Future[None]:
-        """Queue mutations; the future resolves once they are durable (or fails with the cause).
+        """Queue one caller's mutations; its own future resolves once they are durable, or
+        fails: `Unstorable` when the store refused this add's data (the rest of its batch
+        commits), `Conflict` when it was built on a refused add of the same job,
+        `StoreUnavailable` when the store failed.
 
         Raises `Overloaded` at once when the write-behind buffer is full.
         """
@@ -92,39 +110,39 @@ class GroupCommitter:
                 "the shard's write buffer is full; retry shortly",
                 retry_after_s=OVERLOAD_RETRY_AFTER_S,
             )
-        keys = {job.key for job in jobs} | set(deleted)
-        pending = self._open_batch(keys)
-        pending.batch.jobs.extend(jobs)
-        pending.batch.chunks.extend(chunks)
-        pending.batch.deleted.extend(deleted)
-        pending.batch.deliveries.extend(deliveries)
-        pending.batch.audit.extend(audit)
-        pending.batch.namespaces.extend(namespaces)
-        pending.batch.api_keys.extend(api_keys)
-        pending.adds += 1
-        pending.nbytes += size
+        pending = self._open_batch({job.key for job in jobs} | set(deleted))
+        batch = pending.batch
+        batch.jobs.extend(jobs)
+        batch.chunks.extend(chunks)
+        batch.deleted.extend(deleted)
+        batch.deliveries.extend(deliveries)
+        batch.audit.extend(audit)
+        batch.namespaces.extend(namespaces)
+        batch.api_keys.extend(api_keys)
+        entry = _Add(_ends(batch), size, asyncio.get_running_loop().create_future())
+        pending.adds.append(entry)
         pending.deleted_keys.update(deleted)
         self._pending_items += 1
         self._pending_bytes += size
         self._wakeup.set()
-        return pending.future
+        return entry.future
 
     async def barrier(self) -> None:
-        """Wait until everything queued so far is committed (or failed)."""
-        if self._queue:
-            await asyncio.gather(self._queue[-1].future, return_exceptions=True)
+        """Wait until everything added so far is committed (or failed), the batch in
+        flight included."""
+        if self._last is not None:
+            await self._last.done.wait()
 
     @property
     def pending_items(self) -> int:
         return self._pending_items
 
-    def _open_batch(self, keys: set[tuple[str, str]]) -> _Pending:
+    def _open_batch(self, keys: set[Key]) -> _Pending:
         # A store applies a batch's upserts before its deletes, so a job deleted in
         # this batch and written again must go into the next one.
         last = self._queue[-1] if self._queue else None
-        if last is None or last.adds >= self._max_batch_items or keys & last.deleted_keys:
-            batch = Batch(slot=self._slot, epoch=self._epoch)
-            last = _Pending(batch, asyncio.get_running_loop().create_future())
+        if last is None or len(last.adds) >= self._max_batch_items or keys & last.deleted_keys:
+            last = self._last = _Pending(Batch(slot=self._slot, epoch=self._epoch))
             self._queue.append(last)
         return last
 
@@ -135,53 +153,210 @@ class GroupCommitter:
             if self._linger_s:
                 await asyncio.sleep(self._linger_s)
             while self._queue:
-                await self._commit_one()
+                pending = self._flushing = self._queue.popleft()
+                try:
+                    await self._flush(pending)
+                except StoreUnavailable as exc:
+                    self._fail_all(exc)
+                finally:
+                    self._flushing = None
+                    pending.done.set()
 
-    async def _commit_one(self) -> None:
-        pending = self._queue.popleft()
+    async def _flush(self, pending: _Pending) -> None:
+        """Commit the batch in one store call; if the store refuses it, find whose data it
+        refuses. `StoreUnavailable` propagates: then what is not committed yet fails."""
+        if not pending.adds:  # each was built on a refused add and failed with it
+            return
+        refusal = await self._commit(pending.adds, pending.batch)
+        if refusal is not None:
+            pending.split()
+            await self._isolate(pending.adds, refusal)
+
+    async def _commit(self, adds: list[_Add], batch: Batch) -> Exception | None:
+        """Commit `adds` (merged in `batch`) in one store call; the store's refusal, if any."""
+        batch = _dedupe(batch)
         try:
-            await self._store.commit(_dedupe(pending.batch))
-        except AosError as exc:
-            self._fail_all(pending, exc)
-            return
-        except Exception as exc:  # a backend bug must not kill the flusher; the cause is kept
-            self._fail_all(pending, StoreUnavailable(f"commit failed: {exc!r}"))
-            return
-        self._settle(pending)
-        self.batch_sizes[pending.adds] += 1
-        self._on_committed(pending.batch)
-        if not pending.future.done():
-            pending.future.set_result(None)
+            await self._store.commit(batch)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # the data's fault, or a backend bug: find whose it is
+            return exc
+        self.batch_sizes[len(adds)] += 1
+        self._on_committed(batch)
+        for add in adds:
+            self._settle(add, None)
+        return None
 
-    def _fail_all(self, first: _Pending, exc: AosError) -> None:
-        """A failed commit fails every later batch too: they were built on its state."""
-        failed = [first, *self._queue]
+    async def _isolate(self, adds: list[_Add], refusal: Exception) -> None:
+        """The store refused `adds` together: commit each half the same way, left first, so
+        the store still sees every mutation in order and only an add refused on its own
+        fails. Each refused add costs about 2*log2(len(adds)) commits."""
+        if len(adds) == 1:
+            self._refuse(adds[0], refusal)
+            return
+        middle = len(adds) // 2
+        for half in (adds[:middle], adds[middle:]):
+            left = [add for add in half if not add.settled]  # dependents of a refused add
+            if left:
+                again = await self._commit(left, _merge(self._slot, self._epoch, left))
+                if again is not None:
+                    await self._isolate(left, again)
+
+    def _refuse(self, add: _Add, refusal: Exception) -> None:
+        """Fail the one add the store refused, and the adds built on it; never with the
+        store's text, which may quote the data (the log keeps it)."""
+        log.warning(
+            "slot %s: the store refused one write; only its caller fails",
+            self._slot,
+            exc_info=refusal,
+        )
+        self._fail([add], Unstorable())
+        self._fail_dependents(_job_keys(add.own()))
+
+    def _fail_dependents(self, keys: set[Key]) -> None:
+        """Fail the adds not yet committed that write one of these jobs: they were built on
+        the refused add (its seq numbers, its revision), so committing them alone could
+        leave a gap. The jobs reload from the store (`on_failed`), so a retry sees the
+        truth."""
+        if not keys:
+            return
+        conflict = Conflict(BUILT_ON_REFUSED)
+        flushing = [self._flushing] if self._flushing is not None else []
+        for pending in [*flushing, *self._queue]:
+            pending.split()
+            built_on = [
+                add
+                for add in pending.adds
+                if not add.settled and not keys.isdisjoint(_job_keys(add.own()))
+            ]
+            if built_on:
+                self._fail(built_on, conflict)
+                if pending is not self._flushing:
+                    pending.keep([add for add in pending.adds if not add.settled])
+
+    def _fail_all(self, exc: AosError) -> None:
+        """The store failed: what is not committed yet fails, the rest of the batch in
+        flight and every later batch too: they were built on its state."""
+        batches = [self._flushing] if self._flushing is not None else []
+        batches.extend(self._queue)
         self._queue.clear()
-        for pending in failed:
-            self._settle(pending)
-            self._on_failed(pending.batch, exc)
-            if not pending.future.done():
-                pending.future.set_exception(exc)
-                pending.future.exception()  # a caller may have gone; never warn "never retrieved"
+        for pending in batches:
+            rest = [add for add in pending.adds if not add.settled]
+            if len(rest) == len(pending.adds):
+                self._fail(rest, exc, pending.batch)
+            elif rest:
+                self._fail(rest, exc)
+            pending.done.set()
 
-    def _settle(self, pending: _Pending) -> None:
-        self._pending_items -= pending.adds
-        self._pending_bytes -= pending.nbytes
+    def _fail(self, adds: list[_Add], exc: AosError, batch: Batch | None = None) -> None:
+        """`batch`: the adds merged, when the caller has them so."""
+        if adds:
+            self._on_failed(_merge(self._slot, self._epoch, adds) if batch is None else batch, exc)
+        for add in adds:
+            self._settle(add, exc)
+
+    def _settle(self, add: _Add, exc: AosError | None) -> None:
+        add.settled = True
+        self._pending_items -= 1
+        self._pending_bytes -= add.nbytes
+        if add.future.done():
+            return
+        if exc is None:
+            add.future.set_result(None)
+        else:
+            add.future.set_exception(exc)
+            add.future.exception()  # a caller may have gone; never warn "never retrieved"
+
+
+@dataclass(slots=True)
+class _Add:
+    """One caller's add: where its mutations end in each list of its batch (`_ends`), its
+    outcome, and once something failed its own mutations cut out (`part`)."""
+
+    ends: tuple[int, ...]
+    nbytes: int
+    future: asyncio.Future[None]
+    settled: bool = False
+    part: Batch | None = None
+
+    def own(self) -> Batch:
+        if self.part is None:
+            raise RuntimeError("_Pending.split() was not called")
+        return self.part
 
 
 @dataclass(slots=True)
 class _Pending:
+    """A batch: every add's mutations merged as they arrive (the one commit of the fast
+    path), and the adds, to tell each caller its outcome."""
+
     batch: Batch
-    future: asyncio.Future[None]
-    adds: int = 0
-    nbytes: int = 0
-    deleted_keys: set[tuple[str, str]] = field(default_factory=set)
+    adds: list[_Add] = field(default_factory=list)
+    deleted_keys: set[Key] = field(default_factory=set)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def split(self) -> None:
+        """Cut each add's own mutations out of the merged batch (the failure path)."""
+        start = _ends(Batch())
+        for add in self.adds:
+            if add.part is None:
+                add.part = Batch(
+                    **{
+                        name: getattr(self.batch, name)[begin:end]
+                        for name, begin, end in zip(_LISTS, start, add.ends, strict=True)
+                    }
+                )
+            start = add.ends
+
+    def keep(self, adds: list[_Add]) -> None:
+        """Keep only `adds` (split), merged again: a later add appends after them."""
+        self.batch = Batch(slot=self.batch.slot, epoch=self.batch.epoch)
+        for add in adds:
+            _extend(self.batch, add.own())
+            add.ends = _ends(self.batch)
+        self.adds = adds
+
+
+_LISTS = ("jobs", "chunks", "deleted", "deliveries", "audit", "namespaces", "api_keys")
+
+
+def _ends(batch: Batch) -> tuple[int, ...]:
+    return (
+        len(batch.jobs),
+        len(batch.chunks),
+        len(batch.deleted),
+        len(batch.deliveries),
+        len(batch.audit),
+        len(batch.namespaces),
+        len(batch.api_keys),
+    )
+
+
+def _extend(batch: Batch, part: Batch) -> None:
+    for name in _LISTS:
+        getattr(batch, name).extend(getattr(part, name))
+
+
+def _merge(slot: int | None, epoch: int | None, adds: list[_Add]) -> Batch:
+    batch = Batch(slot=slot, epoch=epoch)
+    for add in adds:
+        _extend(batch, add.own())
+    return batch
+
+
+def _job_keys(part: Batch) -> set[Key]:
+    """The jobs an add writes: their rows, their output, their deletion."""
+    keys = {job.key for job in part.jobs} | set(part.deleted)
+    keys.update((chunk.namespace, chunk.job_id) for chunk in part.chunks)
+    return keys
 
 
 def _dedupe(batch: Batch) -> Batch:
-    """Keep only the newest record of each job: a batch writes a job's row once."""
-    latest: dict[tuple[str, str], Job] = {}
+    """Keep only the newest record of each job: a batch writes a job's row once. A copy, so
+    the merged batch still holds each add's records in place (`_Pending.split`)."""
+    latest: dict[Key, Job] = {}
     for job in batch.jobs:
         latest[job.key] = job
-    batch.jobs = list(latest.values())
-    return batch
+    if len(latest) == len(batch.jobs):
+        return batch
+    return replace(batch, jobs=list(latest.values()))

@@ -53,6 +53,14 @@ class Unstorable(Invalid):
 
     code = "unstorable"
 
+    def __init__(
+        self,
+        message: str = "the store could not hold this write's data",
+        *,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+
 
 class BadRequest(AosError):
     code = "bad_request"

@@ -90,7 +90,8 @@ class DeliveryLoop:
         except OutputGone:
             self._outbox.abandon(delivery)  # its job was deleted, and its deliveries with it
         except AosError:
-            # Not recorded (the store failed): send again later, from the last durable version.
+            # Not recorded (the store failed, or refused this record): send again later, from
+            # the last durable version.
             self._outbox.reschedule(delivery, self._clock() + STORE_RETRY_S)
         finally:
             self._slots.release()

@@ -30,13 +30,18 @@ class FakeClock:
 
 
 class GatedStore(MemoryStore):
-    """The in-memory store, whose commits can be held at a gate or made to fail."""
+    """The in-memory store, whose commits can be held at a gate, made to fail (all, or those
+    after the first `fail_after`), or refused when a job's title holds `unstorable`, as a
+    real store refuses data it cannot hold (its error quoting the data)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fail_commits = False
+        self.fail_after: int | None = None
+        self.unstorable: str | None = None
         self.gate: asyncio.Event | None = None
         self.arrived = asyncio.Event()  # set when a commit reaches the gate
+        self.attempts = 0  # commits past the gate, refused and failed ones too
         self.commits: list[Batch] = []
         self.reads = 0
 
@@ -44,8 +49,12 @@ class GatedStore(MemoryStore):
         self.arrived.set()
         if self.gate is not None:
             await self.gate.wait()
-        if self.fail_commits:
+        self.attempts += 1
+        if self.fail_commits or (self.fail_after is not None and self.attempts > self.fail_after):
             raise StoreUnavailable("injected commit failure")
+        for job in batch.jobs:
+            if self.unstorable is not None and self.unstorable in (job.title or ""):
+                raise ValueError(f"cannot store the title {job.title!r}")
         self.commits.append(batch)
         await super().commit(batch)
 

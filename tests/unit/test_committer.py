@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
 
 from actors.committer import GroupCommitter, durable
-from storage.errors import AosError, Overloaded, StoreUnavailable
+from storage.errors import AosError, Conflict, Overloaded, StoreUnavailable, Unstorable
 from storage.records import Batch, Chunk, Job
 from tests.unit.fakes import WAIT_S, GatedStore
 
@@ -62,8 +63,11 @@ async def committer(make: Callable[..., GroupCommitter]) -> GroupCommitter:
     return make()
 
 
-def _job(job_id: str, revision: int = 1) -> Job:
-    return Job("acme", job_id, 0, 1000.0, 1000.0, revision=revision)
+MARK = "unstorable-title-7f3a"
+
+
+def _job(job_id: str, revision: int = 1, *, title: str | None = None) -> Job:
+    return Job("acme", job_id, 0, 1000.0, 1000.0, title=title, revision=revision)
 
 
 async def _done(*futures: Awaitable[None]) -> None:
@@ -115,14 +119,105 @@ async def test_failed_commit_fails_every_later_batch(store, make, outcomes):
     assert [b.jobs[0].job_id for b in store.commits] == ["after"]
 
 
-async def test_a_backend_bug_fails_the_batch_as_store_unavailable(store, committer, outcomes):
+async def test_a_backend_bug_fails_the_write_as_unstorable_without_its_text(
+    store, committer, outcomes
+):
     async def broken(batch: Batch) -> None:
         raise RuntimeError("driver bug")
 
     store.commit = broken  # type: ignore[method-assign]
-    with pytest.raises(StoreUnavailable, match="driver bug"):
+    with pytest.raises(Unstorable) as refused:
         await _done(committer.add(jobs=[_job("a")]))
-    assert isinstance(outcomes.failed[0][1], StoreUnavailable)
+    assert "driver bug" not in str(refused.value)
+    assert outcomes.failed[0][1] is refused.value
+
+
+@pytest.mark.parametrize("bad", [(0,), (37,), (99,), (3, 50, 51, 98), tuple(range(0, 100, 7))])
+async def test_only_the_adds_the_store_refuses_fail_and_the_rest_commit_in_order(
+    store, committer, outcomes, bad
+):
+    store.unstorable = MARK
+    first = await _hold(store, committer)
+    adds = [
+        committer.add(jobs=[_job(f"j{i}", title=MARK if i in bad else f"t{i}")]) for i in range(100)
+    ]
+    store.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*adds, return_exceptions=True), WAIT_S)
+    await _done(first)
+    for i, result in enumerate(results):
+        if i in bad:
+            assert isinstance(result, Unstorable), result
+            assert MARK not in str(result) and "cannot store" not in str(result)
+        else:
+            assert result is None
+    good = [f"j{i}" for i in range(100) if i not in bad]
+    assert [job.job_id for batch in store.commits for job in batch.jobs] == ["first", *good]
+    for job_id in good:
+        assert (await store.get_job("acme", job_id)).title == f"t{job_id[1:]}"
+    assert [[j.job_id for j in b.jobs] for b, _ in outcomes.failed] == [[f"j{i}"] for i in bad]
+    assert sum(n * count for n, count in committer.batch_sizes.items()) == 1 + len(good)
+    assert committer.pending_items == 0
+
+
+async def test_finding_one_refused_add_among_n_takes_about_2_log2_n_commits(store, committer):
+    n = 1000
+    store.unstorable = MARK
+    await _hold(store, committer)
+    adds = [committer.add(jobs=[_job(f"j{i}", title=MARK if i == 617 else None)]) for i in range(n)]
+    store.gate.set()
+    await asyncio.wait_for(asyncio.gather(*adds, return_exceptions=True), WAIT_S)
+    # The whole batch, then two halves at each of ceil(log2 n) levels (the held one aside).
+    assert store.attempts - 1 <= 1 + 2 * math.ceil(math.log2(n))
+    assert len(store.commits) - 1 <= math.ceil(math.log2(n))
+
+
+async def test_adds_built_on_a_refused_add_of_the_same_job_fail_with_it(store, make, outcomes):
+    """Committing them alone could leave a gap (a chunk whose predecessor never was)."""
+    store.unstorable = MARK
+    committer = make(max_batch_items=4)
+    first = await _hold(store, committer)
+    before = committer.add(jobs=[_job("j", 1)])
+    refused = committer.add(jobs=[_job("j", 2, title=MARK)])
+    built_on = committer.add(chunks=[Chunk("acme", "j", 1, 0, b"a")])
+    other = committer.add(jobs=[_job("k")])
+    later = committer.add(chunks=[Chunk("acme", "j", 2, 1, b"b")])  # the next batch
+    unrelated = committer.add(jobs=[_job("z")])
+    store.gate.set()
+    await _done(first, before, other, unrelated)
+    with pytest.raises(Unstorable):
+        await _done(refused)
+    for future in (built_on, later):
+        with pytest.raises(Conflict):
+            await _done(future)
+    assert (await store.get_job("acme", "j")).revision == 1
+    assert await store.read_output("acme", "j") == []
+    assert await store.get_job("acme", "k") and await store.get_job("acme", "z")
+    assert committer.pending_items == 0
+
+
+async def test_an_unavailable_store_while_isolating_fails_what_is_not_committed_yet(
+    store, make, outcomes
+):
+    store.unstorable = MARK
+    committer = make(max_batch_items=16)
+    first = await _hold(store, committer)
+    batch = [
+        committer.add(jobs=[_job(f"j{i}", title=MARK if i == 11 else None)]) for i in range(16)
+    ]
+    later = [committer.add(jobs=[_job(f"later{i}")]) for i in range(3)]  # the next batch
+    # Commits: the held one, the batch (refused), its left half; then the store is gone.
+    store.fail_after = 3
+    store.gate.set()
+    await _done(first, *batch[:8])
+    for future in (*batch[8:], *later):
+        with pytest.raises(StoreUnavailable):
+            await _done(durable(future))
+    committed = [j.job_id for b in store.commits for j in b.jobs]
+    assert committed == ["first", *(f"j{i}" for i in range(8))]
+    assert [type(exc) for _, exc in outcomes.failed] == [StoreUnavailable, StoreUnavailable]
+    assert committer.pending_items == 0
+    store.fail_after = None
+    await _done(committer.add(jobs=[_job("after")]))  # the flusher lives on
 
 
 async def test_a_full_buffer_refuses_with_overloaded_until_it_drains(store, make):
