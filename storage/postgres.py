@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,13 +12,15 @@ from typing import Any
 try:
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
+    from psycopg.errors import ProgramLimitExceeded
     from psycopg.types.json import Jsonb
     from psycopg_pool import AsyncConnectionPool
 except ImportError as exc:  # pragma: no cover - psycopg is a core dependency today
     raise ImportError("PostgresStore needs psycopg 3: pip install 'psycopg[binary,pool]'") from exc
 
-from storage.errors import Fenced, StoreUnavailable
+from storage.errors import Fenced, StoreUnavailable, Unstorable
 from storage.sql import (
+    BINDING_ERRORS,
     CURRENT_VERSION_SQL,
     LEASE_EPOCH,
     POSTGRES,
@@ -29,7 +32,12 @@ from storage.sql import (
     SqlStore,
     Step,
     pending_migrations,
+    unavailable,
 )
+
+log = logging.getLogger(__name__)
+
+_TRANSLATED: tuple[type[Exception], ...] = (psycopg.Error, OSError, *BINDING_ERRORS)
 
 #: pg_advisory_xact_lock key that serializes schema migrations across processes ("aos_sch").
 SCHEMA_LOCK_KEY = 0x616F735F736368
@@ -118,11 +126,16 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _translated(self, action: str) -> Iterator[None]:
-        """The one place psycopg errors (PoolTimeout included) become StoreUnavailable."""
+        """The one place driver errors are translated: the data's fault is `Unstorable`,
+        anything else of psycopg (connection, PoolTimeout, server) or the network is
+        `StoreUnavailable`. Neither carries psycopg's text: it may quote the data."""
         try:
             yield
-        except (psycopg.Error, OSError) as exc:
-            raise StoreUnavailable(f"postgresql {self._where} {action} failed: {exc}") from exc
+        except _TRANSLATED as exc:
+            if _refused(exc):  # the committer logs the cause of a refused write
+                raise Unstorable() from exc
+            log.warning("postgresql %s %s failed: %r", self._where, action, exc)
+            raise unavailable(f"postgresql {self._where}") from exc
 
     async def _check_durable(self, conn: _Conn) -> None:
         """An acknowledged commit must be on disk: refuse anything but synchronous_commit=on."""
@@ -132,6 +145,18 @@ class PostgresStore(SqlStore):
                 f"postgresql {self._where} has synchronous_commit={value}; the service"
                 " acknowledges a write only once it is durable, so it must be 'on'"
             )
+
+
+def _refused(exc: Exception) -> bool:
+    """The data's fault: PostgreSQL refused a value (class 22 data exception, 23 integrity,
+    54000 a value over a limit, e.g. an index row), psycopg could not adapt one (a
+    ProgrammingError of its own, without a SQLSTATE; with one it is our SQL or the
+    schema), or Python could not encode one."""
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError | ProgramLimitExceeded):
+        return True
+    if isinstance(exc, psycopg.ProgrammingError):
+        return exc.sqlstate is None
+    return isinstance(exc, BINDING_ERRORS)
 
 
 async def _migrate(conn: _Conn) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from storage.errors import StoreUnavailable
 from storage.records import (
     ApiKey,
     Attempt,
@@ -31,6 +32,17 @@ Step = tuple[str, list[Params]]
 Fence = tuple[int, int | None]
 
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
+
+#: Python's own errors from binding a value the driver cannot send (a lone surrogate, an
+#: int over 64 bits, a type it cannot adapt): the data's fault, never the store's.
+#: UnicodeEncodeError is a ValueError.
+BINDING_ERRORS: tuple[type[Exception], ...] = (ValueError, OverflowError, TypeError)
+
+
+def unavailable(where: str) -> StoreUnavailable:
+    """The store failed. Never with the driver's text, which may quote another request's
+    data: the backend logs it."""
+    return StoreUnavailable(f"the store ({where}) is unavailable; retry shortly")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -12,8 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from storage.errors import Fenced, StoreUnavailable
+from storage.errors import Fenced, StoreUnavailable, Unstorable
 from storage.sql import (
+    BINDING_ERRORS,
     CURRENT_VERSION_SQL,
     LEASE_EPOCH,
     RECORD_VERSION_SQL,
@@ -25,9 +27,20 @@ from storage.sql import (
     SqlStore,
     Step,
     pending_migrations,
+    unavailable,
 )
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: The data's fault: a constraint, a value too big, a parameter sqlite3 cannot bind.
+_REFUSED: tuple[type[Exception], ...] = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    *BINDING_ERRORS,
+)
 
 BUSY_TIMEOUT_S = 30.0
 _SYNCHRONOUS_FULL = 2
@@ -92,14 +105,19 @@ class SqliteStore(SqlStore):
         return json.loads(value)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn` on the worker thread; sqlite3 errors become StoreUnavailable here, once."""
+        """Run `fn` on the worker thread. Its errors are translated here, once: the data's
+        fault is `Unstorable`, anything else of sqlite3 (locked, I/O, not a database) or
+        the file system is `StoreUnavailable`; neither carries sqlite3's text."""
         if self._executor is None:
             raise StoreUnavailable(f"sqlite store {self._path} is not open")
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
+        except _REFUSED as exc:  # the committer logs the cause of a refused write
+            raise Unstorable() from exc
         except (sqlite3.Error, OSError) as exc:  # OSError: the parent directory cannot be made
-            raise StoreUnavailable(f"sqlite {self._path}: {exc}") from exc
+            log.warning("sqlite %s failed: %r", self._path, exc)
+            raise unavailable("sqlite") from exc
 
     # -- on the worker thread ---------------------------------------------------------
 

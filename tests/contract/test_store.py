@@ -490,6 +490,8 @@ async def test_sqlite_on_an_unusable_path_is_unavailable(tmp_path: Path) -> None
     with pytest.raises(StoreUnavailable) as raised:
         await open_store(f"sqlite:///{tmp_path}/file/aos.db").open()
     assert not isinstance(raised.value.__cause__, StoreUnavailable)  # translated, cause kept
+    # The driver's text may quote another request's data: it is logged, not sent.
+    assert raised.value.message == "the store (sqlite) is unavailable; retry shortly"
 
 
 def test_sqlite_urls_name_relative_and_absolute_paths() -> None:
@@ -506,10 +508,13 @@ async def test_postgres_refuses_synchronous_commit_off(pg_database: str) -> None
 
 
 async def test_postgres_unreachable_is_unavailable(unused_tcp_port: int) -> None:
-    store = PostgresStore(f"postgresql://postgres@127.0.0.1:{unused_tcp_port}/test", timeout_s=1)
+    url = f"postgresql://postgres:s3cret@127.0.0.1:{unused_tcp_port}/test"
     with pytest.raises(StoreUnavailable) as raised:
-        await store.open()
+        await PostgresStore(url, timeout_s=1).open()
     assert isinstance(raised.value.__cause__, psycopg.Error)
+    # Which store, never its password nor the driver's text (logged, not sent).
+    where = f"postgresql 127.0.0.1:{unused_tcp_port}/test"
+    assert raised.value.message == f"the store ({where}) is unavailable; retry shortly"
 
 
 async def _schema_versions(url: str) -> list[int]:
