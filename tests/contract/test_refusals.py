@@ -1,19 +1,26 @@
-"""Data a SQL store cannot hold: refused as `Unstorable`, never quoted.
+"""Data a SQL store cannot hold: refused as `Unstorable`, for that write alone.
 
 The API edge refuses such values first; these tests prove the defence behind it, with
-records built directly.
+records built directly: the store says `Unstorable` without quoting the data, the group
+committer fails only the write that carried it, and a shard forgets only its job.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from actors.commands import Completion, JobSpec
+from actors.committer import GroupCommitter
+from actors.namespace_settings import NamespaceChanges
+from actors.shard import Shard, ShardConfig
 from storage.base import Store
-from storage.errors import Unstorable
-from storage.records import Batch, Job, Namespace
+from storage.errors import Conflict, Unstorable
+from storage.records import Batch, Job, JobStatus, Namespace
 
 NOW = 1_700_000_000.0
 GENERIC = "the store could not hold this write's data"
@@ -97,3 +104,100 @@ async def test_a_value_the_store_cannot_hold_is_unstorable_and_never_quoted(
     await store.commit(Batch(jobs=[job("after")]))
     assert await store.get_job("b", "after") is not None
     assert not await _holds(store, case.batch)
+
+
+@pytest.fixture
+async def committer(store: Store) -> AsyncIterator[GroupCommitter]:
+    epoch = await store.acquire_shard(0, "test")
+    committer = GroupCommitter(
+        store, slot=0, epoch=epoch, on_committed=lambda batch: None, on_failed=lambda b, e: None
+    )
+    committer.start()
+    yield committer
+    await committer.stop()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+async def test_one_unstorable_write_among_100_concurrent_fails_alone(
+    store: Store, committer: GroupCommitter, backend: str, case: Case
+) -> None:
+    good = [job(f"j{i:03}", "b", title=f"title {i}") for i in range(100)]
+    futures = [committer.add(jobs=[j]) for j in good[:50]]
+    bad = committer.add(jobs=case.batch.jobs, namespaces=case.batch.namespaces)
+    futures += [committer.add(jobs=[j]) for j in good[50:]]
+    results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 30)
+    assert results == [None] * 100
+    if backend in case.refused_by:
+        with pytest.raises(Unstorable) as refused:
+            await asyncio.wait_for(bad, 30)
+        assert refused.value.message == GENERIC
+    else:
+        await asyncio.wait_for(bad, 30)
+    for written in good:
+        assert await store.get_job("b", written.job_id) == written
+    assert await _holds(store, case.batch) == (backend not in case.refused_by)
+
+
+@pytest.fixture
+async def shard(store: Store) -> AsyncIterator[Shard]:
+    shard = Shard(store, ShardConfig(slot=0, num_shards=1))
+    await shard.start()
+    await shard.namespaces.create("acme", NamespaceChanges(), actor="test")
+    await shard.namespaces.create("globex", NamespaceChanges(), actor="test")
+    yield shard
+    await shard.stop()
+
+
+def unstorable_completion() -> Completion:
+    """A failure text the store cannot hold, as if it had slipped past the edge's checks."""
+    completion = Completion(status=JobStatus.FAILED, error="broken")
+    object.__setattr__(completion, "error", "\ud800")
+    return completion
+
+
+async def _loaded_jobs(shard: Shard) -> int:
+    jobs: int = (await shard.stats())["jobsLoaded"]
+    return jobs
+
+
+async def test_a_shard_forgets_only_the_job_whose_write_was_refused(
+    shard: Shard, store: Store
+) -> None:
+    await shard.submit("acme", job_id="keep", spec=JobSpec(title="fine"))
+    await shard.submit("globex", job_id="other", spec=JobSpec(title="fine"))
+    before = dict((await shard.stats())["batchSizes"])
+    # One batch (nothing here waits before its write is queued): the refused completion
+    # comes after a committed append of the same job and among writes of another one.
+    results = await asyncio.gather(
+        shard.append("acme", job_id="keep", data=b"kept "),
+        shard.complete("acme", job_id="keep", completion=unstorable_completion()),
+        *(shard.append("globex", job_id="other", data=b"%d" % i) for i in range(3)),
+        return_exceptions=True,
+    )
+    after = (await shard.stats())["batchSizes"]
+    assert max(n for n, count in after.items() if count > before.get(n, 0)) > 1  # one batch
+    assert isinstance(results[1], Unstorable) and results[1].message == GENERIC
+    assert [r for i, r in enumerate(results) if i != 1 and isinstance(r, BaseException)] == []
+    assert await _loaded_jobs(shard) == 1  # "keep" is forgotten, "other" stays loaded
+    kept = await shard.get("acme", job_id="keep")  # reloaded: what the store holds
+    assert kept == await store.get_job("acme", "keep")
+    assert (kept.status, kept.output_seq) == (JobStatus.RUNNING, 1)
+    ack = await shard.append("acme", job_id="keep", data=b"and more")  # no gap, no repeat
+    assert ack.seq == 2
+    chunks = await store.read_output("acme", "keep")
+    assert b"".join(c.data for c in chunks) == b"kept and more"
+    other = await shard.get("globex", job_id="other")
+    assert other == await store.get_job("globex", "other") and other.output_seq == 3
+
+
+async def test_a_delete_built_on_a_refused_completion_fails_too(shard: Shard, store: Store) -> None:
+    await shard.submit("acme", job_id="j", spec=JobSpec(title="fine"))
+    refused, delete = await asyncio.gather(
+        shard.complete("acme", job_id="j", completion=unstorable_completion()),
+        shard.delete("acme", job_id="j"),  # allowed: the completion made it terminal
+        return_exceptions=True,
+    )
+    assert isinstance(refused, Unstorable) and isinstance(delete, Conflict)
+    stored = await store.get_job("acme", "j")
+    assert stored is not None and stored.status is JobStatus.RUNNING
+    assert await shard.get("acme", job_id="j") == stored
