@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import uuid
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ from actors.limits import (
     MAX_DESCRIPTION_CHARS,
     MAX_ERROR_CHARS,
     MAX_ID_CHARS,
+    MAX_INT64,
     MAX_NAMESPACE_CHARS,
     MAX_SECRET_GRACE_S,
     MAX_TAG_CHARS,
@@ -28,24 +28,32 @@ from actors.limits import (
     MAX_TTL_S,
     MAX_WEBHOOK_EVENTS,
     check_size,
+    check_storable,
     check_text,
 )
+from actors.timestamps import check_timestamp
 from actors.webhooks import ssrf
 from actors.webhooks.outbox import EventType
 from storage.errors import Invalid
 from storage.records import Job, JobStatus, OutputFormat
 
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
-_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9-]*")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*", re.ASCII)
+_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9-]*", re.ASCII)
 
 
 def check_job_id(value: object) -> str:
     """A job id: 1..128 of letters, digits and . _ : - (no slashes, no spaces)."""
+    return check_id("jobId", value)
+
+
+def check_id(name: str, value: object) -> str:
+    """An id (job, delivery, API key): 1..128 ASCII letters, digits and . _ : -, starting
+    with a letter or digit."""
     if not isinstance(value, str) or not value:
-        raise Invalid("jobId must be a non-empty string")
-    check_size("jobId", len(value), MAX_ID_CHARS)
+        raise Invalid(f"{name} must be a non-empty string")
+    check_size(name, len(value), MAX_ID_CHARS)
     if not _ID.fullmatch(value):
-        raise Invalid("jobId may hold only letters, digits and . _ : - and must start alnum")
+        raise Invalid(f"{name} may hold only letters, digits and . _ : - and must start alnum")
     return value
 
 
@@ -67,8 +75,8 @@ def check_seq(value: object) -> int | None:
     """An append's optional sequence number: a positive integer."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise Invalid("seq must be a positive integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT64:
+        raise Invalid("seq must be an integer from 1 to 2^63-1")
     return value
 
 
@@ -150,6 +158,7 @@ class JobSpec:
             if not isinstance(tag, str) or not tag:
                 raise Invalid("each tag must be a non-empty string")
             check_size("a tag", len(tag), MAX_TAG_CHARS)
+            check_storable("a tag", tag)
         if self.webhook_url is not None:
             ssrf.check_shape(self.webhook_url)
         if self.webhook_events is not None:
@@ -215,11 +224,10 @@ class ProgressUpdate:
                 raise Invalid("progress must be a number from 0 to 100")
             object.__setattr__(self, "progress", float(self.progress))
         if self.estimated_completion is not None:
-            if not _is_number(self.estimated_completion) or not math.isfinite(
-                self.estimated_completion
-            ):
+            if not _is_number(self.estimated_completion):
                 raise Invalid("estimatedCompletion must be a timestamp")
-            object.__setattr__(self, "estimated_completion", float(self.estimated_completion))
+            when = check_timestamp("estimatedCompletion", self.estimated_completion)
+            object.__setattr__(self, "estimated_completion", when)
 
     def changes(self) -> dict[str, float]:
         """The job fields this update sets."""

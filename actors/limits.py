@@ -6,6 +6,8 @@ a value of the wrong shape or out of range is `Invalid` (422).
 
 from __future__ import annotations
 
+import re
+
 from storage.errors import Invalid, TooLarge
 
 MAX_ID_CHARS = 128
@@ -24,7 +26,13 @@ MAX_NAMESPACE_DESCRIPTION_CHARS = 1024
 MAX_KEY_DESCRIPTION_CHARS = 256
 #: The default largest append; `Settings.max_chunk_bytes` may change it for a deployment.
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
+#: The largest JSON body (`serve_app.guard` refuses more, 413, before reading it). A submit
+#: with every field full is ~13K characters, ~140 KB even were each one written as a
+#: `\uXXXX\uXXXX` surrogate pair (12 bytes; tests/unit/test_guard.py builds it).
+MAX_JSON_BODY_BYTES = 256 * 1024
 MAX_SECRET_GRACE_S = 30 * 86400
+#: Sequence numbers, offsets and revisions are stored as signed 64-bit integers.
+MAX_INT64 = 2**63 - 1
 DEFAULT_SECRET_GRACE_S = 24 * 3600
 
 
@@ -33,6 +41,25 @@ def clip(text: str | None, limit: int) -> str | None:
     if text is None or len(text) <= limit:
         return text
     return text[: limit - 3] + "..."
+
+
+#: What no backend stores or renders: NUL (PostgreSQL text and jsonb refuse it) and lone
+#: surrogates (U+D800..U+DFFF: legal as JSON escapes, but not Unicode scalar values, so
+#: no UTF-8 encoder takes them).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def check_storable(name: str, value: str) -> str:
+    """`value`, if every backend can store and render it (`Invalid` for NUL or a lone surrogate)."""
+    if _UNSTORABLE.search(value):
+        raise Invalid(f"{name} must not contain NUL or lone surrogates (U+D800..U+DFFF)")
+    return value
+
+
+def storable(text: str) -> str:
+    """`text` with what no backend stores replaced by U+FFFD, for text the service records
+    from elsewhere (a webhook receiver's error)."""
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def check_size(name: str, size: int, limit: int, unit: str = "characters") -> None:
@@ -48,7 +75,7 @@ def check_text(name: str, value: object, limit: int) -> str | None:
     if not isinstance(value, str):
         raise Invalid(f"{name} must be a string")
     check_size(name, len(value), limit)
-    return value
+    return check_storable(name, value)
 
 
 def check_chunk(data: object, limit: int) -> bytes:

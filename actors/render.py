@@ -3,11 +3,14 @@
 HTTP responses, SSE frames, webhook bodies and the Python client's `Event.data()` all
 use these, so a field means the same everywhere. Timestamps are ISO 8601 UTC strings.
 A namespace renders in `actors.namespace_settings` (its settings record lives there).
+Rendering is total: whatever a store holds renders (a value JSON or ISO 8601 cannot
+carry becomes null), so one odd record never breaks a read.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 from typing import Any
 
 from actors.timestamps import iso
@@ -34,7 +37,7 @@ def status_json(job: Job) -> dict[str, Any]:
     return {
         "jobId": job.job_id,
         "status": job.status.value,
-        "progress": job.progress,
+        "progress": _finite(job.progress),
         "estimatedCompletion": iso(job.estimated_completion),
         "outputSeq": job.output_seq,
         "outputSize": job.output_size,
@@ -55,7 +58,7 @@ def output_text(output_format: OutputFormat, data: bytes) -> str:
     """Output as JSON can carry it: text as is, binary as base64."""
     if output_format is OutputFormat.BINARY:
         return base64.b64encode(data).decode()
-    return data.decode("utf-8")
+    return data.decode("utf-8", "replace")  # appends are checked; "replace" keeps reads total
 
 
 def chunk_json(
@@ -83,10 +86,19 @@ def event_json(kind: str, job: Job, chunk: Chunk | None = None) -> dict[str, Any
         assert chunk is not None
         return chunk_json(chunk, job.output_format)
     if kind == "progress":
-        return {"progress": job.progress, "estimatedCompletion": iso(job.estimated_completion)}
+        return {
+            "progress": _finite(job.progress),
+            "estimatedCompletion": iso(job.estimated_completion),
+        }
     if kind == "heartbeat":
         return {}
     return {"status": job.status.value, "outputSeq": job.output_seq, "error": job.error}
+
+
+def _finite(value: float | None) -> float | None:
+    """A number JSON can carry (NaN and infinities cannot): rendering is total over what a
+    store holds."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def delivery_json(delivery: Delivery) -> dict[str, Any]:
@@ -104,7 +116,7 @@ def delivery_json(delivery: Delivery) -> dict[str, Any]:
                 "at": iso(a.at),
                 "statusCode": a.status_code,
                 "error": a.error,
-                "durationMs": round(a.duration_ms, 3),
+                "durationMs": _finite(round(a.duration_ms, 3)),
             }
             for a in delivery.attempts
         ],

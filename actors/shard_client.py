@@ -18,6 +18,7 @@ from actors.commands import (
     JobSpec,
     ProgressUpdate,
     check_grace_s,
+    check_id,
     check_job_id,
     check_namespace,
     check_seq,
@@ -267,7 +268,7 @@ class ShardClient:
         self, namespace: str, delivery_id: str, *, actor: str = ""
     ) -> Delivery:
         return await self.owner(namespace).retry_delivery(
-            namespace, delivery_id=delivery_id, actor=actor
+            namespace, delivery_id=check_id("deliveryId", delivery_id), actor=actor
         )
 
     async def ping_all(self) -> None:

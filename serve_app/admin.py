@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
+from actors.commands import check_id
 from actors.limits import MAX_KEY_DESCRIPTION_CHARS, check_text
 from actors.namespace_settings import NamespaceSettings, namespace_json
 from actors.timestamps import iso
@@ -77,7 +78,7 @@ async def create_key(
 @router.delete("/{name}/keys/{key_id}", status_code=204)
 async def revoke_key(name: str, key_id: str, caller: Caller, deps: D) -> Response:
     require_admin(caller)
-    key = await deps.store.get_api_key(key_id)
+    key = await deps.store.get_api_key(check_id("keyId", key_id))
     if key is None or name not in key.namespaces:
         raise NotFound(f"no key {key_id!r} in namespace {name!r}")
     if key.revoked_at is None:

@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
 
+from actors.commands import check_namespace
 from actors.shard_client import ShardClient
 from serve_app.keys import KeyCache, Principal
 from storage.base import Store
@@ -69,6 +70,7 @@ def resolve_namespace(caller: Principal, requested: str | None) -> str:
         if len(caller.namespaces) == 1:
             return next(iter(caller.namespaces))
         raise BadRequest("say which namespace: ?namespace=<name> (this key has several or all)")
+    check_namespace(requested)
     if not caller.can_use(requested):
         raise Forbidden(f"this key may not use namespace {requested!r}")
     return requested

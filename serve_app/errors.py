@@ -6,12 +6,15 @@ Ray's errors never get here: `ShardClient` translates them (`ShardUnavailable`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
+from actors.limits import clip, storable
 from storage import errors
 
 log = logging.getLogger(__name__)
@@ -31,12 +34,27 @@ STATUS = {
 }
 
 
+#: An error message may quote the request (a bad field name, a bad value): it is clipped,
+#: and what UTF-8 cannot carry is replaced, so rendering an error never fails.
+MAX_MESSAGE_CHARS = 1000
+
+
 def error_response(
-    status: int, code: str, message: str, *, retry_after_s: float | None = None
+    status: int,
+    code: str,
+    message: str,
+    *,
+    retry_after_s: float | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    headers = {"Retry-After": str(max(1, round(retry_after_s)))} if retry_after_s else None
+    """`{"error": {"code", "message"}}` with `status`; `Retry-After` (whole seconds, at
+    least 1) when `retry_after_s` is given."""
+    headers = dict(headers or {})
+    if retry_after_s:
+        headers["Retry-After"] = str(max(1, round(retry_after_s)))
+    text = storable(clip(message, MAX_MESSAGE_CHARS) or "")
     return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+        {"error": {"code": code, "message": text}}, status_code=status, headers=headers
     )
 
 
@@ -68,8 +86,27 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         codes = {400: errors.BadRequest.code, 404: "not_found", 405: "method_not_allowed"}
         code = codes.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # RFC 9110 §15.5.6: Allow lists every method of the resource
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def _other(request: Request, exc: Exception) -> JSONResponse:
         return to_response(exc)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's own 405 names only the
+    first route that matched the path)."""
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.routes
+        )
+    ]
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")

@@ -5,18 +5,21 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
 
-from actors.commands import parse_status
+from actors.commands import check_job_id, parse_status
+from actors.limits import MAX_TAG_CHARS, check_text
+from actors.timestamps import EARLIEST_S, LATEST_S
 from actors.render import job_json, status_json
 from serve_app.deps import Caller, D, Ns, resolve_namespace
 from serve_app.durations import to_epoch
 from serve_app.models import CompleteRequest, ProgressPatch, SubmitRequest
-from storage.errors import BadRequest
+from storage.errors import BadRequest, Invalid
 from storage.records import Job, JobQuery
 
 router = APIRouter(prefix="/api/v1/jobs")
@@ -29,9 +32,9 @@ async def submit(
     deps: D,
     namespace: Annotated[str | None, Query()] = None,
 ) -> JSONResponse:
-    if body.namespace and namespace and body.namespace != namespace:
+    if body.namespace is not None and namespace is not None and body.namespace != namespace:
         raise BadRequest("the body's namespace and ?namespace= differ")
-    ns = resolve_namespace(caller, body.namespace or namespace)
+    ns = resolve_namespace(caller, body.namespace if body.namespace is not None else namespace)
     job, created = await deps.shards.submit(
         ns, body.spec(), job_id=body.job_id, actor=caller.key_id
     )
@@ -54,9 +57,9 @@ async def list_jobs(
 ) -> dict[str, Any]:
     query = JobQuery(
         status=parse_status(status) if status is not None else None,
-        tag=tag,
-        created_from=to_epoch(created_after) if created_after else None,
-        created_to=to_epoch(created_before) if created_before else None,
+        tag=check_text("tag", tag, MAX_TAG_CHARS),
+        created_from=to_epoch("createdAfter", created_after) if created_after else None,
+        created_to=to_epoch("createdBefore", created_before) if created_before else None,
         before=_decode_cursor(cursor) if cursor else None,
         limit=limit + 1,
     )
@@ -122,10 +125,18 @@ def _etag(job: Job) -> str:
 
 
 def _revision(if_none_match: str | None) -> int | None:
+    """The revision in the first entity tag of `If-None-Match`; None for a tag this service
+    never gives out (it matches no revision, RFC 9110 §13.1.2), whatever its content."""
     if not if_none_match:
         return None
     tag = if_none_match.split(",")[0].strip().removeprefix("W/").strip('"')
-    return int(tag) if tag.isdigit() else None
+    return int(tag) if _REVISION.fullmatch(tag) else None
+
+
+#: A revision as an entity tag: ASCII digits of an int64 (`str.isdigit` takes "²" too).
+_REVISION = re.compile("[0-9]{1,18}")
+#: A cursor this service gives out is about 60 characters; longer ones are not ours.
+_MAX_CURSOR_CHARS = 512
 
 
 def _encode_cursor(job: Job) -> str:
@@ -134,8 +145,28 @@ def _encode_cursor(job: Job) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[float, str]:
+    """`(created_at, job_id)` of the last job of the page before; `BadRequest` for anything
+    this service did not give out (checked field by field: it comes back from the client)."""
+    refused = BadRequest("cursor is not one this service gave out")
+    if len(cursor) > _MAX_CURSOR_CHARS:
+        raise refused
     try:
-        created_at, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return float(created_at), str(job_id)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise BadRequest("cursor is not one this service gave out") from exc
+        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, RecursionError, binascii.Error) as exc:
+        raise refused from exc
+    match value:
+        case [float() | int() as created_at, str() as job_id] if (
+            not isinstance(created_at, bool)
+            and EARLIEST_S <= created_at <= LATEST_S
+            and _is_job_id(job_id)
+        ):
+            return float(created_at), job_id
+    raise refused
+
+
+def _is_job_id(value: str) -> bool:
+    try:
+        check_job_id(value)
+    except Invalid:
+        return False
+    return True

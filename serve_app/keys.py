@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from storage.errors import Unauthorized
 from storage.records import ApiKey
 
 KEY_PREFIX = "aos_"
+_KEY_ID_BYTES = 8
+_KEY_ID = re.compile(f"[0-9a-f]{{{2 * _KEY_ID_BYTES}}}")
 ADMIN = "admin"
 
 
@@ -35,7 +38,7 @@ def key_hash(secret: str) -> str:
 
 def mint(namespaces: tuple[str, ...], *, now: float) -> tuple[ApiKey, str]:
     """A new key record and its secret (`aos_<keyId>_<random>`), shown to the caller once."""
-    key_id = secrets.token_hex(8)
+    key_id = secrets.token_hex(_KEY_ID_BYTES)
     secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     return ApiKey(key_id, key_hash(secret), namespaces, created_at=now), secret
 
@@ -75,6 +78,8 @@ class KeyCache:
         if not secret.startswith(KEY_PREFIX) or secret.count("_") < 2:
             return None
         key_id = secret[len(KEY_PREFIX) :].split("_", 1)[0]
+        if not _KEY_ID.fullmatch(key_id):  # never send the store what `mint` cannot make
+            return None
         hit = self._cache.get(key_id)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]

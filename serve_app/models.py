@@ -9,13 +9,21 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.limits import DEFAULT_SECRET_GRACE_S
 from actors.namespace_settings import UNSET, NamespaceChanges, WebhookSettings
 from serve_app.durations import parse_duration_s, to_epoch
 from storage.records import OutputFormat
+
+
+#: Numbers as JSON numbers only: no `"50"` for 50, no `true` for 1 (pydantic's lax mode
+#: would take both). Dates and enums stay lax: JSON carries them as strings.
+Int = Annotated[int, Strict()]
+Number = Annotated[float, Strict()]
 
 
 class _Body(BaseModel):
@@ -29,7 +37,7 @@ class Metadata(_Body):
 
 
 class RetentionPolicy(_Body):
-    ttl: int | str
+    ttl: Int | str
 
     def ttl_s(self) -> int:
         return parse_duration_s(self.ttl)
@@ -57,12 +65,12 @@ class SubmitRequest(_Body):
 
 
 class ProgressPatch(_Body):
-    progress: float | None = None
+    progress: Number | None = None
     estimated_completion: datetime | None = Field(default=None, alias="estimatedCompletion")
 
     def update(self) -> ProgressUpdate:
         estimated = self.estimated_completion
-        return ProgressUpdate(self.progress, to_epoch(estimated) if estimated else None)
+        return ProgressUpdate(self.progress, to_epoch("estimatedCompletion", estimated) if estimated else None)
 
 
 class CompleteRequest(_Body):
@@ -74,15 +82,15 @@ class CompleteRequest(_Body):
 
 
 class RetrySettings(_Body):
-    initial_delay_ms: int | None = Field(default=None, alias="initialDelayMs")
-    max_delay_ms: int | None = Field(default=None, alias="maxDelayMs")
-    max_attempts: int | None = Field(default=None, alias="maxAttempts")
+    initial_delay_ms: Int | None = Field(default=None, alias="initialDelayMs")
+    max_delay_ms: Int | None = Field(default=None, alias="maxDelayMs")
+    max_attempts: Int | None = Field(default=None, alias="maxAttempts")
 
 
 class WebhookSettingsBody(_Body):
     url: str | None = None
     events: list[str] | None = None
-    timeout_ms: int | None = Field(default=None, alias="timeoutMs")
+    timeout_ms: Int | None = Field(default=None, alias="timeoutMs")
     retry: RetrySettings | None = None
 
     def settings(self) -> WebhookSettings:
@@ -120,7 +128,7 @@ class NamespaceCreate(NamespaceConfig):
 
 
 class SecretRotation(_Body):
-    grace_s: float = Field(default=DEFAULT_SECRET_GRACE_S, alias="graceS")
+    grace_s: Number = Field(default=DEFAULT_SECRET_GRACE_S, alias="graceS")
 
 
 class KeyCreate(_Body):

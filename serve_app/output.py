@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from actors.limits import check_chunk_size
+from actors.limits import MAX_INT64, check_chunk_size
 from actors.render import output_text
 from actors.timestamps import iso
 from serve_app.deps import D, Ns
@@ -30,7 +30,7 @@ async def append(
     request: Request,
     ns: Ns,
     deps: D,
-    seq: Annotated[int | None, Query(ge=1)] = None,
+    seq: Annotated[int | None, Query(ge=1, le=MAX_INT64)] = None,
 ) -> dict[str, Any]:
     """Append the raw request body as the next chunk; `?seq=N` makes retries safe."""
     data = await _read_capped(request, deps.shards.max_chunk_bytes)
@@ -40,7 +40,7 @@ async def append(
 
 @router.get("/{job_id}/output")
 async def output(
-    job_id: str, ns: Ns, deps: D, version: Annotated[int, Query(ge=1)] = 1
+    job_id: str, ns: Ns, deps: D, version: Annotated[int, Query(ge=1, le=MAX_INT64)] = 1
 ) -> dict[str, Any]:
     """The whole output as one JSON value (text, or base64 for binary jobs)."""
     job = await _job_version(deps, ns, job_id, version)
@@ -63,8 +63,8 @@ async def raw(
     job_id: str,
     ns: Ns,
     deps: D,
-    after: Annotated[int, Query(ge=0)] = 0,
-    version: Annotated[int, Query(ge=1)] = 1,
+    after: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
+    version: Annotated[int, Query(ge=1, le=MAX_INT64)] = 1,
 ) -> StreamingResponse:
     """The output bytes written so far (after chunk `after`), streamed page by page."""
     job = await _job_version(deps, ns, job_id, version)
@@ -89,8 +89,8 @@ async def _job_version(deps: D, ns: str, job_id: str, version: int) -> Job:
 async def _read_capped(request: Request, limit: int) -> bytes:
     """The body, refused (`TooLarge`) as soon as it is known to be over `limit` bytes."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit():
-        check_chunk_size(int(declared), limit)
+    if declared and declared.isascii() and declared.isdigit():  # the server checked its form
+        check_chunk_size(int(declared) if len(declared) < 20 else MAX_INT64, limit)
     body = bytearray()
     async for part in request.stream():
         body += part

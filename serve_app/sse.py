@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from actors.feed import Event, EventKind
+from actors.limits import MAX_INT64
 from serve_app.deps import D, Ns
 from storage.errors import AosError, Invalid
 
@@ -23,7 +25,7 @@ async def stream(
     job_id: str,
     ns: Ns,
     deps: D,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_INT64)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """Output (id = seq), status, progress, then `end`; comments keep idle streams alive."""
@@ -61,6 +63,11 @@ def _resume_point(after: int | None, last_event_id: str | None) -> int:
         return after
     if last_event_id is None or not last_event_id.strip():
         return 0
-    if not last_event_id.strip().isdigit():
+    seq = last_event_id.strip()
+    # ASCII digits only ("²".isdigit() is true) and at most int64, checked before int().
+    if not _SEQ.fullmatch(seq) or int(seq) > MAX_INT64:
         raise Invalid("Last-Event-ID must be the seq of an output event")
-    return int(last_event_id.strip())
+    return int(seq)
+
+
+_SEQ = re.compile("[0-9]{1,19}")

@@ -11,7 +11,7 @@ from types import TracebackType
 
 import httpx
 
-from actors.limits import MAX_ATTEMPT_ERROR_CHARS, clip
+from actors.limits import MAX_ATTEMPT_ERROR_CHARS, clip, storable
 from actors.webhooks import ssrf
 from storage.errors import Invalid
 from storage.records import Attempt
@@ -185,7 +185,7 @@ def _attempt(at: float, started: float, status: int | None, error: str | None) -
         at=at,
         duration_ms=duration_ms,
         status_code=status,
-        error=clip(error, MAX_ATTEMPT_ERROR_CHARS),
+        error=clip(storable(error), MAX_ATTEMPT_ERROR_CHARS) if error is not None else None,
     )
 
 

@@ -19,7 +19,7 @@ from typing import TypeAlias
 
 import httpx
 
-from actors.limits import MAX_URL_CHARS, check_size
+from actors.limits import MAX_URL_CHARS, check_size, check_storable
 from storage.errors import Invalid
 
 Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -108,16 +108,29 @@ def _parse(url: str, allowed: Sequence[Network] | None) -> tuple[str, int, Addre
     if not 0 < port < 65536:
         raise Invalid(f"webhook URL port {port} is out of range")
     literal = _literal_ip(parsed.host)
-    if literal is not None and allowed is not None:
+    if literal is None:
+        _check_dns_name(parsed.raw_host.decode("ascii"))
+    elif allowed is not None:
         _check_address(literal, allowed, host=parsed.host)
     return parsed.host, port, literal
 
 
 def _httpx_url(url: str) -> httpx.URL:
+    check_storable("webhook URL", url)
     try:
-        return httpx.URL(url)
-    except httpx.InvalidURL as exc:
+        parsed = httpx.URL(url)
+        parsed.host  # noqa: B018  # decodes an IDNA A-label, which may be malformed
+    except (httpx.InvalidURL, UnicodeError) as exc:  # UnicodeError: idna's IDNAError too
         raise Invalid(f"webhook URL is malformed: {exc}") from exc
+    return parsed
+
+
+def _check_dns_name(host: str) -> None:
+    """A host name as DNS carries it (RFC 1035 §2.3.4): labels of 1 to 63 octets, 253 in all;
+    `host` is the ASCII (IDNA-encoded) form."""
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(0 < len(label) <= 63 for label in labels):
+        raise Invalid(f"webhook URL host {host[:80]!r} is not a valid DNS name")
 
 
 def _literal_ip(host: str) -> Address | None:
@@ -142,7 +155,7 @@ def _ends_in_number(host: str) -> bool:
 async def _resolve(host: str, port: int, resolver: Resolver) -> list[Address]:
     try:
         answers = await resolver(host, port)
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: the codec refused the name
         raise Invalid(f"cannot resolve webhook host {host!r}: {exc}") from exc
     addresses = _unique(ipaddress.ip_address(answer) for answer in answers)
     if not addresses:
