@@ -16,12 +16,13 @@ from actors.timestamps import iso
 from serve_app.deps import Caller, D, require_admin
 from serve_app.keys import mint
 from serve_app.models import KeyCreate, NamespaceConfig, NamespaceCreate, SecretRotation
+from serve_app.openapi import COMMON, responses
 from storage.errors import Forbidden, NotFound
 
-router = APIRouter(prefix="/api/v1/namespaces")
+router = APIRouter(prefix="/api/v1/namespaces", responses=responses(*COMMON))
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=responses(409))
 async def create_namespace(body: NamespaceCreate, caller: Caller, deps: D) -> JSONResponse:
     require_admin(caller)
     namespace = await deps.shards.create_namespace(body.name, body.changes(), actor=caller.key_id)
@@ -32,14 +33,14 @@ async def create_namespace(body: NamespaceCreate, caller: Caller, deps: D) -> JS
     )
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=responses(404))
 async def get_namespace(name: str, caller: Caller, deps: D) -> dict[str, Any]:
     if not caller.can_use(name):
         raise Forbidden(f"this key may not use namespace {name!r}")
     return namespace_json(await deps.shards.get_namespace(name))
 
 
-@router.patch("/{name}")
+@router.patch("/{name}", responses=responses(404))
 async def update_namespace(
     name: str, body: NamespaceConfig, caller: Caller, deps: D
 ) -> dict[str, Any]:
@@ -48,7 +49,7 @@ async def update_namespace(
     return namespace_json(namespace)
 
 
-@router.post("/{name}/webhook-secret/rotate")
+@router.post("/{name}/webhook-secret/rotate", responses=responses(404))
 async def rotate_webhook_secret(
     name: str, caller: Caller, deps: D, body: SecretRotation | None = None
 ) -> dict[str, Any]:
@@ -63,7 +64,7 @@ async def rotate_webhook_secret(
     }
 
 
-@router.post("/{name}/keys", status_code=201)
+@router.post("/{name}/keys", status_code=201, responses=responses(404))
 async def create_key(
     name: str, caller: Caller, deps: D, body: KeyCreate | None = None
 ) -> JSONResponse:
@@ -75,7 +76,7 @@ async def create_key(
     return JSONResponse({"keyId": key.key_id, "key": secret, "namespace": name}, status_code=201)
 
 
-@router.delete("/{name}/keys/{key_id}", status_code=204)
+@router.delete("/{name}/keys/{key_id}", status_code=204, responses=responses(404))
 async def revoke_key(name: str, key_id: str, caller: Caller, deps: D) -> Response:
     require_admin(caller)
     key = await deps.store.get_api_key(check_id("keyId", key_id))

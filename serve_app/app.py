@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from serve_app import admin, errors, jobs, output, sse, webhooks
+from serve_app import admin, errors, jobs, openapi, output, sse, webhooks
 from serve_app.deps import D, Deps
 
 
@@ -18,6 +18,7 @@ def create_app(deps: Deps | None = None) -> FastAPI:
     app = FastAPI(title="Async Output Service", version="1")
     app.state.deps = deps
     errors.install(app)
+    openapi.install(app)
     for module in (jobs, output, sse, admin, webhooks):
         app.include_router(module.router)
     app.add_api_route("/healthz", healthz, methods=["GET"])

@@ -30,7 +30,9 @@ def parse_duration_s(value: object) -> int:
     elif isinstance(value, str) and value != "P" and (m := _ISO.fullmatch(value.strip().upper())):
         seconds = sum(int(m.group(k) or 0) * _UNIT_S[k] for k in ("w", "d", "h", "m", "s"))
     else:
-        raise Invalid(f"cannot read {clip(repr(value), 40)} as a duration (e.g. 3600, '90s', '12h', 'P30D')")
+        raise Invalid(
+            f"cannot read {clip(repr(value), 40)} as a duration (e.g. 3600, '90s', '12h', 'P30D')"
+        )
     if not 1 <= seconds <= MAX_TTL_S:  # also False for NaN
         raise Invalid(f"a duration must be from 1 s to {MAX_TTL_S} s (10 years)")
     return int(seconds)

@@ -14,18 +14,23 @@ from fastapi.responses import JSONResponse
 
 from actors.commands import check_job_id, parse_status
 from actors.limits import MAX_TAG_CHARS, check_text
-from actors.timestamps import EARLIEST_S, LATEST_S
 from actors.render import job_json, status_json
+from actors.timestamps import EARLIEST_S, LATEST_S
 from serve_app.deps import Caller, D, Ns, resolve_namespace
 from serve_app.durations import to_epoch
 from serve_app.models import CompleteRequest, ProgressPatch, SubmitRequest
+from serve_app.openapi import COMMON, responses
 from storage.errors import BadRequest, Invalid
 from storage.records import Job, JobQuery
 
-router = APIRouter(prefix="/api/v1/jobs")
+router = APIRouter(prefix="/api/v1/jobs", responses=responses(*COMMON))
 
 
-@router.post("")
+@router.post(
+    "",
+    status_code=201,
+    responses={200: {"description": "The same request was already accepted."}, **responses(409)},
+)
 async def submit(
     body: SubmitRequest,
     caller: Caller,
@@ -71,13 +76,13 @@ async def list_jobs(
     }
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", responses=responses(404))
 async def get_job(job_id: str, ns: Ns, deps: D) -> JSONResponse:
     job = await deps.shards.get(ns, job_id)
     return JSONResponse(job_json(job), headers={"ETag": _etag(job)})
 
 
-@router.get("/{job_id}/status")
+@router.get("/{job_id}/status", responses=responses(304, 404))
 async def get_status(
     job_id: str,
     ns: Ns,
@@ -98,22 +103,22 @@ async def get_status(
     return JSONResponse(status_json(job), headers=headers)
 
 
-@router.patch("/{job_id}")
+@router.patch("/{job_id}", responses=responses(404, 409))
 async def set_progress(job_id: str, body: ProgressPatch, ns: Ns, deps: D) -> dict[str, Any]:
     return status_json(await deps.shards.set_progress(ns, job_id, body.update()))
 
 
-@router.post("/{job_id}/complete")
+@router.post("/{job_id}/complete", responses=responses(404, 409))
 async def complete(job_id: str, body: CompleteRequest, ns: Ns, deps: D) -> dict[str, Any]:
     return status_json(await deps.shards.complete(ns, job_id, body.completion()))
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", responses=responses(404, 409))
 async def cancel(job_id: str, ns: Ns, caller: Caller, deps: D) -> dict[str, Any]:
     return status_json(await deps.shards.cancel(ns, job_id, actor=caller.key_id))
 
 
-@router.delete("/{job_id}", status_code=204)
+@router.delete("/{job_id}", status_code=204, responses=responses(404, 409))
 async def delete(job_id: str, ns: Ns, caller: Caller, deps: D) -> Response:
     await deps.shards.delete(ns, job_id, actor=caller.key_id)
     return Response(status_code=204)

@@ -8,7 +8,6 @@ constructor (`actors.commands`, `actors.namespace_settings`). Responses render i
 from __future__ import annotations
 
 from datetime import datetime
-
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
@@ -18,7 +17,6 @@ from actors.limits import DEFAULT_SECRET_GRACE_S
 from actors.namespace_settings import UNSET, NamespaceChanges, WebhookSettings
 from serve_app.durations import parse_duration_s, to_epoch
 from storage.records import OutputFormat
-
 
 #: Numbers as JSON numbers only: no `"50"` for 50, no `true` for 1 (pydantic's lax mode
 #: would take both). Dates and enums stay lax: JSON carries them as strings.
@@ -70,7 +68,9 @@ class ProgressPatch(_Body):
 
     def update(self) -> ProgressUpdate:
         estimated = self.estimated_completion
-        return ProgressUpdate(self.progress, to_epoch("estimatedCompletion", estimated) if estimated else None)
+        return ProgressUpdate(
+            self.progress, to_epoch("estimatedCompletion", estimated) if estimated else None
+        )
 
 
 class CompleteRequest(_Body):

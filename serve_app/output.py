@@ -12,10 +12,11 @@ from actors.limits import MAX_INT64, check_chunk_size
 from actors.render import output_text
 from actors.timestamps import iso
 from serve_app.deps import D, Ns
+from serve_app.openapi import COMMON, responses
 from storage.errors import NotFound, TooLarge
 from storage.records import Job, OutputFormat
 
-router = APIRouter(prefix="/api/v1/jobs")
+router = APIRouter(prefix="/api/v1/jobs", responses=responses(*COMMON, 404))
 
 MEDIA_TYPES = {
     OutputFormat.TEXT: "text/plain; charset=utf-8",
@@ -24,7 +25,7 @@ MEDIA_TYPES = {
 }
 
 
-@router.post("/{job_id}/output")
+@router.post("/{job_id}/output", responses=responses(409))
 async def append(
     job_id: str,
     request: Request,

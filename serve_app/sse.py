@@ -13,9 +13,10 @@ from fastapi.responses import StreamingResponse
 from actors.feed import Event, EventKind
 from actors.limits import MAX_INT64
 from serve_app.deps import D, Ns
+from serve_app.openapi import COMMON, responses
 from storage.errors import AosError, Invalid
 
-router = APIRouter(prefix="/api/v1/jobs")
+router = APIRouter(prefix="/api/v1/jobs", responses=responses(*COMMON, 404))
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 

@@ -9,8 +9,9 @@ from fastapi.responses import JSONResponse
 
 from actors.render import delivery_json
 from serve_app.deps import Caller, D, Ns
+from serve_app.openapi import COMMON, responses
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", responses=responses(*COMMON, 404))
 
 
 @router.get("/jobs/{job_id}/webhooks")
@@ -20,7 +21,7 @@ async def job_deliveries(job_id: str, ns: Ns, deps: D) -> dict[str, Any]:
     return {"items": [delivery_json(d) for d in deliveries]}
 
 
-@router.post("/webhooks/deliveries/{delivery_id}/retry")
+@router.post("/webhooks/deliveries/{delivery_id}/retry", status_code=202)
 async def retry(delivery_id: str, ns: Ns, caller: Caller, deps: D) -> JSONResponse:
     """Send the delivery again now, with the same webhook-id."""
     delivery = await deps.shards.retry_delivery(ns, delivery_id, actor=caller.key_id)
