@@ -130,8 +130,11 @@ class GroupCommitter:
     async def barrier(self) -> None:
         """Wait until everything added so far is committed (or failed), the batch in
         flight included."""
-        if self._last is not None:
-            await self._last.done.wait()
+        last = self._last
+        if last is not None and not last.finished:
+            if last.waiter is None:
+                last.waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(last.waiter)
 
     @property
     def pending_items(self) -> int:
@@ -160,7 +163,7 @@ class GroupCommitter:
                     self._fail_all(exc)
                 finally:
                     self._flushing = None
-                    pending.done.set()
+                    pending.finish()
 
     async def _flush(self, pending: _Pending) -> None:
         """Commit the batch in one store call; if the store refuses it, find whose data it
@@ -190,17 +193,17 @@ class GroupCommitter:
     async def _isolate(self, adds: list[_Add], refusal: Exception) -> None:
         """The store refused `adds` together: commit each half the same way, left first, so
         the store still sees every mutation in order and only an add refused on its own
-        fails. Each refused add costs about 2*log2(len(adds)) commits."""
+        fails. One refused add among n costs about 2*log2(n) commits."""
         if len(adds) == 1:
             self._refuse(adds[0], refusal)
             return
         middle = len(adds) // 2
         for half in (adds[:middle], adds[middle:]):
-            left = [add for add in half if not add.settled]  # dependents of a refused add
-            if left:
-                again = await self._commit(left, _merge(self._slot, self._epoch, left))
+            part = [add for add in half if not add.settled]  # less a refused add's dependents
+            if part:
+                again = await self._commit(part, _merge(self._slot, self._epoch, part))
                 if again is not None:
-                    await self._isolate(left, again)
+                    await self._isolate(part, again)
 
     def _refuse(self, add: _Add, refusal: Exception) -> None:
         """Fail the one add the store refused, and the adds built on it; never with the
@@ -246,7 +249,7 @@ class GroupCommitter:
                 self._fail(rest, exc, pending.batch)
             elif rest:
                 self._fail(rest, exc)
-            pending.done.set()
+            pending.finish()
 
     def _fail(self, adds: list[_Add], exc: AosError, batch: Batch | None = None) -> None:
         """`batch`: the adds merged, when the caller has them so."""
@@ -293,7 +296,14 @@ class _Pending:
     batch: Batch
     adds: list[_Add] = field(default_factory=list)
     deleted_keys: set[Key] = field(default_factory=set)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: bool = False
+    #: Made only when someone waits for the batch (`barrier`): most batches have no waiter.
+    waiter: asyncio.Future[None] | None = None
+
+    def finish(self) -> None:
+        self.finished = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
     def split(self) -> None:
         """Cut each add's own mutations out of the merged batch (the failure path)."""

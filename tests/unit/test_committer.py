@@ -289,6 +289,16 @@ async def test_barrier_waits_for_everything_queued_so_far(store, make):
     await asyncio.wait_for(committer.barrier(), 1)  # nothing queued: returns at once
 
 
+async def test_barrier_waits_for_the_batch_in_flight_too(store, committer):
+    first = await _hold(store, committer)  # popped from the queue, committing
+    barrier = asyncio.create_task(committer.barrier())
+    await asyncio.sleep(0)
+    assert not barrier.done()
+    store.gate.set()
+    await _done(barrier)
+    assert first.done()
+
+
 async def test_stop_commits_what_is_pending_first(store, make):
     committer = make()
     await _hold(store, committer)
