@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from serve_app import admin, errors, jobs, openapi, output, sse, webhooks
 from serve_app.deps import D, Deps
+from serve_app.guard import Guard
 
 
 def create_app(deps: Deps | None = None) -> FastAPI:
@@ -19,6 +20,7 @@ def create_app(deps: Deps | None = None) -> FastAPI:
     app.state.deps = deps
     errors.install(app)
     openapi.install(app)
+    app.add_middleware(Guard)  # every /api/ request: the key first, then a bounded body
     for module in (jobs, output, sse, admin, webhooks):
         app.include_router(module.router)
     app.add_api_route("/healthz", healthz, methods=["GET"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Query, Request
 
 from actors.commands import check_namespace
 from actors.shard_client import ShardClient
@@ -56,8 +56,12 @@ def deps(request: Request) -> Deps:
 D = Annotated[Deps, Depends(deps)]
 
 
-async def principal(deps: D, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return await deps.keys.authenticate(authorization)
+async def principal(request: Request) -> Principal:
+    """Who is calling, as `serve_app.guard` authenticated them before any body was read."""
+    found: Principal | None = getattr(request.state, "principal", None)
+    if found is None:
+        raise RuntimeError("the request did not pass serve_app.guard.Guard (create_app adds it)")
+    return found
 
 
 Caller = Annotated[Principal, Depends(principal)]
