@@ -307,7 +307,7 @@ class _Pending:
 
     def split(self) -> None:
         """Cut each add's own mutations out of the merged batch (the failure path)."""
-        start = _ends(Batch())
+        start: tuple[int, ...] = (0,) * len(_LISTS)
         for add in self.adds:
             if add.part is None:
                 add.part = Batch(
