@@ -68,8 +68,8 @@ Caller = Annotated[Principal, Depends(principal)]
 
 
 def resolve_namespace(caller: Principal, requested: str | None) -> str:
-    """`?namespace=` (or a body's), else the key's only namespace; anything ambiguous is a 400.
-    Its shape is checked where it is routed (`ShardClient`)."""
+    """`?namespace=` (or a body's), else the key's only namespace; anything ambiguous is a 400,
+    a malformed name 422 (for every key alike), another tenant's 403."""
     if requested is None:
         if len(caller.namespaces) == 1:
             return next(iter(caller.namespaces))
