@@ -24,7 +24,12 @@ def create_app(deps: Deps | None = None) -> FastAPI:
     for module in (jobs, output, sse, admin, webhooks):
         app.include_router(module.router)
     app.add_api_route("/healthz", healthz, methods=["GET"])
-    app.add_api_route("/readyz", readyz, methods=["GET"])
+    app.add_api_route(
+        "/readyz",
+        readyz,
+        methods=["GET"],
+        responses={503: {"description": "Not ready: `{status, detail}` names the cause."}},
+    )
     return app
 
 

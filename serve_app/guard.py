@@ -15,7 +15,7 @@ import re
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from actors.limits import MAX_JSON_BODY_BYTES, check_size
+from actors.limits import MAX_INT64, MAX_JSON_BODY_BYTES, check_size
 from serve_app import errors
 from serve_app.deps import deps
 from storage.errors import AosError, BadRequest
@@ -74,7 +74,7 @@ def _has_json_body(scope: Scope) -> bool:
 def _content_length(value: str) -> int:
     if not (value.isascii() and value.isdigit()):
         raise BadRequest("Content-Length must be a decimal number of bytes")
-    return int(value)
+    return int(value) if len(value) <= 19 else MAX_INT64  # int() refuses past 4300 digits
 
 
 async def _read_capped(receive: Receive, limit: int) -> bytes:

@@ -192,6 +192,12 @@ async def test_a_malformed_content_length_is_400(api, acme, value):
     assert error_of(response, 400)["code"] == "bad_request"
 
 
+async def test_a_content_length_of_thousands_of_digits_is_413_not_a_500(api, acme):
+    headers = acme | {"Content-Length": "9" * 5000}
+    response = await api.post(JOBS, content=b"{}", headers=headers)
+    assert error_of(response, 413)["code"] == "too_large"
+
+
 @pytest.mark.parametrize("length", ["declared", "chunked"])
 async def test_an_append_takes_a_body_up_to_the_chunk_limit(api, acme, length):
     assert (await api.post(JOBS, json={"jobId": "j1"}, headers=acme)).status_code == 201
