@@ -38,7 +38,7 @@ from storage.errors import Invalid
 from storage.records import Job, JobStatus, OutputFormat
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*", re.ASCII)
-_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9-]*", re.ASCII)
+_NAMESPACE = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?", re.ASCII)  # a DNS label
 
 
 def check_job_id(value: object) -> str:
@@ -67,7 +67,9 @@ def check_namespace(value: object) -> str:
         raise Invalid("namespace must be a non-empty string")
     check_size("namespace", len(value), MAX_NAMESPACE_CHARS)
     if not _NAMESPACE.fullmatch(value):
-        raise Invalid("namespace must be lowercase letters, digits or '-', starting alnum")
+        raise Invalid(
+            "namespace must be lowercase letters, digits or '-', starting and ending alnum"
+        )
     return value
 
 
@@ -222,7 +224,7 @@ class ProgressUpdate:
         if self.progress is not None:
             if not _is_number(self.progress) or not 0 <= self.progress <= 100:
                 raise Invalid("progress must be a number from 0 to 100")
-            object.__setattr__(self, "progress", float(self.progress))
+            object.__setattr__(self, "progress", float(self.progress) + 0.0)  # -0.0 is 0.0
         if self.estimated_completion is not None:
             if not _is_number(self.estimated_completion):
                 raise Invalid("estimatedCompletion must be a timestamp")

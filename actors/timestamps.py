@@ -7,16 +7,16 @@ from datetime import UTC, datetime
 
 from storage.errors import Invalid
 
-#: The instants ISO 8601 can write with a four-digit year, as epoch seconds (UTC):
-#: 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
+#: The instants ISO 8601 can write with a four-digit year, as epoch seconds (UTC): from
+#: 0001-01-01T00:00:00Z up to, not including, 10000-01-01T00:00:00Z.
 EARLIEST_S = -62135596800
-LATEST_S = 253402300799
+END_S = 253402300800
 
 
 def check_timestamp(name: str, ts: float) -> float:
     """`ts` (epoch seconds) as a float, if `iso` can write it: from year 1 to year 9999 UTC.
     Compared before any conversion, so NaN, infinities and huge ints are refused too."""
-    if not EARLIEST_S <= ts <= LATEST_S:
+    if not EARLIEST_S <= ts < END_S:
         raise Invalid(f"{name} must be a time from 0001-01-01 to 9999-12-31 (UTC)")
     return float(ts)
 
@@ -27,7 +27,7 @@ def iso(ts: float | None) -> str | None:
     Total over any float: a time ISO 8601 cannot write (NaN, before year 1, after year
     9999) renders as None, so no stored value can break a read.
     """
-    if ts is None or not math.isfinite(ts) or not EARLIEST_S <= ts <= LATEST_S + 1:
+    if ts is None or not math.isfinite(ts) or not EARLIEST_S <= ts < END_S:
         return None
     try:
         moment = datetime.fromtimestamp(ts, UTC)

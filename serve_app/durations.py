@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import PlainValidator, WithJsonSchema
 
 from actors.limits import MAX_TTL_S, clip
 from actors.timestamps import check_timestamp
@@ -36,6 +39,27 @@ def parse_duration_s(value: object) -> int:
     if not 1 <= seconds <= MAX_TTL_S:  # also False for NaN
         raise Invalid(f"a duration must be from 1 s to {MAX_TTL_S} s (10 years)")
     return int(seconds)
+
+
+def _iso_8601(value: object) -> datetime:
+    """An ISO 8601 date-time string, and nothing else: pydantic would also read a number as
+    epoch seconds, or as milliseconds past 2e10, which no client means."""
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 date-time string, e.g. 2026-01-01T00:00:00Z")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            "must be an ISO 8601 date-time, e.g. 2026-01-01T00:00:00Z, from year 1 to 9999"
+        ) from None
+
+
+#: A date-time field or query parameter: an ISO 8601 string (RFC 3339 forms and more).
+DateTime = Annotated[
+    datetime,
+    PlainValidator(_iso_8601),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
 
 
 def to_epoch(name: str, value: datetime) -> float:

@@ -76,10 +76,21 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        loc, kind = tuple(first.get("loc", ())), first.get("type")
+        if kind == "json_invalid":  # loc is ("body", <character offset>)
+            at = f" at character {loc[-1]}" if len(loc) > 1 else ""
+            reason = first.get("ctx", {}).get("error", "")
+            return error_response(
+                400, errors.BadRequest.code, f"the body is not well-formed JSON{at}: {reason}"
+            )
+        if loc == ("body",) and kind in _NOT_AN_OBJECT:
+            return error_response(
+                422,
+                errors.Invalid.code,
+                "the body must be a JSON object, sent with Content-Type: application/json",
+            )
+        where = ".".join(str(p) for p in loc if p != "body")
         message = f"{where}: {first.get('msg', 'invalid')}" if where else first.get("msg", "")
-        if first.get("type") == "json_invalid":
-            return error_response(400, errors.BadRequest.code, message or "malformed JSON")
         return error_response(422, errors.Invalid.code, message or "invalid request")
 
     @app.exception_handler(HTTPException)
@@ -94,6 +105,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _other(request: Request, exc: Exception) -> JSONResponse:
         return to_response(exc)
+
+
+#: What pydantic says of a body that is missing, or not a JSON object (often a form body).
+_NOT_AN_OBJECT = {"missing", "model_attributes_type", "dict_type", "model_type"}
 
 
 def _allowed_methods(request: Request) -> list[str]:

@@ -10,8 +10,10 @@ the app. The output append streams its raw body and caps it itself (serve_app.ou
 
 from __future__ import annotations
 
+import logging
 import re
 
+from ray.exceptions import TaskCancelledError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,11 +22,13 @@ from serve_app import errors
 from serve_app.deps import deps
 from storage.errors import AosError, BadRequest
 
+log = logging.getLogger(__name__)
+
 GUARDED_PREFIX = "/api/"
 #: Methods whose body is JSON for a handler to parse.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: `POST /api/v1/jobs/{jobId}/output`: a raw body, read and capped by its handler.
-_APPEND = re.compile(r"/api/v1/jobs/[^/]+/output")
+_APPEND = re.compile(r"/api/v1/jobs/[^/]+/output/?")
 
 
 class Guard:
@@ -46,11 +50,17 @@ class Guard:
             if _has_json_body(scope):
                 receive = await self._bounded(request, receive)
         except AosError as exc:
-            await errors.to_response(exc)(scope, receive, send)
+            response = errors.to_response(exc)
+            if _has_body(request):  # refused unread: close rather than read the rest
+                response.headers["Connection"] = "close"
+            await response(scope, receive, send)
             return
-        except _Disconnected:
+        except (_Disconnected, TaskCancelledError):
             return  # the client left while sending its body: nobody to answer
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        except TaskCancelledError:  # Serve's way of saying the client disconnected
+            log.debug("client disconnected from %s %s", scope["method"], scope["path"])
 
     async def _bounded(self, request: Request, receive: Receive) -> Receive:
         """`receive` replaying the body read here; `TooLarge` as soon as it is over the limit."""
@@ -71,7 +81,13 @@ def _has_json_body(scope: Scope) -> bool:
     return not (scope["method"] == "POST" and _APPEND.fullmatch(scope["path"]))
 
 
+def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length", "").strip()
+    return length not in ("", "0") or "transfer-encoding" in request.headers
+
+
 def _content_length(value: str) -> int:
+    value = value.strip()  # optional whitespace around a field value (RFC 9110 §5.5)
     if not (value.isascii() and value.isdigit()):
         raise BadRequest("Content-Length must be a decimal number of bytes")
     return int(value) if len(value) <= 19 else MAX_INT64  # int() refuses past 4300 digits

@@ -6,7 +6,6 @@ import base64
 import binascii
 import json
 import re
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
@@ -15,9 +14,9 @@ from fastapi.responses import JSONResponse
 from actors.commands import check_job_id, parse_status
 from actors.limits import MAX_TAG_CHARS, check_text
 from actors.render import job_json, status_json
-from actors.timestamps import EARLIEST_S, LATEST_S
+from actors.timestamps import EARLIEST_S, END_S
 from serve_app.deps import Caller, D, Ns, resolve_namespace
-from serve_app.durations import to_epoch
+from serve_app.durations import DateTime, to_epoch
 from serve_app.models import CompleteRequest, ProgressPatch, SubmitRequest
 from serve_app.openapi import COMMON, responses
 from storage.errors import BadRequest, Invalid
@@ -55,8 +54,8 @@ async def list_jobs(
     deps: D,
     status: str | None = None,
     tag: str | None = None,
-    created_after: Annotated[datetime | None, Query(alias="createdAfter")] = None,
-    created_before: Annotated[datetime | None, Query(alias="createdBefore")] = None,
+    created_after: Annotated[DateTime | None, Query(alias="createdAfter")] = None,
+    created_before: Annotated[DateTime | None, Query(alias="createdBefore")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
 ) -> dict[str, Any]:
@@ -162,7 +161,7 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
     match value:
         case [float() | int() as created_at, str() as job_id] if (
             not isinstance(created_at, bool)
-            and EARLIEST_S <= created_at <= LATEST_S
+            and EARLIEST_S <= created_at < END_S
             and _is_job_id(job_id)
         ):
             return float(created_at), job_id

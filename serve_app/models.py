@@ -7,7 +7,6 @@ constructor (`actors.commands`, `actors.namespace_settings`). Responses render i
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
@@ -15,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict
 from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.limits import DEFAULT_SECRET_GRACE_S
 from actors.namespace_settings import UNSET, NamespaceChanges, WebhookSettings
-from serve_app.durations import parse_duration_s, to_epoch
+from serve_app.durations import DateTime, parse_duration_s, to_epoch
 from storage.records import OutputFormat
 
 #: Numbers as JSON numbers only: no `"50"` for 50, no `true` for 1 (pydantic's lax mode
@@ -64,7 +63,7 @@ class SubmitRequest(_Body):
 
 class ProgressPatch(_Body):
     progress: Number | None = None
-    estimated_completion: datetime | None = Field(default=None, alias="estimatedCompletion")
+    estimated_completion: DateTime | None = Field(default=None, alias="estimatedCompletion")
 
     def update(self) -> ProgressUpdate:
         estimated = self.estimated_completion

@@ -25,7 +25,16 @@ MEDIA_TYPES = {
 }
 
 
-@router.post("/{job_id}/output", responses=responses(409))
+#: The append's body is raw bytes, read by the handler (not a model), so the document says so.
+_RAW_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+@router.post("/{job_id}/output", responses=responses(409), openapi_extra=_RAW_BODY)
 async def append(
     job_id: str,
     request: Request,

@@ -21,7 +21,7 @@ async def job_deliveries(job_id: str, ns: Ns, deps: D) -> dict[str, Any]:
     return {"items": [delivery_json(d) for d in deliveries]}
 
 
-@router.post("/webhooks/deliveries/{delivery_id}/retry", status_code=202)
+@router.post("/webhooks/deliveries/{delivery_id}/retry", status_code=202, responses=responses(409))
 async def retry(delivery_id: str, ns: Ns, caller: Caller, deps: D) -> JSONResponse:
     """Send the delivery again now, with the same webhook-id."""
     delivery = await deps.shards.retry_delivery(ns, delivery_id, actor=caller.key_id)

@@ -104,7 +104,7 @@ def _parse(url: str, allowed: Sequence[Network] | None) -> tuple[str, int, Addre
         raise Invalid("webhook URL has no host")
     if parsed.userinfo:
         raise Invalid("webhook URL must not carry credentials (user:password@)")
-    port = parsed.port or DEFAULT_PORTS[parsed.scheme]
+    port = DEFAULT_PORTS[parsed.scheme] if parsed.port is None else parsed.port  # 0 is no default
     if not 0 < port < 65536:
         raise Invalid(f"webhook URL port {port} is out of range")
     literal = _literal_ip(parsed.host)

@@ -226,3 +226,20 @@ async def test_a_client_gone_while_sending_its_body_gets_no_answer(store, shards
     scope = {"type": "http", "method": "POST", "path": JOBS, "headers": headers}
     await app(scope, receive, send)
     assert sent == [] and messages == []
+
+
+async def test_a_body_refused_unread_closes_the_connection(api, acme):
+    """Else the server would read the rest (and a client could send gigabytes) to keep the
+    connection; a small body read whole keeps it."""
+    body = Body.of_size(MAX_JSON_BODY_BYTES + 1)
+    unread = await api.post(JOBS, content=body, headers=declared(body))
+    assert unread.status_code == 401 and unread.headers["connection"] == "close"
+    too_large = await api.post(JOBS, content=body, headers=acme | declared(body))
+    assert too_large.status_code == 413 and too_large.headers["connection"] == "close"
+    ok = await api.get(JOBS, headers=acme)
+    assert ok.status_code == 200 and "connection" not in ok.headers
+
+
+async def test_a_content_length_with_optional_whitespace_is_read(api, acme):
+    headers = acme | {"Content-Length": " 2 ", "Content-Type": "application/json"}
+    assert (await api.post(JOBS, content=b"{}", headers=headers)).status_code == 201

@@ -304,3 +304,53 @@ async def test_the_bearer_scheme_is_case_insensitive(api, acme):
     for scheme in ("bearer", "BEARER", "BeArEr"):
         answer = await api.get(JOBS, headers={"Authorization": f"{scheme} {token}"})
         assert answer.status_code == 200, answer.text
+
+
+# -- what a new user's probe found ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("when", [20000000001, "20000000001", 1.7e9, "+275760-09-13T00:00:00Z"])
+async def test_a_time_is_an_iso_8601_string_never_a_number_read_as_seconds_or_ms(api, acme, when):
+    await api.post(JOBS, json={"jobId": "j1"}, headers=acme)
+    error_of(await api.patch(f"{JOBS}/j1", json={"estimatedCompletion": when}, headers=acme), 422)
+    error_of(await api.get(JOBS, params={"createdBefore": when}, headers=acme), 422)
+
+
+async def test_the_last_instant_of_year_9999_is_a_time(api, acme):
+    await api.post(JOBS, json={"jobId": "j1"}, headers=acme)
+    body = {"estimatedCompletion": "9999-12-31T23:59:59.5Z", "progress": -0.0}
+    patched = await api.patch(f"{JOBS}/j1", json=body, headers=acme)
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["estimatedCompletion"] == "9999-12-31T23:59:59.500Z"
+    assert str(patched.json()["progress"]) == "0.0"  # not -0.0
+
+
+@pytest.mark.parametrize("url", ["http://93.184.216.34:0/", "http://a.com:0/"])
+async def test_webhook_port_0_is_out_of_range(api, acme, url):
+    error = error_of(await api.post(JOBS, json={"webhookUrl": url}, headers=acme), 422)
+    assert "port 0 is out of range" in error["message"]
+
+
+@pytest.mark.parametrize("name", ["x-", "-x", "a--"])
+async def test_a_namespace_name_is_a_dns_label_without_an_edge_hyphen(api, name):
+    error_of(await api.post("/api/v1/namespaces", json={"name": name}, headers=ADMIN), 422)
+
+
+async def test_a_body_that_is_not_a_json_object_says_how_to_send_one(api, acme):
+    for sent in ({"data": {"jobId": "x"}}, {"content": b""}):
+        error = error_of(await api.post(JOBS, headers=acme, **sent), 422)
+        assert "Content-Type: application/json" in error["message"]
+    broken = await api.post(JOBS, **raw_json('{"jobId": ', acme))
+    assert error_of(broken, 400)["message"].startswith("the body is not well-formed JSON at")
+
+
+async def test_the_openapi_document_lists_the_retry_conflict_and_the_appends_raw_body(api):
+    paths = (await api.get("/openapi.json")).json()["paths"]
+    assert "409" in paths["/api/v1/webhooks/deliveries/{delivery_id}/retry"]["post"]["responses"]
+    append = paths["/api/v1/jobs/{job_id}/output"]["post"]
+    assert list(append["requestBody"]["content"]) == ["application/octet-stream"]
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if path.startswith("/api/"):
+                assert {"401", "422", "503"} <= set(operation["responses"]), (method, path)
+                assert operation["security"] == [{"bearer": []}]
