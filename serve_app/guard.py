@@ -57,6 +57,8 @@ class Guard:
             return
         except (_Disconnected, TaskCancelledError):
             return  # the client left while sending its body: nobody to answer
+        if _has_body(request):
+            send = _closing_on_413(send)  # the append's handler stops reading at its limit
         try:
             await self.app(scope, receive, send)
         except TaskCancelledError:  # Serve's way of saying the client disconnected
@@ -79,6 +81,17 @@ def _has_json_body(scope: Scope) -> bool:
     if scope["method"] not in BODY_METHODS:
         return False
     return not (scope["method"] == "POST" and _APPEND.fullmatch(scope["path"]))
+
+
+def _closing_on_413(send: Send) -> Send:
+    """`send` that closes the connection after a 413: the rest of the body stays unread."""
+
+    async def closing(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 413:
+            message = {**message, "headers": [*message["headers"], (b"connection", b"close")]}
+        await send(message)
+
+    return closing
 
 
 def _has_body(request: Request) -> bool:

@@ -243,3 +243,10 @@ async def test_a_body_refused_unread_closes_the_connection(api, acme):
 async def test_a_content_length_with_optional_whitespace_is_read(api, acme):
     headers = acme | {"Content-Length": " 2 ", "Content-Type": "application/json"}
     assert (await api.post(JOBS, content=b"{}", headers=headers)).status_code == 201
+
+
+async def test_an_append_over_the_chunk_limit_closes_the_connection(api, acme):
+    assert (await api.post(JOBS, json={"jobId": "j1"}, headers=acme)).status_code == 201
+    body = Body.of_size(MAX_CHUNK_BYTES + 1)
+    refused = await api.post(f"{JOBS}/j1/output", content=body, headers=acme)
+    assert refused.status_code == 413 and refused.headers["connection"] == "close"
