@@ -62,6 +62,15 @@ def storable(text: str) -> str:
     return _UNSTORABLE.sub("\ufffd", text)
 
 
+def parse_decimal(text: str) -> int | None:
+    """A decimal number as HTTP headers carry it: ASCII digits only, else None
+    (`str.isdigit` would take "²"). Past int64 it is MAX_INT64 + 1, unread: `int()` of
+    thousands of digits is slow, and past 4300 refused."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return int(text) if len(text) <= 19 else MAX_INT64 + 1
+
+
 def check_size(name: str, size: int, limit: int, unit: str = "characters") -> None:
     """`TooLarge` when `size` is over `limit`."""
     if size > limit:

@@ -17,7 +17,7 @@ from ray.exceptions import TaskCancelledError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from actors.limits import MAX_INT64, MAX_JSON_BODY_BYTES, check_size
+from actors.limits import MAX_JSON_BODY_BYTES, check_size, parse_decimal
 from serve_app import errors
 from serve_app.deps import deps
 from storage.errors import AosError, BadRequest
@@ -100,10 +100,10 @@ def _has_body(request: Request) -> bool:
 
 
 def _content_length(value: str) -> int:
-    value = value.strip()  # optional whitespace around a field value (RFC 9110 §5.5)
-    if not (value.isascii() and value.isdigit()):
+    length = parse_decimal(value.strip())  # whitespace around a value is allowed (RFC 9110 §5.5)
+    if length is None:
         raise BadRequest("Content-Length must be a decimal number of bytes")
-    return int(value) if len(value) <= 19 else MAX_INT64  # int() refuses past 4300 digits
+    return length
 
 
 async def _read_capped(receive: Receive, limit: int) -> bytes:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
 
 from actors.commands import check_job_id, parse_status
-from actors.limits import MAX_TAG_CHARS, check_text
+from actors.limits import MAX_INT64, MAX_TAG_CHARS, check_text, parse_decimal
 from actors.render import job_json, status_json
 from actors.timestamps import EARLIEST_S, END_S
 from serve_app.deps import Caller, D, Ns, resolve_namespace
@@ -134,11 +133,10 @@ def _revision(if_none_match: str | None) -> int | None:
     if not if_none_match:
         return None
     tag = if_none_match.split(",")[0].strip().removeprefix("W/").strip('"')
-    return int(tag) if _REVISION.fullmatch(tag) else None
+    revision = parse_decimal(tag)
+    return revision if revision is not None and revision <= MAX_INT64 else None
 
 
-#: A revision as an entity tag: ASCII digits of an int64 (`str.isdigit` takes "²" too).
-_REVISION = re.compile("[0-9]{1,18}")
 #: A cursor this service gives out is about 60 characters; longer ones are not ours.
 _MAX_CURSOR_CHARS = 512
 

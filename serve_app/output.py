@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from actors.limits import MAX_INT64, check_chunk_size
+from actors.limits import MAX_INT64, check_chunk_size, parse_decimal
 from actors.render import output_text
 from actors.timestamps import iso
 from serve_app.deps import D, Ns
@@ -98,9 +98,9 @@ async def _job_version(deps: D, ns: str, job_id: str, version: int) -> Job:
 
 async def _read_capped(request: Request, limit: int) -> bytes:
     """The body, refused (`TooLarge`) as soon as it is known to be over `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isascii() and declared.isdigit():  # the server checked its form
-        check_chunk_size(int(declared) if len(declared) < 20 else MAX_INT64, limit)
+    declared = parse_decimal(request.headers.get("content-length", ""))
+    if declared is not None:  # the server checked its form
+        check_chunk_size(declared, limit)
     body = bytearray()
     async for part in request.stream():
         body += part

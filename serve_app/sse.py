@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -11,7 +10,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from actors.feed import Event, EventKind
-from actors.limits import MAX_INT64
+from actors.limits import MAX_INT64, parse_decimal
 from serve_app.deps import D, Ns
 from serve_app.openapi import COMMON, responses
 from storage.errors import AosError, Invalid
@@ -64,11 +63,7 @@ def _resume_point(after: int | None, last_event_id: str | None) -> int:
         return after
     if last_event_id is None or not last_event_id.strip():
         return 0
-    seq = last_event_id.strip()
-    # ASCII digits only ("²".isdigit() is true) and at most int64, checked before int().
-    if not _SEQ.fullmatch(seq) or int(seq) > MAX_INT64:
+    seq = parse_decimal(last_event_id.strip())
+    if seq is None or seq > MAX_INT64:
         raise Invalid("Last-Event-ID must be the seq of an output event")
-    return int(seq)
-
-
-_SEQ = re.compile("[0-9]{1,19}")
+    return seq
