@@ -16,8 +16,7 @@ import pytest
 
 from actors.commands import Completion, JobSpec
 from actors.committer import GroupCommitter
-from actors.namespace_settings import NamespaceChanges
-from actors.shard import Shard, ShardConfig
+from actors.shard import Shard
 from storage.base import Store
 from storage.errors import Conflict, Unstorable
 from storage.records import Batch, Job, JobStatus, Namespace
@@ -136,16 +135,6 @@ async def test_one_unstorable_write_among_100_concurrent_fails_alone(
     for written in good:
         assert await store.get_job("b", written.job_id) == written
     assert await _holds(store, case.batch) == (backend not in case.refused_by)
-
-
-@pytest.fixture
-async def shard(store: Store) -> AsyncIterator[Shard]:
-    shard = Shard(store, ShardConfig(slot=0, num_shards=1))
-    await shard.start()
-    await shard.namespaces.create("acme", NamespaceChanges(), actor="test")
-    await shard.namespaces.create("globex", NamespaceChanges(), actor="test")
-    yield shard
-    await shard.stop()
 
 
 def unstorable_completion() -> Completion:

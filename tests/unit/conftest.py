@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 import ray
 
-from actors.namespace_settings import NamespaceChanges
-from actors.shard import Shard, ShardConfig
+from actors.shard import Shard
 from actors.shard_client import ShardClient
 from tests.unit.fakes import GatedStore
 
@@ -28,16 +25,6 @@ async def store() -> GatedStore:
     store = GatedStore()
     await store.open()
     return store
-
-
-@pytest.fixture
-async def shard(store: GatedStore) -> AsyncIterator[Shard]:
-    shard = Shard(store, ShardConfig(slot=0, num_shards=1))
-    await shard.start()
-    await shard.namespaces.create("acme", NamespaceChanges(), actor="test")
-    await shard.namespaces.create("globex", NamespaceChanges(), actor="test")
-    yield shard
-    await shard.stop()
 
 
 @pytest.fixture
