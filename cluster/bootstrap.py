@@ -88,7 +88,8 @@ def start(
     try:
         if settings.ray_address is None and not ray.is_initialized():
             # A private cluster runs no Serve yet: whatever listens there is not ours.
-            http_port.ensure_free(settings.http_host, settings.http_port)
+            for where, at, choose in settings.listening():
+                http_port.ensure_free(where, at, choose)
         started_ray, ray_address = join_ray(
             settings, on_progress=on_progress, log_to_driver=log_to_driver
         )
@@ -124,7 +125,7 @@ def deploy(
     """Serve, the webhook dispatcher, the shards and the API, in a connected process."""
     key, generated = admin_key(settings)
     on_progress(f"starting Serve on {settings.http_host}:{settings.http_port}, webhook dispatcher")
-    started_serve = start_serve(settings.http_host, settings.http_port)
+    started_serve = start_serve(settings)
     dispatcher = WebhookDispatcher.bind(**settings.dispatcher_options())  # type: ignore[attr-defined]  # by @serve
     serve.run(dispatcher, name=DISPATCHER_APP, route_prefix=None)
     on_progress(f"starting {settings.num_shards} shards on {redacted(settings.storage_url)}")
@@ -149,20 +150,28 @@ class ServeElsewhere(RuntimeError):
         )
 
 
-def start_serve(host: str, port: int) -> bool:
-    """Start Serve on host:port, or use the one already running there; True if started.
+def start_serve(settings: Settings) -> bool:
+    """Start Serve on the HTTP host and port, or use the one already running there; True if
+    started.
 
-    A Serve that already runs (its controller is a named actor) ignores new HTTP options,
-    so it must listen where asked: else `ServeElsewhere`. Before starting one, the port
-    must be free (`http_port.PortInUse`).
+    The ingress's variables (cluster/ingress.py) go to the controller's environment, and
+    from it to its proxies and replicas. A Serve that already runs (its controller is a
+    named actor) ignores new options, so it must listen where asked: else `ServeElsewhere`;
+    it keeps its ingress. Before starting one, every port it will open must be free
+    (`http_port.PortInUse`).
     """
+    host, port = settings.http_host, settings.http_port
     running = any(
         actor["name"] == SERVE_CONTROLLER_NAME and actor["namespace"] == SERVE_NAMESPACE
         for actor in ray.util.list_named_actors(all_namespaces=True)
     )
     if not running:
-        http_port.ensure_free(host, port)
-    serve.start(http_options={"host": host, "port": port})
+        for where, at, choose in settings.listening():
+            http_port.ensure_free(where, at, choose)
+    serve.start(
+        http_options={"host": host, "port": port},
+        controller_options={"runtime_env": {"env_vars": settings.ingress_environment()}},
+    )
     client = _get_global_client()  # set by serve.start
     assert client is not None
     if running and (client.http_config.host, client.http_config.port) != (host, port):

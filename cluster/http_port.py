@@ -11,11 +11,12 @@ from typing import IO
 
 
 class PortInUse(RuntimeError):
-    """The HTTP port is taken by another process (another service, or anything else)."""
+    """A port the service listens on is taken by another process (another service, or
+    anything else); `choose` names the flag or variable that picks another one."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, choose: str = "--port") -> None:
         super().__init__(
-            f"port {port} on {host} is already in use; stop what holds it or choose --port"
+            f"port {port} on {host} is already in use; stop what holds it or choose {choose}"
         )
         self.port = port
 
@@ -36,7 +37,7 @@ def reserve(host: str, port: int) -> IO[bytes]:
     return lock
 
 
-def ensure_free(host: str, port: int) -> None:
+def ensure_free(host: str, port: int, choose: str = "--port") -> None:
     """Raise `PortInUse` if something listens on host:port.
 
     Serve's proxy binds with SO_REUSEPORT: a second proxy on a taken port would start
@@ -48,5 +49,5 @@ def ensure_free(host: str, port: int) -> None:
         socket.create_server((host, port), family=family).close()
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise PortInUse(host, port) from exc
+            raise PortInUse(host, port, choose) from exc
         raise

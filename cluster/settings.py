@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from actors.limits import MAX_CHUNK_BYTES
+from cluster.ingress import HAPROXY, Ingress, environment
 
 
 class Settings(BaseSettings):
@@ -16,6 +17,15 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
+    #: "haproxy" (Serve's HAProxy ingress, throughput-optimised) or "serve" (Serve's own
+    #: Python proxy); see cluster/ingress.py.
+    ingress: Ingress = HAPROXY
+    #: Where HAProxy's stats page and Prometheus metrics listen (never every interface).
+    haproxy_admin_host: str = "127.0.0.1"
+    haproxy_stats_port: int = Field(default=8404, ge=1, le=65535)
+    haproxy_metrics_port: int = Field(default=9101, ge=1, le=65535)
+    #: Serve's own proxy, HAProxy's fallback on the head node, on the HTTP host.
+    fallback_proxy_port: int = Field(default=8500, ge=1, le=65535)
     storage_url: str = "sqlite:///./aos-data/aos.db"
     num_shards: int = Field(default=4, ge=1, le=1024)
     num_replicas: int = Field(default=1, ge=1)
@@ -67,6 +77,28 @@ class Settings(BaseSettings):
             "webhook_allowed_networks": self.webhook_allowed_networks,
             "webhook_coalesce_s": self.webhook_coalesce_s,
         }
+
+    def ingress_environment(self) -> dict[str, str]:
+        """What Serve's controller needs in its environment for `ingress`."""
+        return environment(
+            self.ingress,
+            admin_host=self.haproxy_admin_host,
+            stats_port=self.haproxy_stats_port,
+            metrics_port=self.haproxy_metrics_port,
+            fallback_port=self.fallback_proxy_port,
+        )
+
+    def listening(self) -> list[tuple[str, int, str]]:
+        """Every (host, port) Serve opens for the service beside the replicas' own ports,
+        with the flag or variable that moves it."""
+        ports = [(self.http_host, self.http_port, "--port")]
+        if self.ingress == HAPROXY:
+            ports += [
+                (self.haproxy_admin_host, self.haproxy_stats_port, "AOS_HAPROXY_STATS_PORT"),
+                (self.haproxy_admin_host, self.haproxy_metrics_port, "AOS_HAPROXY_METRICS_PORT"),
+                (self.http_host, self.fallback_proxy_port, "AOS_FALLBACK_PROXY_PORT"),
+            ]
+        return ports
 
     def dispatcher_options(self) -> dict[str, Any]:
         return {

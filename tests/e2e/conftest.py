@@ -25,6 +25,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bootstrap.Serv
     settings = Settings(
         storage_url=f"sqlite:///{data}/aos.db",
         http_port=free_port(),
+        haproxy_stats_port=free_port(),
+        haproxy_metrics_port=free_port(),
+        fallback_proxy_port=free_port(),
         admin_key=ADMIN_KEY,
         num_shards=2,
         heartbeat_s=1.0,

@@ -172,7 +172,9 @@ def test_an_early_401_closes_the_connection_instead_of_reading_the_body(service)
         answer = request.send("POST", "/api/v1/jobs", headers, 100 * MIB)
     finally:
         request.close()
-    assert answer.status == 401 and "connection: close" in answer.head.lower(), answer
+    # Serve's proxy says `Connection: close`; HAProxy closes without saying so (it drops the
+    # replica's hop-by-hop header). Either way the connection ends before the body is read.
+    assert answer.status == 401, answer
     assert request.sent_bytes < 100 * MIB  # the server hung up before the body was through
     fresh = RawRequest(service.url)
     try:

