@@ -1,4 +1,5 @@
-"""The embedded SQLite Store: one file, WAL, every call on one worker thread off the event loop."""
+"""The embedded SQLite Store: one file, WAL; writes on one worker thread, reads on another,
+both off the event loop."""
 
 from __future__ import annotations
 
@@ -57,9 +58,12 @@ def path_of(url: str) -> str:
 class SqliteStore(SqlStore):
     """A Store in one SQLite file, shared safely by several processes.
 
-    sqlite3 connections block, so the one connection lives on one dedicated
-    thread and every call is handed to it: the event loop never waits on disk,
-    and the connection is never used from two threads.
+    sqlite3 connections block, so each connection lives on its own dedicated thread
+    and every call is handed to it: the event loop never waits on disk, and no
+    connection is used from two threads. Writes (and reads inside a write
+    transaction) go to the writer; plain reads to the reader, which WAL lets read
+    the last commit while the writer commits the next, so a read never queues
+    behind a commit.
     """
 
     dialect = SQLITE
@@ -67,14 +71,20 @@ class SqliteStore(SqlStore):
     def __init__(self, url: str) -> None:
         self._path = path_of(url)
         self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._read_executor: ThreadPoolExecutor | None = None
 
     async def open(self) -> None:
         if self._executor is not None:
             return
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aos-sqlite")
+        self._read_executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="aos-sqlite-read"
+        )
         try:
             self._conn = await self._run(self._connect)
+            self._reader = await self._run(self._connect_reader, read=True)
         except BaseException:
             await self._shutdown()
             raise
@@ -83,17 +93,24 @@ class SqliteStore(SqlStore):
         if self._executor is None:
             return
         conn, self._conn = self._conn, None
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await self._run(reader.close, read=True)
         if conn is not None:
             await self._run(conn.close)
         await self._shutdown()
 
     async def _shutdown(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            await asyncio.to_thread(executor.shutdown)
+        executors = (self._executor, self._read_executor)
+        self._executor = self._read_executor = None
+        for executor in executors:
+            if executor is not None:
+                await asyncio.to_thread(executor.shutdown)
 
     async def _fetch(self, sql: str, params: Params = (), *, write: bool = False) -> list[Row]:
-        return await self._run(self._fetch_sync, sql, params, write)
+        if write:
+            return await self._run(self._fetch_sync, sql, params)
+        return await self._run(self._read_sync, sql, params, read=True)
 
     async def _write(self, fence: Fence | None, steps: list[Step]) -> None:
         await self._run(self._write_sync, fence, steps)
@@ -104,15 +121,17 @@ class SqliteStore(SqlStore):
     def _load_json(self, value: Any) -> Any:
         return json.loads(value)
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn` on the worker thread. Its errors are translated here, once: the data's
-        fault is `Unstorable`, anything else of sqlite3 (locked, I/O, not a database) or
-        the file system is `StoreUnavailable`; neither carries sqlite3's text."""
-        if self._executor is None:
+    async def _run(self, fn: Callable[..., T], *args: Any, read: bool = False) -> T:
+        """Run `fn` on the writer's thread (the reader's if `read`). Its errors are
+        translated here, once: the data's fault is `Unstorable`, anything else of sqlite3
+        (locked, I/O, not a database) or the file system is `StoreUnavailable`; neither
+        carries sqlite3's text."""
+        executor = self._read_executor if read else self._executor
+        if executor is None:
             raise StoreUnavailable(f"sqlite store {self._path} is not open")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            return await loop.run_in_executor(executor, fn, *args)
         except _REFUSED as exc:  # the committer logs the cause of a refused write
             raise Unstorable() from exc
         except (sqlite3.Error, OSError) as exc:  # OSError: the parent directory cannot be made
@@ -133,10 +152,19 @@ class SqliteStore(SqlStore):
             raise
         return conn
 
-    def _fetch_sync(self, sql: str, params: Params, write: bool) -> list[Row]:
+    def _connect_reader(self) -> sqlite3.Connection:
+        """A second connection, for plain reads; the writer made the file WAL already."""
+        conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        return conn
+
+    def _read_sync(self, sql: str, params: Params) -> list[Row]:
+        if self._reader is None:
+            raise StoreUnavailable(f"sqlite store {self._path} is not open")
+        return self._reader.execute(sql, params).fetchall()
+
+    def _fetch_sync(self, sql: str, params: Params) -> list[Row]:
         conn = self._live()
-        if not write:
-            return conn.execute(sql, params).fetchall()
         with _immediate(conn):
             return conn.execute(sql, params).fetchall()
 
