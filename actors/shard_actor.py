@@ -17,6 +17,7 @@ from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.namespace_settings import NamespaceChanges
 from actors.routing import RAY_NAMESPACE, shard_name
 from actors.shard import Shard
+from actors.shard_client import COALESCED
 from actors.shard_types import AppendAck, ShardConfig, Update
 from actors.webhooks.dispatcher import dispatcher_handle
 from actors.webhooks.dispatcher_client import DispatcherClient
@@ -60,6 +61,19 @@ class ShardActor:
 
     async def stats(self) -> dict[str, Any]:
         return await (await self._ready()).stats()
+
+    async def many(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        """Writes coalesced by one caller (`actors.shard_client.COALESCED`): `(method, args,
+        kwargs)` each, started in order and so committed together; each one's result, or
+        the error it raised, in the same order."""
+        shard = await self._ready()
+        for name, _, _ in calls:
+            if name not in COALESCED:
+                raise ValueError(f"{name!r} is not a coalesced write")
+        return await asyncio.gather(
+            *(getattr(shard, name)(*args, **kwargs) for name, args, kwargs in calls),
+            return_exceptions=True,
+        )
 
     async def submit(
         self, namespace: str, *, job_id: str, spec: JobSpec, actor: str = ""

@@ -10,6 +10,7 @@ iterator over one job, the same for SSE and the Python client.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, cast
 
@@ -30,7 +31,7 @@ from actors.namespace_settings import NamespaceChanges
 from actors.routing import RAY_NAMESPACE, shard_for, shard_name
 from actors.shard_types import AppendAck, Update
 from storage.base import Store
-from storage.errors import AosError, ShardUnavailable
+from storage.errors import AosError, NotFound, ShardUnavailable
 from storage.records import ApiKey, Chunk, Delivery, Job, Namespace
 
 SHARD_RESTART_RETRY_AFTER_S = 1.0
@@ -85,7 +86,7 @@ class ShardClient:
 
     `shards` finds the shard of a slot: by default the named Ray actors, found lazily
     (`ShardClient.in_process` takes plain `Shard` objects, for tests without Ray).
-    `store`, when given, serves replays of committed output directly, sparing the
+    `store`, when given, serves reads of committed jobs and output directly, sparing the
     shard; else they go through the shard. `max_chunk_bytes` is the deployment's
     largest append (`TooLarge` above it).
     """
@@ -177,7 +178,15 @@ class ShardClient:
         await self.owner(namespace).delete(namespace, job_id=check_job_id(job_id), actor=actor)
 
     async def get(self, namespace: str, job_id: str) -> Job:
-        return await self.owner(namespace).get(namespace, job_id=check_job_id(job_id))
+        """The job as committed. From the store when this client has one, sparing the shard
+        a call: every acknowledged write is there, and nothing unacknowledged is."""
+        shard, job_id = self.owner(namespace), check_job_id(job_id)
+        if self._store is None:
+            return await shard.get(namespace, job_id=job_id)
+        job = await self._store.get_job(namespace, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found in namespace {namespace!r}")
+        return job
 
     async def watch(
         self,
@@ -301,13 +310,29 @@ def _actor_shard(slot: int) -> ShardApi:
     return cast(ShardApi, _ActorShard(handle))
 
 
+#: The writes an `_ActorShard` coalesces: those made in one event-loop tick go to their shard
+#: in one actor call (`ShardActor.many`), and so into one group commit. A submit with a
+#: webhook URL (a DNS lookup first) and the slower calls go alone, keeping no one waiting.
+COALESCED = frozenset({"submit", "append", "set_progress", "complete", "cancel"})
+
+_Call = tuple[str, tuple[Any, ...], dict[str, Any]]
+
+
 class _ActorShard:
     """A shard actor handle seen as a `ShardApi`: `await proxy.get(ns, job_id=...)` is
     `await handle.get.remote(ns, job_id=...)`, with Ray's errors translated. `ShardActor`
-    has exactly `ShardApi`'s methods (tests/unit/test_shard_client.py checks it)."""
+    has exactly `ShardApi`'s methods (tests/unit/test_shard_client.py checks it), and
+    `many` for the coalesced writes.
+
+    An actor call costs the caller far more than a write costs the shard (Ray's task
+    submission holds the GIL), so the `COALESCED` writes of one tick share one call; each
+    caller still gets its own result or error.
+    """
 
     def __init__(self, handle: Any) -> None:
         self._handle = handle
+        self._pending: list[tuple[_Call, asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
         method = getattr(self._handle, name)
@@ -315,8 +340,43 @@ class _ActorShard:
         async def call(*args: Any, **kwargs: Any) -> Any:
             return await _unwrapped(method.remote(*args, **kwargs))
 
-        setattr(self, name, call)  # made once per method: __getattr__ runs on misses only
-        return call
+        async def coalesced(*args: Any, **kwargs: Any) -> Any:
+            spec = kwargs.get("spec")
+            if spec is not None and spec.webhook_url is not None:
+                return await call(*args, **kwargs)
+            loop = asyncio.get_running_loop()
+            if not self._pending:
+                loop.call_soon(self._flush)
+            future: asyncio.Future[Any] = loop.create_future()
+            self._pending.append(((name, args, kwargs), future))
+            return await future
+
+        chosen = coalesced if name in COALESCED else call
+        setattr(self, name, chosen)  # made once per method: __getattr__ runs on misses only
+        return chosen
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        task = asyncio.get_running_loop().create_task(self._send(pending))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, pending: list[tuple[_Call, asyncio.Future[Any]]]) -> None:
+        try:
+            if len(pending) == 1:
+                (name, args, kwargs), _ = pending[0]
+                results = [await _unwrapped(getattr(self._handle, name).remote(*args, **kwargs))]
+            else:
+                results = await _unwrapped(self._handle.many.remote([c for c, _ in pending]))
+        except BaseException as exc:  # the call as a whole failed: each caller gets why
+            results = [exc] * len(pending)
+        for (_, future), result in zip(pending, results, strict=True):
+            if future.done():  # its caller went away; the write stands, as it would alone
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
 
 async def _unwrapped(ref: Awaitable[Any]) -> Any:

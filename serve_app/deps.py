@@ -46,11 +46,17 @@ class Deps:
         return cls(config, store, shards, keys)
 
 
-def deps(request: Request) -> Deps:
+def of(request: Request) -> Deps:
+    """The `Deps` of the app serving `request`."""
     found: Deps | None = getattr(request.app.state, "deps", None)
     if found is None:
         raise RuntimeError("the app has no dependencies yet (create_app(deps) or app.state.deps)")
     return found
+
+
+async def deps(request: Request) -> Deps:
+    """`of(request)` as a dependency; async, because FastAPI runs a plain def in a thread."""
+    return of(request)
 
 
 D = Annotated[Deps, Depends(deps)]

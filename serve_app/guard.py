@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.limits import MAX_JSON_BODY_BYTES, check_size, parse_decimal
 from serve_app import errors
-from serve_app.deps import deps
+from serve_app.deps import of
 from storage.errors import AosError, BadRequest
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class Guard:
             return
         request = Request(scope)
         try:
-            request.state.principal = await deps(request).keys.authenticate(
+            request.state.principal = await of(request).keys.authenticate(
                 request.headers.get("authorization")
             )
             if _has_json_body(scope):
