@@ -19,7 +19,8 @@ from actors.shard import Shard
 from actors.shard_actor import ShardActor
 from actors.shard_client import COALESCED, ShardApi, ShardClient
 from storage.errors import Invalid, NotFound, TooLarge
-from storage.records import ApiKey, Chunk, Job, JobStatus
+from storage.memory import MemoryStore
+from storage.records import ApiKey, Batch, Chunk, Job, JobStatus
 
 NUM_SHARDS = 4
 API_METHODS = sorted(
@@ -255,6 +256,18 @@ async def test_output_is_served_by_the_store_when_the_client_has_one():
     chunks = [c async for c in client.output(job_with_output(5))]
     assert [c.seq for c in chunks] == [1, 2, 3, 4, 5]
     assert store.pages and fleet.calls() == [[]] * NUM_SHARDS
+
+
+async def test_a_committed_job_is_read_from_the_store_when_the_client_has_one():
+    store = MemoryStore()
+    job = job_with_output(0)
+    await store.commit(Batch(jobs=[job]))
+    fleet = Fleet()
+    client = ShardClient(num_shards=NUM_SHARDS, shards=fleet._find, store=store)
+    assert await client.get(job.namespace, job.job_id) == job
+    with pytest.raises(NotFound):
+        await client.get(job.namespace, "missing")
+    assert fleet.calls() == [[]] * NUM_SHARDS  # no shard was asked
 
 
 # -- the shard's interface, in process and through Ray ---------------------------------------
