@@ -13,16 +13,17 @@ import ray
 from cluster import bootstrap, ray_connect
 from cluster.settings import Settings
 from tests.conftest import free_port
+from tests.e2e import soak
 from tests.e2e.receiver import Receiver, running_receiver
 
 ADMIN_KEY = "e2e-admin-key"
 
 
 @pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bootstrap.Service]:
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The session service's settings: the defaults (HAProxy ingress), free ports."""
     data = tmp_path_factory.mktemp("aos")
-    ray_connect.connect(None, num_cpus=2)
-    settings = Settings(
+    return Settings(
         storage_url=f"sqlite:///{data}/aos.db",
         http_port=free_port(),
         haproxy_stats_port=free_port(),
@@ -34,10 +35,28 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bootstrap.Serv
         webhook_allowed_networks="127.0.0.0/8",
         webhook_coalesce_s=1.0,
     )
+
+
+@pytest.fixture(scope="session")
+def service(settings: Settings) -> Iterator[bootstrap.Service]:
+    ray_connect.connect(None, num_cpus=2)
     svc = bootstrap.start(settings)
+    global _soak
+    _soak = soak.start(svc.url, ADMIN_KEY, max_wait_s=settings.max_wait_s)
     yield svc
+    _soak.stop.set()
     bootstrap.stop(svc)
     ray.shutdown()
+
+
+_soak: soak.Soak | None = None
+
+
+@pytest.fixture
+def held(service: bootstrap.Service) -> soak.Soak:
+    """The stream and long-polls opened when the session's service started (tests/e2e/soak.py)."""
+    assert _soak is not None
+    return _soak
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.e2e.listening import listeners
 from tests.e2e.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -29,9 +31,18 @@ RAY_CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any Ray address, so that nothing is named for Ray."""
+    """This environment without any Ray address, so that nothing is named for Ray; HAProxy's
+    stats and metrics and Serve's fallback proxy on free ports, whatever else runs here."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "AOS_RAY_ADDRESS")}
-    return {**env, **extra}
+    ports = {
+        name: str(free_port())
+        for name in (
+            "AOS_HAPROXY_STATS_PORT",
+            "AOS_HAPROXY_METRICS_PORT",
+            "AOS_FALLBACK_PROXY_PORT",
+        )
+    }
+    return {**env, **ports, **extra}
 
 
 def session_processes(sid: int) -> list[int]:
@@ -64,10 +75,11 @@ class Serve:
     """One `aos serve` subprocess and what it printed."""
 
     def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.env = env or clean_env()
         self.process = subprocess.Popen(
             [str(BIN / "aos"), "serve", *args],
             cwd=cwd,
-            env=env or clean_env(),
+            env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -175,6 +187,10 @@ def test_serve_runs_its_own_cluster_beside_another_and_stops_cleanly_on_sigterm(
         address = ray_line.split()[2]
         assert address != foreign_cluster
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+        # HAProxy by default; its stats and metrics on loopback only.
+        assert listeners(port) == [("127.0.0.1", "haproxy")]
+        for name in ("AOS_HAPROXY_STATS_PORT", "AOS_HAPROXY_METRICS_PORT"):
+            assert listeners(int(serve.env[name])) == [("127.0.0.1", "haproxy")]
 
         # A quiet terminal: our progress lines, the ready line, the key, the address.
         assert all(
@@ -277,6 +293,37 @@ def test_sigint_while_starting_stops_everything_it_started(tmp_path):
         code, _, err = serve.finish(timeout_s=60)
         assert code == 130
         assert "interrupted while starting" in err
+        assert_all_gone(serve.process.pid)
+    finally:
+        serve.kill()
+
+
+def test_a_taken_haproxy_port_is_refused_by_name_before_anything_starts(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        stats = taken.getsockname()[1]
+        env = clean_env(AOS_HAPROXY_STATS_PORT=str(stats))
+        code, out, err = Serve(tmp_path, "--port", str(free_port()), env=env).finish(timeout_s=60)
+    assert code == 1, out + err
+    assert f"port {stats} on 127.0.0.1 is already in use" in err
+    assert "choose AOS_HAPROXY_STATS_PORT" in err
+    assert "starting Ray" not in out
+
+
+def test_aos_ingress_serve_switches_back_to_serves_own_proxy(tmp_path):
+    port = free_port()
+    serve = Serve(
+        tmp_path, "--port", str(port), "--shards", "1", env=clean_env(AOS_INGRESS="serve")
+    )
+    try:
+        serve.read_until("Async Output Service ready at ")
+        assert listeners(port) == [("127.0.0.1", "ray::ProxyActor")]
+        assert not any(
+            name == "haproxy" for _, name in listeners(int(serve.env["AOS_HAPROXY_STATS_PORT"]))
+        )
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+        serve.process.send_signal(signal.SIGINT)
+        code, _, err = serve.finish(timeout_s=90)
+        assert code == 0, err
         assert_all_gone(serve.process.pid)
     finally:
         serve.kill()

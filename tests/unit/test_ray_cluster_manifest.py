@@ -45,3 +45,15 @@ def test_cluster_has_head_workers_and_gcs_fault_tolerance():
     (workers,) = cluster["workerGroupSpecs"]
     assert workers["replicas"] >= 1
     assert workers["template"]["spec"]["containers"][0]["image"] == head["image"]
+
+
+def test_every_pod_runs_serve_with_haproxy_and_its_admin_ports_on_loopback():
+    cluster = _manifest()["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for pod in pods:
+        env = {
+            var["name"]: var.get("value") for var in pod["template"]["spec"]["containers"][0]["env"]
+        }
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+        assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("/aos-haproxy")
+        assert env["AOS_HAPROXY_ADMIN_HOST"] == "127.0.0.1"

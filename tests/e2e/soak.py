@@ -1,0 +1,93 @@
+"""Requests that stay open for minutes through the ingress, started with the session's service
+and checked by tests/e2e/test_ingress.py once they have lasted `SOAK_S`.
+
+One SSE stream on an idle job (heartbeats only), and long-polls that each wait the
+service's maximum (`max_wait_s`) for a change that does not come. They run on their own
+threads while the rest of the suite runs, so minutes of holding cost the suite no time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from tests.e2e.sse import frames
+
+#: How long the stream and the long-polls are held before they are checked.
+SOAK_S = 150.0
+
+
+@dataclass
+class Soak:
+    url: str
+    key: str
+    job_id: str
+    started: float = field(default_factory=time.monotonic)
+    #: (monotonic time, frame) of every SSE frame or comment received.
+    frames: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    #: (status code, seconds) of every finished long-poll.
+    polls: list[tuple[int, float]] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def stream(self) -> None:
+        try:
+            with (
+                httpx.Client(base_url=self.url, headers=self.headers(), timeout=30) as http,
+                http.stream("GET", f"/api/v1/jobs/{self.job_id}/stream") as response,
+            ):
+                response.raise_for_status()
+                for frame in frames(response):
+                    self.frames.append((time.monotonic(), frame))
+                    if frame.get("event") == "end":
+                        return
+        except BaseException as exc:  # kept for the test to report
+            self.errors.append(exc)
+
+    def long_polls(self, revision: int, wait_s: float) -> None:
+        try:
+            with httpx.Client(
+                base_url=self.url, headers=self.headers(), timeout=wait_s + 30
+            ) as http:
+                while not self.stop.is_set():
+                    began = time.monotonic()
+                    answer = http.get(
+                        f"/api/v1/jobs/{self.job_id}/status",
+                        params={"wait": wait_s},
+                        headers={"If-None-Match": f'"{revision}"'},
+                    )
+                    self.polls.append((answer.status_code, time.monotonic() - began))
+                    if answer.status_code != 304:
+                        return
+        except BaseException as exc:
+            self.errors.append(exc)
+
+
+def start(url: str, admin_key: str, *, max_wait_s: float) -> Soak:
+    """A namespace, a key and an idle job; the stream and the long-polls begin now."""
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    name = f"soak-{uuid.uuid4().hex[:8]}"
+    with httpx.Client(base_url=url, headers=admin, timeout=30) as http:
+        http.post("/api/v1/namespaces", json={"name": name}).raise_for_status()
+        key = http.post(f"/api/v1/namespaces/{name}/keys").json()["key"]
+    soak = Soak(url, key, job_id="idle")
+    with httpx.Client(base_url=url, headers=soak.headers(), timeout=30) as http:
+        revision = http.post("/api/v1/jobs", json={"jobId": soak.job_id}).json()["revision"]
+    soak.threads = [
+        threading.Thread(target=soak.stream, name="soak-stream", daemon=True),
+        threading.Thread(
+            target=soak.long_polls, args=(revision, max_wait_s), name="soak-poll", daemon=True
+        ),
+    ]
+    for thread in soak.threads:
+        thread.start()
+    return soak

@@ -1,0 +1,100 @@
+"""The ingress switches, and the `aos-haproxy` wrapper that keeps HAProxy's admin ports off
+every interface (cluster/ingress.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster.ingress import ADMIN_HOST_VAR, BINARY_VAR, bind_admin, environment
+from cluster.settings import Settings
+
+#: The parts of the config Serve 2.60 renders that matter here (haproxy_templates.py).
+SERVE_CONFIG = """global
+    stats socket /tmp/haproxy-serve/admin.sock mode 666 level admin expose-fd listeners
+defaults
+    mode http
+frontend prometheus
+    bind :9101
+    mode http
+    http-request use-service prometheus-exporter if { path /metrics }
+frontend http_frontend
+    bind *:8000
+backend http-aos
+    server replica 127.0.0.1:30000 check
+listen stats
+  bind *:8404
+  stats enable
+"""
+
+
+def test_only_the_stats_and_metrics_binds_move_to_the_admin_host():
+    rewritten = bind_admin(SERVE_CONFIG, "127.0.0.1")
+    assert "    bind 127.0.0.1:9101\n" in rewritten
+    assert "  bind 127.0.0.1:8404\n" in rewritten
+    assert "    bind *:8000\n" in rewritten  # the API stays where --host put it
+    assert (
+        rewritten.replace("127.0.0.1:9101", ":9101").replace("127.0.0.1:8404", "*:8404")
+        == SERVE_CONFIG
+    )
+    assert bind_admin(rewritten, "127.0.0.1") == rewritten  # idempotent
+
+
+def test_haproxy_mode_sets_serves_switches_ports_and_the_wrapper():
+    env = environment(
+        "haproxy", admin_host="10.0.0.7", stats_port=1, metrics_port=2, fallback_port=3
+    )
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == "1"
+    assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "2"
+    assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "3"
+    assert env[ADMIN_HOST_VAR] == "10.0.0.7"
+    assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("/aos-haproxy")
+    assert os.access(env[BINARY_VAR], os.X_OK) and "aos-haproxy" not in env[BINARY_VAR]
+
+
+def test_serve_mode_turns_both_switches_off():
+    assert Settings(ingress="serve").ingress_environment() == {
+        "RAY_SERVE_ENABLE_HA_PROXY": "0",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0",
+    }
+
+
+def test_haproxy_is_the_default_and_every_port_it_opens_is_listed():
+    settings = Settings()
+    assert settings.ingress == "haproxy"
+    assert settings.listening() == [
+        ("127.0.0.1", 8000, "--port"),
+        ("127.0.0.1", 8404, "AOS_HAPROXY_STATS_PORT"),
+        ("127.0.0.1", 9101, "AOS_HAPROXY_METRICS_PORT"),
+        ("127.0.0.1", 8500, "AOS_FALLBACK_PROXY_PORT"),
+    ]
+    assert Settings(ingress="serve").listening() == [("127.0.0.1", 8000, "--port")]
+    with pytest.raises(ValueError):
+        Settings(ingress="nginx")
+
+
+def test_the_wrapper_rewrites_the_config_then_runs_the_real_binary_with_the_same_args(
+    tmp_path: Path,
+):
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(SERVE_CONFIG)
+    fake = tmp_path / "haproxy"
+    fake.write_text('#!/bin/sh\necho "args: $*"\n')
+    fake.chmod(0o755)
+    wrapper = Path(sys.executable).with_name("aos-haproxy")
+    done = subprocess.run(
+        [str(wrapper), "-db", "-f", str(config), "-sf", "123"],
+        env={**os.environ, BINARY_VAR: str(fake), ADMIN_HOST_VAR: "127.0.0.2"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert done.stdout == f"args: -db -f {config} -sf 123\n"
+    assert "bind 127.0.0.2:8404" in config.read_text()
+    assert "bind 127.0.0.2:9101" in config.read_text()
