@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench services services-stop clean
+.PHONY: install run test lint bench bench-http bench-spine services services-stop clean
 
 install: $(STAMP)
 
@@ -25,8 +25,14 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict storage actors serve_app cluster
 
-bench: install
-	$(BIN)/python bench/spine.py
+# Both benchmarks, HTTP throughput first (bench/README.md); BENCH_ARGS=--quick for short runs.
+bench: bench-http bench-spine
+
+bench-http: install
+	$(BIN)/python bench/http.py $(BENCH_ARGS)
+
+bench-spine: install
+	$(BIN)/python bench/spine.py $(BENCH_ARGS)
 
 # Every server the full suite uses (PostgreSQL, MariaDB), under .services/; see .ci/services.
 services:
