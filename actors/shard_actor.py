@@ -32,13 +32,17 @@ MAX_CONCURRENCY = 10_000
     num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=MAX_CONCURRENCY
 )
 class ShardActor:
-    """One slot's owner. After a restart the constructor runs again and state reloads lazily."""
+    """One slot's owner. After a restart the constructor runs again and wakes the actor, which
+    takes the slot's lease and reloads its running jobs (`Shard.start`)."""
 
     def __init__(self, config: ShardConfig, store_url: str) -> None:
         self._config = config
         self._store_url = store_url
         self._shard: Shard | None = None
         self._starting: asyncio.Lock | None = None
+        # Wake at once, restarted or not: reads go to the store and may never call a shard,
+        # yet its pending webhook deliveries must go on. The call runs after this returns.
+        self._woken = ray.get_runtime_context().current_actor.ping.remote()
 
     async def _ready(self) -> Shard:
         if self._shard is not None:
