@@ -30,6 +30,10 @@ MAX_CHUNK_BYTES = 4 * 1024 * 1024
 #: with every field full is ~13K characters, ~140 KB even were each one written as a
 #: `\uXXXX\uXXXX` surrogate pair (12 bytes; tests/unit/test_guard.py builds it).
 MAX_JSON_BODY_BYTES = 256 * 1024
+#: The most jobs one batch submit holds (HTTP `POST /api/v1/jobs:batch`, `Client.submit_many`).
+MAX_BATCH_JOBS = 1000
+#: The largest batch submit body: 1,000 submits of ~16 KiB each (typical ones are ~1 KiB).
+MAX_BATCH_BODY_BYTES = 16 * 1024 * 1024
 MAX_SECRET_GRACE_S = 30 * 86400
 #: Sequence numbers, offsets and revisions are stored as signed 64-bit integers.
 MAX_INT64 = 2**63 - 1
