@@ -91,6 +91,12 @@ def check_text(name: str, value: object, limit: int) -> str | None:
     return check_storable(name, value)
 
 
+def check_batch(count: int) -> None:
+    """A batch submit of `count` jobs: `TooLarge` over `MAX_BATCH_JOBS`."""
+    if count > MAX_BATCH_JOBS:
+        raise TooLarge(f"a batch holds at most {MAX_BATCH_JOBS} jobs, this one {count}: split it")
+
+
 def check_chunk(data: object, limit: int) -> bytes:
     """One append's bytes: non-empty, at most `limit` bytes."""
     if not isinstance(data, bytes | bytearray | memoryview):

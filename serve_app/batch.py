@@ -8,21 +8,23 @@ single submit would have answered, and its job or its error.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, SkipValidation, ValidationError
+from pydantic import BaseModel, ConfigDict, SkipValidation
 
-from actors.limits import MAX_BATCH_JOBS
+from actors.limits import check_batch
 from actors.render import job_json
+from actors.shard_client import ShardClient
 from actors.shard_types import SubmitItem, SubmitResult
 from serve_app.deps import Caller, D, submit_namespace
-from serve_app.errors import error_json, invalid_body, retry_after, status_of
+from serve_app.errors import error_json, retry_after, status_of
 from serve_app.keys import Principal
 from serve_app.models import SubmitRequest
 from serve_app.openapi import COMMON, ErrorDetail, responses
-from storage.errors import AosError, TooLarge
+from storage.errors import AosError
 
 PATH = "/api/v1/jobs:batch"
 
@@ -65,26 +67,25 @@ async def submit_batch(
 ) -> JSONResponse:
     """Submit up to 1,000 jobs (`{"jobs": [<submit body>, ...]}`); `?namespace=` is the
     namespace of the jobs that name none. Over 1,000 jobs is 413, the whole batch."""
-    if len(body.jobs) > MAX_BATCH_JOBS:
-        raise TooLarge(
-            f"a batch holds at most {MAX_BATCH_JOBS} jobs, this one {len(body.jobs)}: split it"
-        )
+    check_batch(len(body.jobs))
     checked = [_item(job, caller, namespace) for job in body.jobs]
-    results = iter(await deps.shards.submit_many([c for c in checked if isinstance(c, SubmitItem)]))
-    outcomes = [
-        next(results) if isinstance(c, SubmitItem) else SubmitResult(error=c) for c in checked
-    ]
-    return _reply(outcomes)
+    return _reply(await submit_checked(deps.shards, checked))
+
+
+async def submit_checked(
+    shards: ShardClient, checked: Sequence[SubmitItem | AosError]
+) -> list[SubmitResult]:
+    """Submit the jobs that passed the edge's checks (`ShardClient.submit_many`, one call);
+    the others keep their error. One result per entry, in order."""
+    results = iter(await shards.submit_many([c for c in checked if isinstance(c, SubmitItem)]))
+    return [next(results) if isinstance(c, SubmitItem) else SubmitResult(error=c) for c in checked]
 
 
 def _item(job: object, caller: Principal, namespace: str | None) -> SubmitItem | AosError:
     """One job checked as a single submit checks its body (in the same order, so with the
     same error), or its error."""
     try:
-        request = SubmitRequest.model_validate(job)
-    except ValidationError as exc:
-        return invalid_body(exc.errors(), subject="a job")
-    try:
+        request = SubmitRequest.parse(job)
         ns = submit_namespace(caller, request.namespace, namespace)
         return SubmitItem(ns, request.job_id, request.spec(), caller.key_id)
     except AosError as exc:
