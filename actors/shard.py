@@ -329,26 +329,25 @@ class Shard:
         return None
 
     async def _load_many(self, keys: Sequence[Key]) -> dict[Key, LiveJob | AosError | None]:
-        """Each job as it is now: loaded (from the store if need be), None when there is
-        none, or the error reading it. The store reads run concurrently."""
-        found: dict[Key, LiveJob | AosError | None] = {}
-        missing = []
-        for key in keys:
-            live = self._jobs.get(key)
-            if live is not None:
-                found[key] = live
-            elif key not in found:
-                found[key] = None
-                missing.append(key)
-        outcomes = await _concurrently([self._find(key) for key in missing])
-        found.update(zip(missing, outcomes, strict=True))
+        """Each job as it is now: loaded (from the store if need be: one read per namespace,
+        the namespaces concurrently), None when there is none, or the error reading it."""
+        ids: dict[str, list[str]] = {}
+        for namespace, job_id in keys:
+            ids.setdefault(namespace, []).append(job_id)
+        found: dict[Key, LiveJob | AosError | None] = dict.fromkeys(keys)
+        loads = await _concurrently([self._load_namespace(ns, some) for ns, some in ids.items()])
+        for (namespace, some), loaded in zip(ids.items(), loads, strict=True):
+            if isinstance(loaded, AosError):
+                found.update(((namespace, job_id), loaded) for job_id in some)
+            else:
+                found.update(((namespace, job_id), live) for job_id, live in loaded.items())
         return found
 
-    async def _find(self, key: Key) -> LiveJob | AosError | None:
+    async def _load_namespace(
+        self, namespace: str, job_ids: list[str]
+    ) -> dict[str, LiveJob] | AosError:
         try:
-            return await self._jobs.load(*key)
-        except NotFound:
-            return None
+            return await self._jobs.load_many(namespace, job_ids)
         except AosError as exc:
             return exc
 

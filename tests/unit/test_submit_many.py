@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -30,7 +31,8 @@ from storage.errors import (
     TooLarge,
     Unstorable,
 )
-from storage.records import Job
+from storage.records import Job, JobStatus
+from tests.unit.fakes import GatedStore
 
 MARK = "unstorable-title-7f3a"
 
@@ -84,6 +86,47 @@ async def test_an_id_twice_in_a_batch_is_created_once_then_200_or_409(shard, sto
     ]
     assert results[0].job == results[1].job
     assert len(store.commits[-1].jobs) == 2
+
+
+class CountingStore(GatedStore):
+    """Counts the job reads (one id or many)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.job_reads = 0
+
+    async def get_job(self, namespace: str, job_id: str) -> Job | None:
+        self.job_reads += 1
+        return await super().get_job(namespace, job_id)
+
+    async def get_jobs(self, namespace: str, job_ids: Sequence[str]) -> list[Job]:
+        self.job_reads += 1
+        return await super().get_jobs(namespace, job_ids)
+
+
+async def test_jobs_only_in_the_store_are_read_once_per_namespace_and_found():
+    store = CountingStore()
+    await store.open()
+    first = Shard(store, ShardConfig(slot=0, num_shards=1))
+    await first.start()
+    for name in ("acme", "globex"):
+        await first.namespaces.create(name, NamespaceChanges(), actor="t")
+    items = [item(f"j{i}", namespace=("acme", "globex")[i % 2]) for i in range(100)]
+    await first.submit_many(items)
+    for done in items:
+        await first.cancel(done.namespace, job_id=str(done.job_id))
+    await first.stop()
+    reborn = Shard(store, ShardConfig(slot=0, num_shards=1))  # holds no finished job
+    await reborn.start()
+    store.job_reads = 0
+    results = await reborn.submit_many([*items, item("new")])
+    assert [outcome(r) for r in results] == [
+        *((i.job_id, False, None) for i in items),
+        ("new", True, None),
+    ]
+    assert all(r.job.status is JobStatus.CANCELLED for r in results[:-1] if r.job)
+    assert store.job_reads == 2
+    await reborn.stop()
 
 
 async def test_an_item_the_store_cannot_hold_fails_alone_and_the_others_are_stored(shard, store):
