@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from actors.limits import (
@@ -205,9 +205,15 @@ class JobSpec:
         )
 
     def fingerprint(self) -> str:
-        """Stable hash of the request: a resubmit with the same id must match it."""
-        canonical = json.dumps(asdict(self), sort_keys=True, default=str)
+        """Stable hash of the request: a resubmit with the same id must match it. Stored with
+        each job, so its canonical form never changes (`asdict`'s JSON, made without its
+        deep copy: a batch submit hashes every job)."""
+        values = {name: getattr(self, name) for name in _SPEC_FIELDS}
+        canonical = json.dumps(values, sort_keys=True, default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+_SPEC_FIELDS = tuple(spec_field.name for spec_field in fields(JobSpec))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Iterable
 
 from actors.tail import OutputTail
 from storage.base import Store
@@ -60,13 +61,36 @@ class JobTable:
         live = self._jobs.get(key)
         if live is None and key not in self.deleting:
             job = await self._store.get_job(namespace, job_id)
-            live = self._jobs.get(key)  # another call may have loaded it meanwhile
-            if live is None and job is not None and key not in self.deleting:
-                live = self.add(job, committed=True)
-                if job.status.terminal:
-                    self._remember_terminal(key)
+            live = self._loaded(job) if job is not None else None
         if live is None:
             raise NotFound(f"job {job_id!r} not found in namespace {namespace!r}")
+        return live
+
+    async def load_many(self, namespace: str, job_ids: Iterable[str]) -> dict[str, LiveJob]:
+        """The live jobs among `job_ids` that exist, as `load` finds each, by id; one store
+        read for those not in memory (none when all are)."""
+        found: dict[str, LiveJob] = {}
+        missing = []
+        for job_id in job_ids:
+            live = self._jobs.get((namespace, job_id))
+            if live is not None:
+                found[job_id] = live
+            elif (namespace, job_id) not in self.deleting:
+                missing.append(job_id)
+        for job in await self._store.get_jobs(namespace, missing) if missing else ():
+            live = self._loaded(job)
+            if live is not None:
+                found[job.job_id] = live
+        return found
+
+    def _loaded(self, job: Job) -> LiveJob | None:
+        """`job`, just read from the store, as the live job (unless another call loaded it
+        meanwhile, or is deleting it)."""
+        live = self._jobs.get(job.key)
+        if live is None and job.key not in self.deleting:
+            live = self.add(job, committed=True)
+            if job.status.terminal:
+                self._remember_terminal(job.key)
         return live
 
     def on_committed(self, batch: Batch) -> None:

@@ -30,6 +30,10 @@ MAX_CHUNK_BYTES = 4 * 1024 * 1024
 #: with every field full is ~13K characters, ~140 KB even were each one written as a
 #: `\uXXXX\uXXXX` surrogate pair (12 bytes; tests/unit/test_guard.py builds it).
 MAX_JSON_BODY_BYTES = 256 * 1024
+#: The most jobs one batch submit holds (HTTP `POST /api/v1/jobs:batch`, `Client.submit_many`).
+MAX_BATCH_JOBS = 1000
+#: The largest batch submit body: 1,000 submits of ~16 KiB each (typical ones are ~1 KiB).
+MAX_BATCH_BODY_BYTES = 16 * 1024 * 1024
 MAX_SECRET_GRACE_S = 30 * 86400
 #: Sequence numbers, offsets and revisions are stored as signed 64-bit integers.
 MAX_INT64 = 2**63 - 1
@@ -85,6 +89,12 @@ def check_text(name: str, value: object, limit: int) -> str | None:
         raise Invalid(f"{name} must be a string")
     check_size(name, len(value), limit)
     return check_storable(name, value)
+
+
+def check_batch(count: int) -> None:
+    """A batch submit of `count` jobs: `TooLarge` over `MAX_BATCH_JOBS`."""
+    if count > MAX_BATCH_JOBS:
+        raise TooLarge(f"a batch holds at most {MAX_BATCH_JOBS} jobs, this one {count}: split it")
 
 
 def check_chunk(data: object, limit: int) -> bytes:

@@ -14,15 +14,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
-from actors.commands import Completion, JobSpec, ProgressUpdate, check_encoding
+from actors.commands import Completion, JobSpec, ProgressUpdate, check_encoding, new_job_id
 from actors.committer import GroupCommitter, durable
-from actors.job_table import JobTable, LiveJob
+from actors.job_table import JobTable, Key, LiveJob
 from actors.namespace_settings import NamespaceChanges
 from actors.namespaces import NamespaceBook, audit_entry
-from actors.shard_types import AppendAck, ShardConfig, Update
+from actors.shard_types import AppendAck, ShardConfig, SubmitItem, SubmitResult, Update
 from actors.tail import OutputTail
 from actors.webhooks import ssrf
 from actors.webhooks.delivery import Send
@@ -46,6 +47,8 @@ from storage.records import (
     JobStatus,
     Namespace,
 )
+
+T = TypeVar("T")
 
 
 class Shard:
@@ -133,20 +136,31 @@ class Shard:
         self, namespace: str, *, job_id: str, spec: JobSpec, actor: str = ""
     ) -> tuple[Job, bool]:
         """Create a job; `(job, False)` when the same request was already accepted."""
-        await self.namespaces.get(namespace)
-        if spec.webhook_url is not None:
-            await ssrf.resolve_and_check(spec.webhook_url, allowed=self._allowed)
-        fingerprint = spec.fingerprint()
-        key = (namespace, job_id)
-        while key in self._jobs.deleting:
+        [result] = await self.submit_many([SubmitItem(namespace, job_id, spec, actor)])
+        if result.error is not None:
+            raise result.error
+        return _job_of(result), result.created
+
+    async def submit_many(self, items: Sequence[SubmitItem]) -> list[SubmitResult]:
+        """Create jobs, each as `submit` would; one result per item, in order.
+
+        Every item gets `submit`'s checks (its namespace is this shard's and exists, its
+        webhook host is public, the same id with the same request again is `created`
+        False, with another request `Conflict`; an id twice in `items` is the same). All
+        new jobs are handed to the group commit before any is awaited, so they share one
+        commit. An item's error is its own (`Unstorable` for data the store refused); a
+        shard-wide one (`Fenced`, `Overloaded`, `StoreUnavailable`) fails the items it
+        reaches.
+        """
+        keys = [(item.namespace, _job_id(item)) for item in items]
+        errors = await self._precheck(items)
+        while any(key in self._jobs.deleting for key in keys):
             await self._require_committer().barrier()
-        try:
-            live = await self._load(namespace, job_id)
-        except NotFound:
-            return await self._create(namespace, job_id, spec, actor), True
-        if live.current.request_hash != fingerprint:
-            raise Conflict(f"job {job_id!r} exists with a different request")
-        return await self._durable(live), False
+        wanted = [key for key, error in zip(keys, errors, strict=True) if error is None]
+        loaded = await self._load_many(wanted)
+        # From here to the awaits below nothing yields: the jobs loaded stay as seen.
+        waits = self._decide(items, keys, errors, loaded)
+        return [await self._outcome(wait) for wait in waits]
 
     async def append(
         self, namespace: str, *, job_id: str, data: bytes, seq: int | None = None
@@ -283,19 +297,117 @@ class Shard:
 
     # -- internals ----------------------------------------------------------------------------
 
-    async def _create(self, namespace: str, job_id: str, spec: JobSpec, actor: str) -> Job:
-        now = self._clock()
-        job = spec.new_job(namespace, job_id, slot=self._config.slot, now=now)
-        self._check_writable()
-        hooks = self.namespaces.cached_hooks(namespace)
-        future = self._require_committer().add(
-            jobs=[job],
-            deliveries=self._webhooks.on_change(None, job, (), hooks),
-            audit=[audit_entry(now, namespace, actor, "job.submit", job_id)],
+    async def _precheck(self, items: Sequence[SubmitItem]) -> list[AosError | None]:
+        """What a submit checks before it looks at its job: the namespace is this shard's and
+        exists, the webhook host resolves to public addresses. Each namespace and URL once;
+        the URLs concurrently (DNS)."""
+        refused: dict[str, AosError] = {}
+        for namespace in {item.namespace for item in items}:
+            try:
+                await self.namespaces.get(namespace)
+            except AosError as exc:
+                refused[namespace] = exc
+        urls = list(
+            {
+                item.spec.webhook_url
+                for item in items
+                if item.spec.webhook_url is not None and item.namespace not in refused
+            }
         )
+        checked = await _concurrently([self._check_webhook(url) for url in urls])
+        url_refused = {url: error for url, error in zip(urls, checked, strict=True) if error}
+        return [
+            refused.get(item.namespace) or url_refused.get(item.spec.webhook_url or "")
+            for item in items
+        ]
+
+    async def _check_webhook(self, url: str) -> AosError | None:
+        try:
+            await ssrf.resolve_and_check(url, allowed=self._allowed)
+        except AosError as exc:
+            return exc
+        return None
+
+    async def _load_many(self, keys: Sequence[Key]) -> dict[Key, LiveJob | AosError | None]:
+        """Each job as it is now: loaded (from the store if need be: one read per namespace,
+        the namespaces concurrently), None when there is none, or the error reading it."""
+        ids: dict[str, list[str]] = {}
+        for namespace, job_id in keys:
+            ids.setdefault(namespace, []).append(job_id)
+        found: dict[Key, LiveJob | AosError | None] = dict.fromkeys(keys)
+        loads = await _concurrently([self._load_namespace(ns, some) for ns, some in ids.items()])
+        for (namespace, some), loaded in zip(ids.items(), loads, strict=True):
+            if isinstance(loaded, AosError):
+                found.update(((namespace, job_id), loaded) for job_id in some)
+            else:
+                found.update(((namespace, job_id), live) for job_id, live in loaded.items())
+        return found
+
+    async def _load_namespace(
+        self, namespace: str, job_ids: list[str]
+    ) -> dict[str, LiveJob] | AosError:
+        try:
+            return await self._jobs.load_many(namespace, job_ids)
+        except AosError as exc:
+            return exc
+
+    def _decide(
+        self,
+        items: Sequence[SubmitItem],
+        keys: list[Key],
+        errors: list[AosError | None],
+        loaded: dict[Key, LiveJob | AosError | None],
+    ) -> list[_Wait]:
+        """Each item's outcome, or what to wait for: a new job's add (every add is made
+        here, before any is awaited: one group commit), or an existing job's commit."""
+        waits: list[_Wait] = []
+        created: dict[Key, _Wait] = {}
+        for item, key, error in zip(items, keys, errors, strict=True):
+            found = error or self._jobs.get(key) or loaded[key]
+            if isinstance(found, AosError):
+                waits.append(_Wait(error=found))
+            elif found is None:
+                wait = created[key] = self._create(item, key)
+                waits.append(wait)
+            elif found.current.request_hash != item.spec.fingerprint():
+                conflict = Conflict(f"job {key[1]!r} exists with a different request")
+                waits.append(_Wait(error=conflict))
+            elif key in created:  # the same job twice in this batch: the first creates it
+                waits.append(replace(created[key], created=False))
+            else:
+                waits.append(_Wait(live=found))
+        return waits
+
+    def _create(self, item: SubmitItem, key: Key) -> _Wait:
+        """Hand a new job to the group commit (not awaited) and hold it in memory."""
+        try:
+            self._check_writable()
+        except Fenced as exc:
+            return _Wait(error=exc)
+        namespace, job_id = key
+        now = self._clock()
+        job = item.spec.new_job(namespace, job_id, slot=self._config.slot, now=now)
+        hooks = self.namespaces.cached_hooks(namespace)
+        deliveries = self._webhooks.on_change(None, job, (), hooks)
+        audit = audit_entry(now, namespace, item.actor, "job.submit", job_id)
+        try:
+            future = self._require_committer().add(jobs=[job], deliveries=deliveries, audit=[audit])
+        except Overloaded as exc:
+            self._webhooks.failed(deliveries)
+            return _Wait(error=exc)
         self._jobs.add(job, committed=False)
-        await durable(future)
-        return job
+        return _Wait(job=job, future=future, created=True)
+
+    async def _outcome(self, wait: _Wait) -> SubmitResult:
+        try:
+            if wait.future is not None:
+                await durable(wait.future)
+                return SubmitResult(wait.job, wait.created)
+            if wait.live is not None:
+                return SubmitResult(await self._durable(wait.live), False)
+        except AosError as exc:
+            return SubmitResult(error=exc)
+        return SubmitResult(error=wait.error)
 
     async def _finish(
         self, live: LiveJob, status: JobStatus, error: str | None, *, action: str, actor: str = ""
@@ -380,6 +492,36 @@ class Shard:
         if self._committer is None:
             raise RuntimeError("Shard.start() was not awaited")
         return self._committer
+
+
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    """What one submit item waits for: its new job's add (`future`, `job`), an existing
+    job's commit (`live`), or nothing (`error`, its outcome)."""
+
+    job: Job | None = None
+    future: asyncio.Future[None] | None = None
+    created: bool = False
+    live: LiveJob | None = None
+    error: AosError | None = None
+
+
+async def _concurrently(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """`asyncio.gather`, without its task when there is one call (a single submit)."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    return list(await asyncio.gather(*calls))
+
+
+def _job_id(item: SubmitItem) -> str:
+    """The item's job id; a new one when it has none (`ShardClient` gives one before)."""
+    return item.job_id if item.job_id is not None else new_job_id()
+
+
+def _job_of(result: SubmitResult) -> Job:
+    if result.job is None:
+        raise RuntimeError("a submit result holds neither a job nor an error")
+    return result.job
 
 
 def _changed(job: Job, revision: int | None, after_seq: int | None) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
@@ -18,7 +18,7 @@ from actors.namespace_settings import NamespaceChanges
 from actors.routing import RAY_NAMESPACE, shard_name
 from actors.shard import Shard
 from actors.shard_client import COALESCED
-from actors.shard_types import AppendAck, ShardConfig, Update
+from actors.shard_types import AppendAck, ShardConfig, SubmitItem, SubmitResult, Update
 from actors.webhooks.dispatcher import dispatcher_handle
 from actors.webhooks.dispatcher_client import DispatcherClient
 from storage.base import open_store
@@ -83,6 +83,9 @@ class ShardActor:
         self, namespace: str, *, job_id: str, spec: JobSpec, actor: str = ""
     ) -> tuple[Job, bool]:
         return await (await self._ready()).submit(namespace, job_id=job_id, spec=spec, actor=actor)
+
+    async def submit_many(self, items: Sequence[SubmitItem]) -> list[SubmitResult]:
+        return await (await self._ready()).submit_many(items)
 
     async def append(
         self, namespace: str, *, job_id: str, data: bytes, seq: int | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol, cast
 
 from actors.commands import (
@@ -29,7 +30,7 @@ from actors.feed import Event, job_events, replay
 from actors.limits import MAX_CHUNK_BYTES, check_chunk
 from actors.namespace_settings import NamespaceChanges
 from actors.routing import RAY_NAMESPACE, shard_for, shard_name
-from actors.shard_types import AppendAck, Update
+from actors.shard_types import AppendAck, SubmitItem, SubmitResult, Update
 from storage.base import Store
 from storage.errors import AosError, NotFound, ShardUnavailable
 from storage.records import ApiKey, Chunk, Delivery, Job, Namespace
@@ -43,6 +44,7 @@ class ShardApi(Protocol):
     async def submit(
         self, namespace: str, *, job_id: str, spec: JobSpec, actor: str = ""
     ) -> tuple[Job, bool]: ...
+    async def submit_many(self, items: Sequence[SubmitItem]) -> list[SubmitResult]: ...
     async def append(
         self, namespace: str, *, job_id: str, data: bytes, seq: int | None = None
     ) -> AppendAck: ...
@@ -148,6 +150,44 @@ class ShardClient:
         same request with the same id gives `(job, False)`, a different one `Conflict`."""
         job_id = check_job_id(job_id) if job_id is not None else new_job_id()
         return await self.owner(namespace).submit(namespace, job_id=job_id, spec=spec, actor=actor)
+
+    async def submit_many(self, items: Sequence[SubmitItem]) -> list[SubmitResult]:
+        """Create jobs, each as `submit` would: one result per item, in the items' order.
+
+        Items may name any namespaces, and any number of them; the items of each shard go
+        to it in one call (one group commit there), the shards concurrently. An item with a
+        malformed namespace or job id gets its error (`Invalid`, `TooLarge`) and reaches no
+        shard; one without a job id gets a new one. Each of a shard's items gets the error
+        of a call that failed as a whole (`ShardUnavailable` while it restarts).
+        """
+        results: list[SubmitResult | None] = [None] * len(items)
+        groups: dict[int, tuple[list[int], list[SubmitItem]]] = {}
+        slots: dict[str, int] = {}
+        for index, item in enumerate(items):
+            try:
+                slot = slots.get(item.namespace)
+                if slot is None:
+                    slot = shard_for(check_namespace(item.namespace), self.num_shards)
+                    slots[item.namespace] = slot
+                checked = _with_job_id(item)
+            except AosError as exc:
+                results[index] = SubmitResult(error=exc)
+                continue
+            indexes, group = groups.setdefault(slot, ([], []))
+            indexes.append(index)
+            group.append(checked)
+        calls = [self._submit_to(slot, group) for slot, (_, group) in groups.items()]
+        replies = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
+        for (indexes, _), reply in zip(groups.values(), replies, strict=True):
+            for index, result in zip(indexes, reply, strict=True):
+                results[index] = result
+        return cast(list[SubmitResult], results)
+
+    async def _submit_to(self, slot: int, items: list[SubmitItem]) -> list[SubmitResult]:
+        try:
+            return await self.shard(slot).submit_many(items)
+        except AosError as exc:  # the call failed as a whole: each of its items did
+            return [SubmitResult(error=exc)] * len(items)
 
     async def append(
         self, namespace: str, job_id: str, data: bytes, *, seq: int | None = None
@@ -284,6 +324,14 @@ class ShardClient:
         """Raise unless every shard is started and its store answers."""
         for slot in range(self.num_shards):
             await self.shard(slot).ping()
+
+
+def _with_job_id(item: SubmitItem) -> SubmitItem:
+    """The item with its job id checked, or a new one when it has none."""
+    if item.job_id is None:
+        return replace(item, job_id=new_job_id())
+    check_job_id(item.job_id)
+    return item
 
 
 def _count_shard_actors() -> int:

@@ -1,12 +1,18 @@
-"""A shard's configuration and the replies of its operations (plain records, no logic)."""
+"""A shard's configuration, the items of its batch operations and their replies (plain
+records, no logic)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from actors.limits import MAX_CHUNK_BYTES
 from actors.webhooks.ssrf import Network, parse_allowed_networks
+from storage.errors import AosError
 from storage.records import Chunk, Job
+
+if TYPE_CHECKING:  # actors.commands imports the webhooks, which import this module
+    from actors.commands import JobSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,3 +53,28 @@ class Update:
 
     job: Job
     chunks: tuple[Chunk, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitItem:
+    """One job of a batch submit (`submit_many`): what `submit` takes, as one record.
+
+    Items of one batch may name different namespaces. `job_id` None asks for a new id
+    (`ShardClient.submit_many` makes it, as `submit` does, before the hop)."""
+
+    namespace: str
+    job_id: str | None
+    spec: JobSpec
+    #: Who submits, for the audit log (an API key id, "python-client").
+    actor: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """One item's outcome: the job and whether this request created it (`created` False: the
+    same request was accepted before, HTTP 200), or the error it alone got (`job` None).
+    Errors travel as values, pickled with their class, message and `retry_after_s`."""
+
+    job: Job | None = None
+    created: bool = False
+    error: AosError | None = None

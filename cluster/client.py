@@ -3,6 +3,7 @@
     from cluster.client import Client
     c = Client.connect("10.0.0.5:6379")       # as `aos serve` prints it, or RAY_ADDRESS
     c.submit("default", "job-1", metadata={"title": "export"})
+    c.submit_many("default", [{"jobId": "job-2"}, {"jobId": "job-3"}])  # a result per job
     c.append("default", "job-1", b"hello ")
     c.complete("default", "job-1")
     async for event in c.events("default", "job-1"): ...
@@ -14,18 +15,22 @@ returns once its write is durable, and raises the errors of `storage.errors`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import ray
 
 from actors.commands import Completion, JobSpec, ProgressUpdate, parse_output_format
 from actors.feed import Event
+from actors.limits import check_batch
 from actors.shard_client import ShardClient
-from actors.shard_types import AppendAck
+from actors.shard_types import AppendAck, SubmitItem, SubmitResult
 from cluster import ray_connect
 from cluster.blocking import run as _run
 from cluster.settings import Settings
+from serve_app.batch import submit_checked
+from serve_app.models import SubmitRequest
+from storage.errors import AosError, BadRequest
 from storage.records import Job
 
 ACTOR = "python-client"
@@ -80,6 +85,27 @@ class Client:
         job, _ = _run(self.shards.submit(namespace, spec, job_id=job_id, actor=ACTOR))
         return job
 
+    def submit_many(
+        self, namespace: str | None, jobs: Sequence[Mapping[str, Any]]
+    ) -> list[SubmitResult]:
+        """Create up to 1,000 jobs at once, each as `submit` would, with one call (and one
+        group commit) per shard: what `POST /api/v1/jobs:batch` does.
+
+        Each job is a dict shaped as the HTTP submit body: `{"jobId"?, "metadata"?: {title,
+        description, tags}, "webhookUrl"?, "webhookEvents"?, "retentionPolicy"?: {"ttl"},
+        "outputFormat"?, "namespace"?}`; `namespace` is the namespace of the jobs that name
+        none (one that names another is refused). One `SubmitResult` per job, in order:
+        `.job` with `.created` (False: the same request was accepted before), or `.error`,
+        the `AosError` that job alone got: `Invalid` or `TooLarge` for a malformed job,
+        `BadRequest` for a namespace missing or differing, `NotFound` for an unknown
+        namespace, `Conflict` for an id taken by another request, `Unstorable`; and to retry
+        later, `ShardUnavailable`, `StoreUnavailable` or `Overloaded`. More than 1,000 jobs
+        raise `TooLarge`, and nothing is submitted.
+        """
+        check_batch(len(jobs))
+        checked = [_item(job, namespace) for job in jobs]
+        return _run(submit_checked(self.shards, checked))
+
     def append(
         self, namespace: str, job_id: str, data: bytes | str, *, seq: int | None = None
     ) -> AppendAck:
@@ -132,4 +158,19 @@ class Client:
             yield event
 
 
-__all__ = ["Client", "Event"]
+def _item(job: object, namespace: str | None) -> SubmitItem | AosError:
+    """One job of `submit_many` checked as the HTTP batch checks it, or its error."""
+    try:
+        request = SubmitRequest.parse(job)
+        given = request.namespace
+        if given is not None and namespace is not None and given != namespace:
+            raise BadRequest(f"the job's namespace {given!r} is not {namespace!r}")
+        ns = given if given is not None else namespace
+        if ns is None:
+            raise BadRequest("say which namespace: submit_many(namespace, ...) or the job's own")
+        return SubmitItem(ns, request.job_id, request.spec(), ACTOR)
+    except AosError as exc:
+        return exc
+
+
+__all__ = ["Client", "Event", "SubmitResult"]

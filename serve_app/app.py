@@ -9,7 +9,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from serve_app import admin, errors, jobs, openapi, output, sse, webhooks
+from actors.limits import MAX_BATCH_BODY_BYTES
+from serve_app import admin, batch, errors, jobs, openapi, output, sse, webhooks
 from serve_app.deps import D, Deps
 from serve_app.guard import Guard
 
@@ -20,8 +21,9 @@ def create_app(deps: Deps | None = None) -> FastAPI:
     app.state.deps = deps
     errors.install(app)
     openapi.install(app)
-    app.add_middleware(Guard)  # every /api/ request: the key first, then a bounded body
-    for module in (jobs, output, sse, admin, webhooks):
+    # Every /api/ request: the key first, then a bounded body (a batch submit's may be larger).
+    app.add_middleware(Guard, body_limits={batch.PATH: MAX_BATCH_BODY_BYTES})
+    for module in (jobs, batch, output, sse, admin, webhooks):
         app.include_router(module.router)
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_api_route(

@@ -86,6 +86,14 @@ def resolve_namespace(caller: Principal, requested: str | None) -> str:
     return requested
 
 
+def submit_namespace(caller: Principal, given: str | None, query: str | None) -> str:
+    """A submit's namespace: the body's (`given`) or `?namespace=` (`query`), which must not
+    differ (400), resolved as `resolve_namespace` does."""
+    if given is not None and query is not None and given != query:
+        raise BadRequest("the body's namespace and ?namespace= differ")
+    return resolve_namespace(caller, given if given is not None else query)
+
+
 async def namespace(caller: Caller, namespace: Annotated[str | None, Query()] = None) -> str:
     return resolve_namespace(caller, namespace)
 

@@ -6,7 +6,8 @@ Ray's errors never get here: `ShardClient` translates them (`ShardUnavailable`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,21 +52,55 @@ def error_response(
     least 1) when `retry_after_s` is given."""
     headers = dict(headers or {})
     if retry_after_s:
-        headers["Retry-After"] = str(max(1, round(retry_after_s)))
-    text = storable(clip(message, MAX_MESSAGE_CHARS) or "")
-    return JSONResponse(
-        {"error": {"code": code, "message": text}}, status_code=status, headers=headers
-    )
+        headers["Retry-After"] = retry_after(retry_after_s)
+    return JSONResponse(error_json(code, message), status_code=status, headers=headers)
+
+
+def error_json(code: str, message: str) -> dict[str, dict[str, str]]:
+    """The error body `{"error": {"code", "message"}}`, its message clipped and made encodable."""
+    return {"error": {"code": code, "message": storable(clip(message, MAX_MESSAGE_CHARS) or "")}}
+
+
+def status_of(exc: errors.AosError) -> int:
+    """The HTTP status of one of our errors."""
+    return next(s for cls, s in STATUS.items() if isinstance(exc, cls))
+
+
+def retry_after(seconds: float) -> str:
+    """A `Retry-After` value: whole seconds, at least 1."""
+    return str(max(1, round(seconds)))
 
 
 def to_response(exc: BaseException) -> JSONResponse:
     """The response for any error an endpoint lets through."""
     if isinstance(exc, errors.AosError):
-        status = next(s for cls, s in STATUS.items() if isinstance(exc, cls))
+        status = status_of(exc)
         retry = exc.retry_after_s or (1.0 if status == 503 else None)
         return error_response(status, exc.code, exc.message, retry_after_s=retry)
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal", "internal error")
+
+
+def invalid_body(
+    problems: Sequence[Mapping[str, Any]], *, subject: str = "the body"
+) -> errors.AosError:
+    """Our error for a JSON body pydantic refused (its `errors()`): `BadRequest` for JSON
+    that is not well formed, else `Invalid` naming the first problem's field. `subject`
+    is what the message calls the value: a job of a batch submit (`serve_app.batch`) is
+    checked as a body of its own."""
+    first = problems[0] if problems else {}
+    loc, kind = tuple(first.get("loc", ())), first.get("type")
+    if kind == "json_invalid":  # FastAPI's loc is ("body", <character offset>)
+        at = f" at character {loc[-1]}" if len(loc) > 1 else ""
+        reason = first.get("ctx", {}).get("error", "")
+        return errors.BadRequest(f"the body is not well-formed JSON{at}: {reason}")
+    loc = loc[1:] if loc[:1] == ("body",) else loc  # FastAPI's locations start at the body
+    if not loc and kind in _NOT_AN_OBJECT:
+        how = ", sent with Content-Type: application/json" if subject == "the body" else ""
+        return errors.Invalid(f"{subject} must be a JSON object{how}")
+    where = ".".join(str(part) for part in loc)
+    message = f"{where}: {first.get('msg', 'invalid')}" if where else first.get("msg", "")
+    return errors.Invalid(message or "invalid request")
 
 
 def install(app: FastAPI) -> None:
@@ -75,23 +110,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc, kind = tuple(first.get("loc", ())), first.get("type")
-        if kind == "json_invalid":  # loc is ("body", <character offset>)
-            at = f" at character {loc[-1]}" if len(loc) > 1 else ""
-            reason = first.get("ctx", {}).get("error", "")
-            return error_response(
-                400, errors.BadRequest.code, f"the body is not well-formed JSON{at}: {reason}"
-            )
-        if loc == ("body",) and kind in _NOT_AN_OBJECT:
-            return error_response(
-                422,
-                errors.Invalid.code,
-                "the body must be a JSON object, sent with Content-Type: application/json",
-            )
-        where = ".".join(str(p) for p in loc if p != "body")
-        message = f"{where}: {first.get('msg', 'invalid')}" if where else first.get("msg", "")
-        return error_response(422, errors.Invalid.code, message or "invalid request")
+        return to_response(invalid_body(exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:

@@ -1,5 +1,6 @@
 """The API's door: every `/api/` request is authenticated before a byte of its body is read,
-and a JSON body is refused past `MAX_JSON_BODY_BYTES` (413) without reading the rest.
+and a JSON body is refused past `MAX_JSON_BODY_BYTES`, or its route's own cap (413), without
+reading the rest.
 
 FastAPI reads a route's body before it resolves the route's dependencies, so the key check
 cannot be a dependency: it is this ASGI middleware, which leaves the `Principal` in the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 
 from ray.exceptions import TaskCancelledError
 from starlette.requests import Request
@@ -32,11 +34,21 @@ _APPEND = re.compile(r"/api/v1/jobs/[^/]+/output/?")
 
 
 class Guard:
-    """ASGI middleware: authenticate, then bound the JSON body, then call the app."""
+    """ASGI middleware: authenticate, then bound the JSON body, then call the app.
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int = MAX_JSON_BODY_BYTES) -> None:
+    `max_body_bytes` caps every JSON body; `body_limits` gives a path its own cap (the
+    batch submit's is larger)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int = MAX_JSON_BODY_BYTES,
+        body_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_limits = dict(body_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(GUARDED_PREFIX):
@@ -66,10 +78,11 @@ class Guard:
 
     async def _bounded(self, request: Request, receive: Receive) -> Receive:
         """`receive` replaying the body read here; `TooLarge` as soon as it is over the limit."""
+        limit = self.body_limits.get(request.scope["path"], self.max_body_bytes)
         declared = request.headers.get("content-length")
         if declared is not None:
-            check_size("a JSON body", _content_length(declared), self.max_body_bytes, "bytes")
-        body = await _read_capped(receive, self.max_body_bytes)
+            check_size("a JSON body", _content_length(declared), limit, "bytes")
+        body = await _read_capped(receive, limit)
         return _replay(body, receive)
 
 

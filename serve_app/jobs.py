@@ -14,7 +14,7 @@ from actors.commands import check_job_id, parse_status
 from actors.limits import MAX_INT64, MAX_TAG_CHARS, check_text, parse_decimal
 from actors.render import job_json, status_json
 from actors.timestamps import EARLIEST_S, END_S
-from serve_app.deps import Caller, D, Ns, resolve_namespace
+from serve_app.deps import Caller, D, Ns, submit_namespace
 from serve_app.durations import DateTime, to_epoch
 from serve_app.models import CompleteRequest, ProgressPatch, SubmitRequest
 from serve_app.openapi import COMMON, responses
@@ -35,9 +35,7 @@ async def submit(
     deps: D,
     namespace: Annotated[str | None, Query()] = None,
 ) -> JSONResponse:
-    if body.namespace is not None and namespace is not None and body.namespace != namespace:
-        raise BadRequest("the body's namespace and ?namespace= differ")
-    ns = resolve_namespace(caller, body.namespace if body.namespace is not None else namespace)
+    ns = submit_namespace(caller, body.namespace, namespace)
     job, created = await deps.shards.submit(
         ns, body.spec(), job_id=body.job_id, actor=caller.key_id
     )

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.limits import DEFAULT_SECRET_GRACE_S
 from actors.namespace_settings import UNSET, NamespaceChanges, WebhookSettings
 from serve_app.durations import DateTime, parse_duration_s, to_epoch
+from serve_app.errors import invalid_body
 from storage.records import OutputFormat
 
 #: Numbers as JSON numbers only: no `"50"` for 50, no `true` for 1 (pydantic's lax mode
@@ -48,6 +49,15 @@ class SubmitRequest(_Body):
     webhook_events: list[str] | None = Field(default=None, alias="webhookEvents")
     retention_policy: RetentionPolicy | None = Field(default=None, alias="retentionPolicy")
     output_format: OutputFormat = Field(default=OutputFormat.TEXT, alias="outputFormat")
+
+    @classmethod
+    def parse(cls, value: object) -> SubmitRequest:
+        """`value` (JSON, parsed) checked as one job of a batch submit: `Invalid` with the
+        message the submit endpoint gives for such a body."""
+        try:
+            return cls.model_validate(value)
+        except ValidationError as exc:
+            raise invalid_body(exc.errors(), subject="a job") from exc
 
     def spec(self) -> JobSpec:
         return JobSpec(

@@ -6,6 +6,7 @@ the same shape. Every method is a coroutine and never blocks the event loop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from storage.records import ApiKey, Batch, Chunk, Delivery, Job, JobQuery, Namespace
@@ -36,6 +37,10 @@ class Store(Protocol):
         """The non-terminal jobs of `slot`."""
 
     async def get_job(self, namespace: str, job_id: str) -> Job | None: ...
+
+    async def get_jobs(self, namespace: str, job_ids: Sequence[str]) -> list[Job]:
+        """The jobs of `namespace` among `job_ids` that exist, in any order (a batch
+        submit's look-up: one read for many ids)."""
 
     async def list_jobs(self, namespace: str, query: JobQuery) -> list[Job]:
         """Jobs of `namespace` matching `query`, newest first (created_at, job_id descending)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from storage.errors import Fenced, StoreUnavailable
 from storage.records import (
@@ -85,6 +85,10 @@ class MemoryStore:
     async def get_job(self, namespace: str, job_id: str) -> Job | None:
         jobs = self.jobs.get(namespace)
         return None if jobs is None else jobs.get(job_id)
+
+    async def get_jobs(self, namespace: str, job_ids: Sequence[str]) -> list[Job]:
+        jobs = self.jobs.get(namespace, {})
+        return [jobs[job_id] for job_id in dict.fromkeys(job_ids) if job_id in jobs]
 
     async def list_jobs(self, namespace: str, query: JobQuery) -> list[Job]:
         found = [job for job in self.jobs.get(namespace, {}).values() if _matches(job, query)]

@@ -218,6 +218,13 @@ LIST_DELIVERIES = (
     f"{_DELIVERIES} WHERE namespace = ? AND job_id = ? ORDER BY created_at, delivery_id"
 )
 GET_DELIVERY = f"{_DELIVERIES} WHERE namespace = ? AND delivery_id = ?"
+#: Ids per `get_jobs` statement: far below every backend's limit on parameters.
+IDS_PER_QUERY = 500
+
+
+def get_jobs_sql(count: int) -> str:
+    """The jobs of a namespace among `count` ids."""
+    return f"{_JOBS} WHERE namespace = ? AND job_id IN ({', '.join('?' * count)})"
 
 
 class SqlStore(ABC):
@@ -259,6 +266,15 @@ class SqlStore(ABC):
     async def get_job(self, namespace: str, job_id: str) -> Job | None:
         rows = await self._fetch(GET_JOB, (namespace, job_id))
         return self._job(rows[0]) if rows else None
+
+    async def get_jobs(self, namespace: str, job_ids: Sequence[str]) -> list[Job]:
+        unique = list(dict.fromkeys(job_ids))
+        found: list[Job] = []
+        for start in range(0, len(unique), IDS_PER_QUERY):
+            part = unique[start : start + IDS_PER_QUERY]
+            rows = await self._fetch(get_jobs_sql(len(part)), (namespace, *part))
+            found.extend(self._job(row) for row in rows)
+        return found
 
     async def list_jobs(self, namespace: str, query: JobQuery) -> list[Job]:
         where: list[str] = ["namespace = ?"]

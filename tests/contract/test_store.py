@@ -108,6 +108,17 @@ async def test_a_job_with_defaults_round_trips_and_keeps_none_apart_from_empty(
     assert await store.get_job("acme", "no-events") == no_events
 
 
+async def test_get_jobs_finds_the_ids_that_exist_in_that_namespace_only(store: Store) -> None:
+    # Over 1,000 ids: more than one statement's worth in the SQL backends (IDS_PER_QUERY).
+    ids = [f"j{i}" for i in range(1200)]
+    kept = [make_job(ids[i], title=f"t{i}") for i in (0, 499, 500, 1199)]
+    await commit(store, jobs=[*kept, make_job("j1", namespace="globex")])
+    found = await store.get_jobs("acme", [*ids, "j0", "missing"])
+    assert sorted(found, key=lambda job: job.job_id) == sorted(kept, key=lambda job: job.job_id)
+    assert await store.get_jobs("acme", []) == []
+    assert await store.get_jobs("globex", ["j0", "j1"]) == [make_job("j1", namespace="globex")]
+
+
 async def test_namespace_and_api_key_round_trip(store: Store) -> None:
     config = {"retention": {"ttl_s": 3600}, "secrets": ["whsec_a"], "on": True, "rate": 2.5}
     namespace = Namespace("acme", NOW, {**config, "note": None, "ünï": "cödé"})

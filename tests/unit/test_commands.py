@@ -254,6 +254,21 @@ def test_the_fingerprint_is_the_same_for_the_same_request_only():
     assert JobSpec().fingerprint() != JobSpec(output_format=OutputFormat.BINARY).fingerprint()
 
 
+def test_the_fingerprint_of_a_request_never_changes():
+    # Stored with every job: a resubmit after an upgrade must still match (200, not 409).
+    assert JobSpec().fingerprint() == "c793b0f43cf8c0bd26b7e1370d674f49"
+    full = JobSpec(
+        title="t",
+        description="d",
+        tags=("a", "b"),
+        webhook_url="http://127.0.0.1:9/h",
+        webhook_events=("job.output", "job.completed"),
+        ttl_s=60,
+        output_format=OutputFormat.BINARY,
+    )
+    assert full.fingerprint() == "84db28d725b91e62de53f2373da6645e"
+
+
 # -- ProgressUpdate -------------------------------------------------------------------------
 
 

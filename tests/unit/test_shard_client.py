@@ -139,7 +139,8 @@ async def test_each_call_goes_to_the_shard_that_owns_the_namespace(call, expecte
 
 def test_every_shard_api_method_is_tested_for_routing():
     routed = {name for _, (name, _) in CALLS}
-    assert routed == set(API_METHODS) - {"ping", "stats"}
+    # submit_many takes items of many namespaces: tests/unit/test_submit_many.py routes it.
+    assert routed == set(API_METHODS) - {"ping", "stats", "submit_many"}
 
 
 async def test_shards_are_found_lazily_once_each():
