@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from actors.limits import MAX_CHUNK_BYTES
 from actors.webhooks.ssrf import Network, parse_allowed_networks
 from storage.errors import AosError
-from storage.records import Chunk, Job
+from storage.records import Chunk, Job, pickled_by_fields
 
 if TYPE_CHECKING:  # actors.commands imports the webhooks, which import this module
     from actors.commands import JobSpec
@@ -39,6 +39,7 @@ class ShardConfig:
         return parse_allowed_networks(self.webhook_allowed_networks)
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class AppendAck:
     seq: int
@@ -46,6 +47,7 @@ class AppendAck:
     size: int
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Update:
     """What `watch` returns: the committed job and the committed output after the caller's
@@ -55,6 +57,7 @@ class Update:
     chunks: tuple[Chunk, ...] = ()
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class SubmitItem:
     """One job of a batch submit (`submit_many`): what `submit` takes, as one record.
@@ -69,6 +72,7 @@ class SubmitItem:
     actor: str = ""
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class SubmitResult:
     """One item's outcome: the job and whether this request created it (`created` False: the

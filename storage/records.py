@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
+
+R = TypeVar("R")
+
+
+def pickled_by_fields(cls: type[R]) -> type[R]:
+    """Make a frozen, slotted dataclass pickle as `(cls, field values)`: half the time and
+    bytes of the default (which walks `dataclasses.fields` for every object), and these
+    records cross Ray's process boundary by the thousand (a batch submit)."""
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    get = operator.attrgetter(*names)
+
+    def __reduce__(self: Any) -> tuple[Any, tuple[Any, ...]]:
+        values = get(self)
+        return cls, values if len(names) > 1 else (values,)
+
+    cls.__reduce__ = __reduce__  # type: ignore[method-assign]
+    return cls
 
 
 class JobStatus(StrEnum):
@@ -31,6 +49,7 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Job:
     """A job's whole state. A new record is made for every change (`revision` + 1)."""
@@ -66,6 +85,7 @@ class Job:
         return dataclasses.replace(self, revision=self.revision + 1, **changes)
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Chunk:
     """One append of a job's output: `seq` counts appends from 1, `offset` is its first byte."""
