@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
@@ -17,7 +17,7 @@ from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.namespace_settings import NamespaceChanges
 from actors.routing import RAY_NAMESPACE, shard_name
 from actors.shard import Shard
-from actors.shard_types import AppendAck, ShardConfig, Update
+from actors.shard_types import AppendAck, AppendManyResult, ShardConfig, Update
 from actors.webhooks.dispatcher import dispatcher_handle
 from actors.webhooks.dispatcher_client import DispatcherClient
 from storage.base import open_store
@@ -70,6 +70,17 @@ class ShardActor:
         self, namespace: str, *, job_id: str, data: bytes, seq: int | None = None
     ) -> AppendAck:
         return await (await self._ready()).append(namespace, job_id=job_id, data=data, seq=seq)
+
+    async def append_many(
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        chunks: Sequence[bytes],
+        first_seq: int | None = None,
+    ) -> AppendManyResult:
+        shard = await self._ready()
+        return await shard.append_many(namespace, job_id=job_id, chunks=chunks, first_seq=first_seq)
 
     async def set_progress(self, namespace: str, *, job_id: str, update: ProgressUpdate) -> Job:
         return await (await self._ready()).set_progress(namespace, job_id=job_id, update=update)

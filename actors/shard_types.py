@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from actors.limits import MAX_CHUNK_BYTES
 from actors.webhooks.ssrf import Network, parse_allowed_networks
+from storage.errors import AosError
 from storage.records import Chunk, Job
 
 
@@ -38,6 +39,19 @@ class AppendAck:
     seq: int
     offset: int
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendManyResult:
+    """What `append_many` did with its chunks, in order.
+
+    `acks[i]` acknowledges chunk i, durably stored (appended now, or found already written
+    with the same bytes). When `error` is set, it is chunk `len(acks)`'s: that chunk and
+    every later one were not written. Crosses Ray as a value (our errors pickle).
+    """
+
+    acks: tuple[AppendAck, ...] = ()
+    error: AosError | None = None
 
 
 @dataclass(frozen=True, slots=True)
