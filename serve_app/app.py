@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from serve_app import admin, errors, jobs, openapi, output, sse, webhooks
+from serve_app import admin, errors, jobs, openapi, output, producer, sse, webhooks
 from serve_app.deps import D, Deps
 from serve_app.guard import Guard
 
@@ -21,7 +21,7 @@ def create_app(deps: Deps | None = None) -> FastAPI:
     errors.install(app)
     openapi.install(app)
     app.add_middleware(Guard)  # every /api/ request: the key first, then a bounded body
-    for module in (jobs, output, sse, admin, webhooks):
+    for module in (jobs, output, producer, sse, admin, webhooks):
         app.include_router(module.router)
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_api_route(

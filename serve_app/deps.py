@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from starlette.requests import HTTPConnection
 
 from actors.commands import check_namespace
 from actors.shard_client import ShardClient
@@ -46,8 +47,9 @@ class Deps:
         return cls(config, store, shards, keys)
 
 
-def deps(request: Request) -> Deps:
-    found: Deps | None = getattr(request.app.state, "deps", None)
+def deps(connection: HTTPConnection) -> Deps:
+    """The app's dependencies, for a request or a WebSocket."""
+    found: Deps | None = getattr(connection.app.state, "deps", None)
     if found is None:
         raise RuntimeError("the app has no dependencies yet (create_app(deps) or app.state.deps)")
     return found

@@ -1,4 +1,5 @@
-"""The one mapping from our errors to HTTP: `{"error": {"code", "message"}}` (RFC 9110 codes).
+"""The one mapping from our errors to HTTP: `{"error": {"code", "message"}}` (RFC 9110 codes),
+and to WebSocket close codes (RFC 6455 §7.4).
 
 Ray's errors never get here: `ShardClient` translates them (`ShardUnavailable`).
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +36,41 @@ STATUS = {
 }
 
 
+#: A WebSocket closed after an error says why with its close code (RFC 6455 §7.4.1; 1013 is
+#: from the IANA registry RFC 6455 §11.7 set up). The first class that matches wins.
+CLOSE_CODES: tuple[tuple[type[errors.AosError], int], ...] = (
+    (errors.TooLarge, 1009),  # Message Too Big
+    (errors.Invalid, 1007),  # Invalid frame payload data (Unstorable too: the data's fault)
+    (errors.Conflict, 1008),  # Policy Violation
+    (errors.Forbidden, 1008),
+    (errors.Unauthorized, 1008),
+    (errors.NotFound, 1008),
+    (errors.BadRequest, 1008),
+    (errors.Overloaded, 1013),  # Try Again Later
+    (errors.ShardUnavailable, 1013),
+    (errors.StoreUnavailable, 1011),  # Internal Error (the store failed; retryable)
+)
+#: A bug: RFC 6455's "unexpected condition that prevented it from fulfilling the request".
+CLOSE_INTERNAL = 1011
+
+
+def close_code(exc: BaseException) -> int:
+    """The WebSocket close code for an error (`CLOSE_CODES`; anything else is 1011)."""
+    return next((code for cls, code in CLOSE_CODES if isinstance(exc, cls)), CLOSE_INTERNAL)
+
+
+def error_body(exc: BaseException) -> dict[str, Any]:
+    """`{"error": {"code", "message"}}` for any error (a bug is logged, and its text kept)."""
+    if isinstance(exc, errors.AosError):
+        return _body(exc.code, exc.message)
+    log.exception("unhandled error", exc_info=exc)
+    return _body("internal", "internal error")
+
+
+def _body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": storable(clip(message, MAX_MESSAGE_CHARS) or "")}}
+
+
 #: An error message may quote the request (a bad field name, a bad value): it is clipped,
 #: and what UTF-8 cannot carry is replaced, so rendering an error never fails.
 MAX_MESSAGE_CHARS = 1000
@@ -52,10 +89,7 @@ def error_response(
     headers = dict(headers or {})
     if retry_after_s:
         headers["Retry-After"] = str(max(1, round(retry_after_s)))
-    text = storable(clip(message, MAX_MESSAGE_CHARS) or "")
-    return JSONResponse(
-        {"error": {"code": code, "message": text}}, status_code=status, headers=headers
-    )
+    return JSONResponse(_body(code, message), status_code=status, headers=headers)
 
 
 def to_response(exc: BaseException) -> JSONResponse:
