@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from actors.commands import check_job_id, check_seq
 from actors.limits import check_chunk
 from actors.shard_client import ShardClient
 from actors.shard_types import AppendManyResult
@@ -49,7 +50,8 @@ class AppendPipeline:
     end. The first chunk refused (by the shard, by `ShardClient`'s checks, or by the
     caller through `refuse`) stops the pipeline: the chunks before it are appended and
     acknowledged, the ones after it never reach the shard. Use as `async with`, or
-    `start()` and `aclose()`.
+    `start()` and `aclose()`. A bad namespace, job id or `first_seq` raises here
+    (`Invalid`, `TooLarge`).
     """
 
     def __init__(
@@ -61,9 +63,10 @@ class AppendPipeline:
         first_seq: int | None = None,
         limits: PipelineLimits | None = None,
     ) -> None:
+        shards.owner(namespace)  # checks it, as the job id and seq: refused before any chunk
         self._shards = shards
-        self._namespace, self._job_id = namespace, job_id
-        self._next_seq = first_seq
+        self._namespace, self._job_id = namespace, check_job_id(job_id)
+        self._next_seq = check_seq(first_seq)
         self._limits = limits or PipelineLimits()
         self._queue: collections.deque[bytes | AosError] = collections.deque()
         self._queued_bytes = 0
