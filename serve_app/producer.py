@@ -20,6 +20,7 @@ import json
 import logging
 
 from fastapi import APIRouter, WebSocket
+from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
 from actors.commands import check_seq
@@ -55,6 +56,18 @@ async def produce(websocket: WebSocket, job_id: str, deps: D) -> None:
     binary = output_format is OutputFormat.BINARY
     async with AppendPipeline(deps.shards, namespace, job_id, first_seq=first_seq) as pipeline:
         await _stream(websocket, pipeline, binary=binary)
+
+
+@router.get("/{job_id}/output/ws", include_in_schema=False)
+async def upgrade_required(job_id: str) -> JSONResponse:
+    """A plain GET of the producer's URL: 426, saying to open it as a WebSocket
+    (RFC 9110 §15.5.22)."""
+    return errors.error_response(
+        426,
+        "upgrade_required",
+        "open this URL as a WebSocket (RFC 6455): each message is the next output chunk",
+        headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+    )
 
 
 async def _admit(
