@@ -36,8 +36,13 @@ STATUS = {
 }
 
 
+#: An error message may quote the request (a bad field name, a bad value): it is clipped,
+#: and what UTF-8 cannot carry is replaced, so rendering an error never fails.
+MAX_MESSAGE_CHARS = 1000
+
+
 #: A WebSocket closed after an error says why with its close code (RFC 6455 §7.4.1; 1013 is
-#: from the IANA registry RFC 6455 §11.7 set up). The first class that matches wins.
+#: in the IANA registry of close codes, RFC 6455 §11.7). The first class that matches wins.
 CLOSE_CODES: tuple[tuple[type[errors.AosError], int], ...] = (
     (errors.TooLarge, 1009),  # Message Too Big
     (errors.Invalid, 1007),  # Invalid frame payload data (Unstorable too: the data's fault)
@@ -60,7 +65,7 @@ def close_code(exc: BaseException) -> int:
 
 
 def error_body(exc: BaseException) -> dict[str, Any]:
-    """`{"error": {"code", "message"}}` for any error (a bug is logged, and its text kept)."""
+    """`{"error": {"code", "message"}}` for any error (a bug is logged, its text never sent)."""
     if isinstance(exc, errors.AosError):
         return _body(exc.code, exc.message)
     log.exception("unhandled error", exc_info=exc)
@@ -69,11 +74,6 @@ def error_body(exc: BaseException) -> dict[str, Any]:
 
 def _body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": storable(clip(message, MAX_MESSAGE_CHARS) or "")}}
-
-
-#: An error message may quote the request (a bad field name, a bad value): it is clipped,
-#: and what UTF-8 cannot carry is replaced, so rendering an error never fails.
-MAX_MESSAGE_CHARS = 1000
 
 
 def error_response(

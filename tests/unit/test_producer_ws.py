@@ -15,7 +15,9 @@ from fastapi import FastAPI
 
 from actors.shard import Shard
 from actors.shard_client import ShardClient
+from serve_app.errors import close_code
 from serve_app.guard import Guard
+from storage import errors
 from tests.unit.fakes import WAIT_S, until
 from tests.unit.test_api import ADMIN, JOBS, http, make_app
 from tests.unit.websocket import AsgiWebSocket, Closed, Refused
@@ -374,3 +376,23 @@ async def test_the_guard_hands_websocket_scopes_to_the_app_untouched():
     scope = {"type": "websocket", "path": "/api/v1/jobs/j1/output/ws", "headers": []}
     await Guard(app)(scope, receive, send)
     assert seen == [(scope, receive, send)]  # no key checked here: the route does it
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (errors.TooLarge("x"), 1009),
+        (errors.Invalid("x"), 1007),
+        (errors.Unstorable(), 1007),
+        (errors.Conflict("x"), 1008),
+        (errors.NotFound("x"), 1008),
+        (errors.Forbidden("x"), 1008),
+        (errors.Overloaded("x"), 1013),
+        (errors.ShardUnavailable("x"), 1013),
+        (errors.StoreUnavailable("x"), 1011),
+        (errors.Fenced("x"), 1011),
+        (RuntimeError("a bug"), 1011),
+    ],
+)
+def test_each_error_closes_with_its_rfc_6455_code(error, code):
+    assert close_code(error) == code
