@@ -119,12 +119,15 @@ async def _stream(websocket: WebSocket, pipeline: AppendPipeline, *, binary: boo
     writer = asyncio.create_task(_acknowledge(websocket, pipeline))
     try:
         await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-        if reader.done() and not reader.result():  # stopped reading at a bad chunk
-            await writer  # its acks, then the error and the close
+        if reader.done() and reader.exception() is None and not reader.result():
+            await asyncio.wait({writer})  # a chunk failed: its acks, the error, the close
     finally:
         for task in (reader, writer):
             task.cancel()
-        await asyncio.gather(reader, writer, return_exceptions=True)
+        outcomes = await asyncio.gather(reader, writer, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):  # a bug: the server closes the socket (1011)
+            log.error("producer WebSocket failed", exc_info=outcome)
 
 
 async def _read(websocket: WebSocket, pipeline: AppendPipeline, *, binary: bool) -> bool:
@@ -164,7 +167,7 @@ async def _acknowledge(websocket: WebSocket, pipeline: AppendPipeline) -> None:
                 return
     except (WebSocketDisconnect, OSError):
         return  # the client left: nothing more to tell it
-    except Exception as exc:  # a bug in the pipeline (logged there): say so and close
+    except Exception as exc:  # a bug: say so (logged) and close
         await _close_with(websocket, exc)
 
 

@@ -396,3 +396,30 @@ async def test_the_guard_hands_websocket_scopes_to_the_app_untouched():
 )
 def test_each_error_closes_with_its_rfc_6455_code(error, code):
     assert close_code(error) == code
+
+
+class BrokenAppends:
+    """The shard, except that `append_many` fails with a bug (not one of our errors)."""
+
+    def __init__(self, shard: Shard) -> None:
+        self._shard = shard
+
+    def __getattr__(self, name: str):
+        return getattr(self._shard, name)
+
+    async def append_many(self, namespace: str, **options):
+        raise RuntimeError("a bug in the shard")
+
+
+async def test_a_bug_is_an_internal_error_and_1011_not_a_hang(store, shard, caplog):
+    shards = ShardClient(num_shards=1, shards=[BrokenAppends(shard)].__getitem__, store=store)
+    app = make_app(store, shards)
+    async with http(app) as api:
+        acme = {"Authorization": f"Bearer {await key_of(api, 'acme')}"}
+        await new_job(api, acme, "j1")
+        socket = await ws(app, "j1", acme).connect()
+        await socket.send_text("x")
+        acks, error, closed = await acks_then_close(socket)
+    assert acks == [] and error == {"code": "internal", "message": "internal error"}
+    assert closed.code == 1011
+    assert "a bug in the shard" in caplog.text  # logged, never sent
