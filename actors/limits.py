@@ -26,6 +26,10 @@ MAX_NAMESPACE_DESCRIPTION_CHARS = 1024
 MAX_KEY_DESCRIPTION_CHARS = 256
 #: The default largest append; `Settings.max_chunk_bytes` may change it for a deployment.
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
+#: One `append_many` call (a round of a pipelined producer) carries at most this many chunks
+#: and bytes (or one chunk of the deployment's largest size, if that is more).
+MAX_APPEND_MANY_CHUNKS = 1024
+MAX_APPEND_MANY_BYTES = 16 * 1024 * 1024
 #: The largest JSON body (`serve_app.guard` refuses more, 413, before reading it). A submit
 #: with every field full is ~13K characters, ~140 KB even were each one written as a
 #: `\uXXXX\uXXXX` surrogate pair (12 bytes; tests/unit/test_guard.py builds it).

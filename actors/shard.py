@@ -23,7 +23,14 @@ from actors.committer import GroupCommitter, durable
 from actors.job_table import JobTable, Key, LiveJob
 from actors.namespace_settings import NamespaceChanges
 from actors.namespaces import NamespaceBook, audit_entry
-from actors.shard_types import AppendAck, ShardConfig, SubmitItem, SubmitResult, Update
+from actors.shard_types import (
+    AppendAck,
+    AppendManyResult,
+    ShardConfig,
+    SubmitItem,
+    SubmitResult,
+    Update,
+)
 from actors.tail import OutputTail
 from actors.webhooks import ssrf
 from actors.webhooks.delivery import Send
@@ -166,22 +173,39 @@ class Shard:
         self, namespace: str, *, job_id: str, data: bytes, seq: int | None = None
     ) -> AppendAck:
         """Add a chunk of output. With `seq`, a retried append is acknowledged, not repeated."""
-        live = await self._load(namespace, job_id)
-        job = live.current
-        if seq is not None:
-            if seq <= job.output_seq:
-                return await self._existing_append(live, seq, data)
-            if seq != job.output_seq + 1:
-                raise Conflict(f"seq {seq} would leave a gap: the next seq is {job.output_seq + 1}")
-        self._check_running(job, "append output to")
-        check_encoding(job.output_format, data)
-        chunk = Chunk(namespace, job_id, job.output_seq + 1, job.output_size, data)
-        await self._change(
-            live,
-            job.evolve(output_seq=chunk.seq, output_size=chunk.end, updated_at=self._clock()),
-            chunks=[chunk],
-        )
-        return AppendAck(chunk.seq, chunk.offset, len(data))
+        result = await self.append_many(namespace, job_id=job_id, chunks=[data], first_seq=seq)
+        if result.error is not None:
+            raise result.error
+        return result.acks[0]
+
+    async def append_many(
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        chunks: Sequence[bytes],
+        first_seq: int | None = None,
+    ) -> AppendManyResult:
+        """Append `chunks` in order, the new ones in one group commit (one transaction).
+
+        Without `first_seq` they go after the job's current end. With it, chunk i has seq
+        `first_seq + i`, as `append(seq=...)`: a chunk already written is acknowledged again
+        when its bytes are the same (`Conflict` when not), a seq past the next one is a gap
+        (`Conflict`). Each new chunk is checked as `append` checks it (the job runs, UTF-8 for
+        text and json jobs). The first chunk that fails stops the call: the chunks before it
+        are acknowledged (durable), it and the ones after it are not written, and its error
+        is returned with the acks, never raised. A commit that fails fails all the new
+        chunks alike: nothing of them is written.
+        """
+        acks: list[AppendAck] = []
+        try:
+            live = await self._load(namespace, job_id)
+            if first_seq is not None:
+                live = await self._acknowledge_written(live, chunks, first_seq, acks)
+            refused = await self._append_new(live, chunks[len(acks) :], acks)
+        except AosError as exc:
+            return AppendManyResult(tuple(acks), exc)
+        return AppendManyResult(tuple(acks), refused)
 
     async def set_progress(self, namespace: str, *, job_id: str, update: ProgressUpdate) -> Job:
         live = await self._load(namespace, job_id)
@@ -443,18 +467,72 @@ class Shard:
         await durable(future)
         return job
 
-    async def _existing_append(self, live: LiveJob, seq: int, data: bytes) -> AppendAck:
-        await self._durable(live)
-        chunk = self._tail.get(live.current.key, seq)
-        if chunk is None:
-            job = live.current
-            found = await self._store.read_output(
-                job.namespace, job.job_id, after_seq=seq - 1, limit=1
+    async def _append_new(
+        self, live: LiveJob, chunks: Sequence[bytes], acks: list[AppendAck]
+    ) -> AosError | None:
+        """Append `chunks` after the job's current end, up to the first one refused, in one
+        add; extend `acks`. The refused chunk's error, or None."""
+        job = live.current
+        new: list[Chunk] = []
+        refused: AosError | None = None
+        try:
+            for data in chunks:
+                self._check_running(job, "append output to")
+                check_encoding(job.output_format, data)
+                offset = new[-1].end if new else job.output_size
+                new.append(
+                    Chunk(job.namespace, job.job_id, job.output_seq + len(new) + 1, offset, data)
+                )
+        except AosError as exc:
+            refused = exc
+        if new:
+            last = new[-1]
+            changed = job.evolve(
+                output_seq=last.seq, output_size=last.end, updated_at=self._clock()
             )
-            chunk = found[0] if found else None
-        if chunk is None or chunk.seq != seq or chunk.data != data:
-            raise Conflict(f"seq {seq} was already written with different data")
-        return AppendAck(chunk.seq, chunk.offset, len(chunk.data))
+            await self._change(live, changed, chunks=new)
+            acks.extend(AppendAck(c.seq, c.offset, len(c.data)) for c in new)
+        return refused
+
+    async def _acknowledge_written(
+        self, live: LiveJob, chunks: Sequence[bytes], first_seq: int, acks: list[AppendAck]
+    ) -> LiveJob:
+        """Acknowledge the leading chunks (chunk i has seq `first_seq + i`) that are already
+        written with the same bytes, into `acks`; `Conflict` for other bytes or a gap.
+        Returns the job as it is now, with the rest of `chunks` to go after its end."""
+        while len(acks) < len(chunks):
+            job = live.current
+            seq = first_seq + len(acks)
+            if seq > job.output_seq + 1:
+                raise Conflict(f"seq {seq} would leave a gap: the next seq is {job.output_seq + 1}")
+            if seq == job.output_seq + 1:
+                break
+            count = min(len(chunks) - len(acks), job.output_seq - seq + 1)
+            written = await self._written(live, seq, count)
+            for chunk, data in zip(written, chunks[len(acks) :], strict=False):
+                if chunk.data != data:
+                    raise Conflict(f"seq {chunk.seq} was already written with different data")
+                acks.append(AppendAck(chunk.seq, chunk.offset, len(chunk.data)))
+            # The reads may have let other writes in, or a failed commit drop the job.
+            live = await self._load(job.namespace, job.job_id)
+            if not written and live.current.output_seq >= seq:
+                raise Conflict(f"seq {seq} was already written with different data")
+        return live
+
+    async def _written(self, live: LiveJob, seq: int, count: int) -> list[Chunk]:
+        """The committed chunks `seq` .. `seq + count - 1`, in order, waiting for a commit of
+        them still in flight (a producer resuming right after a disconnect); fewer when that
+        commit failed."""
+        job = await self._durable(live)
+        if job.output_seq < seq + count - 1:
+            await self._require_committer().barrier()
+        last = seq + count - 1
+        held = [c for c in self._tail.after(job.key, seq - 1) if c.seq <= last]
+        if held:
+            return held
+        return await self._store.read_output(
+            job.namespace, job.job_id, after_seq=seq - 1, limit=count
+        )
 
     async def _load(self, namespace: str, job_id: str) -> LiveJob:
         await self.namespaces.get(namespace)  # also caches it: writes read its webhook settings

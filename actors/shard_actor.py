@@ -18,7 +18,14 @@ from actors.namespace_settings import NamespaceChanges
 from actors.routing import RAY_NAMESPACE, shard_name
 from actors.shard import Shard
 from actors.shard_client import COALESCED
-from actors.shard_types import AppendAck, ShardConfig, SubmitItem, SubmitResult, Update
+from actors.shard_types import (
+    AppendAck,
+    AppendManyResult,
+    ShardConfig,
+    SubmitItem,
+    SubmitResult,
+    Update,
+)
 from actors.webhooks.dispatcher import dispatcher_handle
 from actors.webhooks.dispatcher_client import DispatcherClient
 from storage.base import open_store
@@ -91,6 +98,17 @@ class ShardActor:
         self, namespace: str, *, job_id: str, data: bytes, seq: int | None = None
     ) -> AppendAck:
         return await (await self._ready()).append(namespace, job_id=job_id, data=data, seq=seq)
+
+    async def append_many(
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        chunks: Sequence[bytes],
+        first_seq: int | None = None,
+    ) -> AppendManyResult:
+        shard = await self._ready()
+        return await shard.append_many(namespace, job_id=job_id, chunks=chunks, first_seq=first_seq)
 
     async def set_progress(self, namespace: str, *, job_id: str, update: ProgressUpdate) -> Job:
         return await (await self._ready()).set_progress(namespace, job_id=job_id, update=update)

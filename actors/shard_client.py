@@ -27,10 +27,16 @@ from actors.commands import (
     new_job_id,
 )
 from actors.feed import Event, job_events, replay
-from actors.limits import MAX_CHUNK_BYTES, check_chunk
+from actors.limits import (
+    MAX_APPEND_MANY_BYTES,
+    MAX_APPEND_MANY_CHUNKS,
+    MAX_CHUNK_BYTES,
+    check_chunk,
+    check_size,
+)
 from actors.namespace_settings import NamespaceChanges
 from actors.routing import RAY_NAMESPACE, shard_for, shard_name
-from actors.shard_types import AppendAck, SubmitItem, SubmitResult, Update
+from actors.shard_types import AppendAck, AppendManyResult, SubmitItem, SubmitResult, Update
 from storage.base import Store
 from storage.errors import AosError, NotFound, ShardUnavailable
 from storage.records import ApiKey, Chunk, Delivery, Job, Namespace
@@ -48,6 +54,14 @@ class ShardApi(Protocol):
     async def append(
         self, namespace: str, *, job_id: str, data: bytes, seq: int | None = None
     ) -> AppendAck: ...
+    async def append_many(
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        chunks: Sequence[bytes],
+        first_seq: int | None = None,
+    ) -> AppendManyResult: ...
     async def set_progress(self, namespace: str, *, job_id: str, update: ProgressUpdate) -> Job: ...
     async def complete(self, namespace: str, *, job_id: str, completion: Completion) -> Job: ...
     async def cancel(self, namespace: str, *, job_id: str, actor: str = "") -> Job: ...
@@ -105,6 +119,8 @@ class ShardClient:
             raise ValueError("num_shards must be >= 1")
         self.num_shards = num_shards
         self.max_chunk_bytes = max_chunk_bytes
+        #: The most bytes one `append_many` call carries (at least one chunk's worth).
+        self.max_many_bytes = max(MAX_APPEND_MANY_BYTES, max_chunk_bytes)
         self._find = shards or _actor_shard
         self._shards: dict[int, ShardApi] = {}
         self._store = store
@@ -198,6 +214,46 @@ class ShardClient:
         return await shard.append(
             namespace, job_id=check_job_id(job_id), data=chunk, seq=check_seq(seq)
         )
+
+    async def append_many(
+        self,
+        namespace: str,
+        job_id: str,
+        chunks: Sequence[bytes],
+        *,
+        first_seq: int | None = None,
+    ) -> AppendManyResult:
+        """Append `chunks` in order, the new ones in one group commit; with `first_seq`, chunk
+        i has seq `first_seq + i` and a retry is idempotent (`Shard.append_many`).
+
+        At most `MAX_APPEND_MANY_CHUNKS` chunks and `max_many_bytes` bytes a call (`TooLarge`,
+        nothing sent). A chunk this client refuses (empty, over `max_chunk_bytes`) ends the
+        call there, as one the shard refuses: the chunks before it are sent and acknowledged,
+        the result's error is its error. Raises only for bad arguments (nothing written) and
+        `ShardUnavailable` (the call's outcome is unknown: retry with `first_seq`).
+        """
+        shard, job_id = self.owner(namespace), check_job_id(job_id)
+        check_size("an append_many call", len(chunks), MAX_APPEND_MANY_CHUNKS, "chunks")
+        if first_seq is not None:
+            check_seq(first_seq)
+            check_seq(first_seq + max(len(chunks) - 1, 0))
+        checked: list[bytes] = []
+        refused: AosError | None = None
+        for data in chunks:
+            try:
+                checked.append(check_chunk(data, self.max_chunk_bytes))
+            except AosError as exc:
+                refused = exc
+                break
+        check_size("an append_many call", sum(map(len, checked)), self.max_many_bytes, "bytes")
+        if not checked:
+            return AppendManyResult((), refused)
+        result = await shard.append_many(
+            namespace, job_id=job_id, chunks=checked, first_seq=first_seq
+        )
+        if result.error is None and refused is not None:
+            return AppendManyResult(result.acks, refused)
+        return result
 
     async def set_progress(self, namespace: str, job_id: str, update: ProgressUpdate) -> Job:
         return await self.owner(namespace).set_progress(

@@ -49,6 +49,20 @@ class AppendAck:
 
 @pickled_by_fields
 @dataclass(frozen=True, slots=True)
+class AppendManyResult:
+    """What `append_many` did with its chunks, in order.
+
+    `acks[i]` acknowledges chunk i, durably stored (appended now, or found already written
+    with the same bytes). When `error` is set, it is chunk `len(acks)`'s: that chunk and
+    every later one were not written. Crosses Ray as a value (our errors pickle).
+    """
+
+    acks: tuple[AppendAck, ...] = ()
+    error: AosError | None = None
+
+
+@pickled_by_fields
+@dataclass(frozen=True, slots=True)
 class Update:
     """What `watch` returns: the committed job and the committed output after the caller's
     position that the in-memory tail still holds (empty when the caller must read the store)."""

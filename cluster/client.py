@@ -5,6 +5,8 @@
     c.submit("default", "job-1", metadata={"title": "export"})
     c.submit_many("default", [{"jobId": "job-2"}, {"jobId": "job-3"}])  # a result per job
     c.append("default", "job-1", b"hello ")
+    with c.producer("default", "job-1", seq=2) as p:   # pipelined: many chunks in flight
+        p.write(b"world")
     c.complete("default", "job-1")
     async for event in c.events("default", "job-1"): ...
     await c.shards.get("default", "job-1")    # the async API (`actors.shard_client`)
@@ -27,6 +29,7 @@ from actors.shard_client import ShardClient
 from actors.shard_types import AppendAck, SubmitItem, SubmitResult
 from cluster import ray_connect
 from cluster.blocking import run as _run
+from cluster.producer import PipelineLimits, Producer
 from cluster.settings import Settings
 from serve_app.batch import submit_checked
 from serve_app.models import SubmitRequest
@@ -113,6 +116,19 @@ class Client:
         payload = data.encode() if isinstance(data, str) else data
         return _run(self.shards.append(namespace, job_id, payload, seq=seq))
 
+    def producer(
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        seq: int | None = None,
+        limits: PipelineLimits | None = None,
+    ) -> Producer:
+        """A pipelined producer of the job's output (`cluster.producer.Producer`): `write`
+        queues a chunk, `flush` waits until all are durable; `seq` numbers the first chunk
+        (resuming safely). Use it as a context manager, or `close()` it."""
+        return Producer.open(self.shards, namespace, job_id, seq=seq, limits=limits)
+
     def progress(
         self,
         namespace: str,
@@ -173,4 +189,4 @@ def _item(job: object, namespace: str | None) -> SubmitItem | AosError:
         return exc
 
 
-__all__ = ["Client", "Event", "SubmitResult"]
+__all__ = ["Client", "Event", "PipelineLimits", "Producer", "SubmitResult"]

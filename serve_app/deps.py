@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from starlette.requests import HTTPConnection
 
 from actors.commands import check_namespace
 from actors.shard_client import ShardClient
@@ -46,17 +47,17 @@ class Deps:
         return cls(config, store, shards, keys)
 
 
-def of(request: Request) -> Deps:
-    """The `Deps` of the app serving `request`."""
-    found: Deps | None = getattr(request.app.state, "deps", None)
+def of(connection: HTTPConnection) -> Deps:
+    """The `Deps` of the app serving `connection` (a request or a WebSocket)."""
+    found: Deps | None = getattr(connection.app.state, "deps", None)
     if found is None:
         raise RuntimeError("the app has no dependencies yet (create_app(deps) or app.state.deps)")
     return found
 
 
-async def deps(request: Request) -> Deps:
-    """`of(request)` as a dependency; async, because FastAPI runs a plain def in a thread."""
-    return of(request)
+async def deps(connection: HTTPConnection) -> Deps:
+    """`of(connection)` as a dependency; async, because FastAPI runs a plain def in a thread."""
+    return of(connection)
 
 
 D = Annotated[Deps, Depends(deps)]

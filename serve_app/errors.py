@@ -1,4 +1,5 @@
-"""The one mapping from our errors to HTTP: `{"error": {"code", "message"}}` (RFC 9110 codes).
+"""The one mapping from our errors to HTTP: `{"error": {"code", "message"}}` (RFC 9110 codes),
+and to WebSocket close codes (RFC 6455 §7.4).
 
 Ray's errors never get here: `ShardClient` translates them (`ShardUnavailable`).
 """
@@ -38,6 +39,37 @@ STATUS = {
 #: An error message may quote the request (a bad field name, a bad value): it is clipped,
 #: and what UTF-8 cannot carry is replaced, so rendering an error never fails.
 MAX_MESSAGE_CHARS = 1000
+
+
+#: A WebSocket closed after an error says why with its close code (RFC 6455 §7.4.1; 1013 is
+#: in the IANA registry of close codes, RFC 6455 §11.7). The first class that matches wins.
+CLOSE_CODES: tuple[tuple[type[errors.AosError], int], ...] = (
+    (errors.TooLarge, 1009),  # Message Too Big
+    (errors.Invalid, 1007),  # Invalid frame payload data (Unstorable too: the data's fault)
+    (errors.Conflict, 1008),  # Policy Violation
+    (errors.Forbidden, 1008),
+    (errors.Unauthorized, 1008),
+    (errors.NotFound, 1008),
+    (errors.BadRequest, 1008),
+    (errors.Overloaded, 1013),  # Try Again Later
+    (errors.ShardUnavailable, 1013),
+    (errors.StoreUnavailable, 1011),  # Internal Error (the store failed; retryable)
+)
+#: A bug: RFC 6455's "unexpected condition that prevented it from fulfilling the request".
+CLOSE_INTERNAL = 1011
+
+
+def close_code(exc: BaseException) -> int:
+    """The WebSocket close code for an error (`CLOSE_CODES`; anything else is 1011)."""
+    return next((code for cls, code in CLOSE_CODES if isinstance(exc, cls)), CLOSE_INTERNAL)
+
+
+def error_body(exc: BaseException) -> dict[str, Any]:
+    """`{"error": {"code", "message"}}` for any error (a bug is logged, its text never sent)."""
+    if isinstance(exc, errors.AosError):
+        return error_json(exc.code, exc.message)
+    log.exception("unhandled error", exc_info=exc)
+    return error_json("internal", "internal error")
 
 
 def error_response(

@@ -18,6 +18,7 @@ from actors.routing import shard_for
 from actors.shard import Shard
 from actors.shard_actor import ShardActor
 from actors.shard_client import COALESCED, ShardApi, ShardClient
+from actors.shard_types import AppendManyResult
 from storage.errors import Invalid, NotFound, TooLarge
 from storage.memory import MemoryStore
 from storage.records import ApiKey, Batch, Chunk, Job, JobStatus
@@ -35,7 +36,7 @@ class RecordingShard:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-        self.replies: dict[str, Any] = {}
+        self.replies: dict[str, Any] = {"append_many": AppendManyResult()}
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -77,6 +78,10 @@ CALLS = [
     (
         lambda c, ns: c.append(ns, "j1", b"abc", seq=3),
         ("append", {"job_id": "j1", "data": b"abc", "seq": 3}),
+    ),
+    (
+        lambda c, ns: c.append_many(ns, "j1", [b"ab", b"c"], first_seq=2),
+        ("append_many", {"job_id": "j1", "chunks": [b"ab", b"c"], "first_seq": 2}),
     ),
     (
         lambda c, ns: c.set_progress(ns, "j1", ProgressUpdate(progress=5)),
@@ -169,6 +174,9 @@ async def test_ping_all_pings_every_shard():
         (lambda c: c.append("acme", "j1", b"123456789"), TooLarge),
         (lambda c: c.append("acme", "j1", b"x", seq=0), Invalid),
         (lambda c: c.append("acme", "j 1", b"x"), Invalid),
+        (lambda c: c.append_many("acme", "j 1", [b"x"]), Invalid),
+        (lambda c: c.append_many("acme", "j1", [b"x"], first_seq=0), Invalid),
+        (lambda c: c.append_many("acme", "j1", [b"x"] * 1025), TooLarge),
         (lambda c: c.cancel("acme", ""), Invalid),
         (lambda c: c.watch("acme", "../j1"), Invalid),
         (lambda c: c.rotate_webhook_secret("acme", grace_s=-1), Invalid),
