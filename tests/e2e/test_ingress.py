@@ -15,7 +15,6 @@ import pytest
 
 from tests.e2e.listening import listeners
 from tests.e2e.soak import SOAK_S
-from tests.e2e.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +40,7 @@ def test_a_stream_and_long_polls_held_for_minutes_get_heartbeats_waits_and_the_c
         time.sleep(remaining)
     held.stop.set()
     with httpx.Client(base_url=held.url, headers=held.headers(), timeout=30) as http:
-        assert http.post(f"/api/v1/jobs/{held.job_id}/output", content=b"bye").status_code == 201
+        assert http.post(f"/api/v1/jobs/{held.job_id}/output", content=b"bye").status_code == 200
         http.post(f"/api/v1/jobs/{held.job_id}/complete", json={"status": "Succeeded"})
     for thread in held.threads:
         thread.join(settings.max_wait_s + 30)
@@ -63,41 +62,3 @@ def test_a_stream_and_long_polls_held_for_minutes_get_heartbeats_waits_and_the_c
     assert len(waited) >= int(SOAK_S // settings.max_wait_s)
     assert all(code == 304 and seconds >= settings.max_wait_s - 1 for code, seconds in waited)
     assert last[0] == 200 and last[1] < settings.max_wait_s
-
-
-def backend_sessions(settings) -> int:
-    """Requests HAProxy has open to the app's replicas now (its stats page, as CSV)."""
-    csv = httpx.get(f"http://127.0.0.1:{settings.haproxy_stats_port}/stats;csv", timeout=10)
-    header, *rows = csv.text.lstrip("# ").splitlines()
-    columns = header.split(",")
-    total = 0
-    for row in rows:
-        values = dict(zip(columns, row.split(","), strict=False))
-        if values.get("svname") == "BACKEND" and values["pxname"] not in (
-            "stats",
-            "default_backend",
-        ):
-            total += int(values["scur"] or 0)
-    return total
-
-
-def test_clients_that_disconnect_mid_stream_leave_no_request_open_behind_haproxy(
-    service, settings, tenant
-):
-    job = tenant.http.post("/api/v1/jobs", json={}).json()["jobId"]
-    with httpx.Client(base_url=service.url, headers=tenant.http.headers, timeout=30) as http:
-        streams = [http.stream("GET", f"/api/v1/jobs/{job}/stream") for _ in range(5)]
-        for stream in streams:
-            response = stream.__enter__()
-            assert response.status_code == 200
-            next(response.iter_lines())
-        assert backend_sessions(settings) >= 5
-        for stream in streams:
-            stream.__exit__(None, None, None)
-    wait_until(
-        lambda: backend_sessions(settings) == 0,
-        timeout_s=10,
-        what="HAProxy to close the streams to the replica",
-        state=lambda: {"open": backend_sessions(settings)},
-    )
-    assert tenant.http.get(f"/api/v1/jobs/{job}/status").status_code == 200
