@@ -11,8 +11,10 @@ controller's `runtime_env` (its proxies and replicas inherit it) when `aos serve
 Serve; a Serve already running keeps the ingress it has. On Kubernetes they are the pods'
 environment (ray-cluster.yaml).
 
-Serve's HAProxy also opens a stats page and a Prometheus exporter on every interface; the
-`aos-haproxy` wrapper (`main` below) binds both to `AOS_HAPROXY_ADMIN_HOST` instead.
+Serve's HAProxy also opens a stats page and a Prometheus exporter on every interface, and
+passes on Serve's own backpressure 503 ("Request dropped due to backpressure", plain text,
+no `Retry-After`). The `aos-haproxy` wrapper (`main` below) binds the two to
+`AOS_HAPROXY_ADMIN_HOST` and turns such a 503 into the API's JSON error with `Retry-After`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ BINARY_VAR = "AOS_HAPROXY_BINARY"
 #: The sections of Serve's haproxy.cfg that bind to every interface unless rewritten.
 _ADMIN_SECTIONS = ("listen stats", "frontend prometheus")
 _BIND = re.compile(r"(\s*bind\s+)\S*:(\d+)(.*)")
+_API_FRONTEND = "frontend http_frontend"
+#: A 503 without `Retry-After` comes from Serve (its queue is full) or HAProxy, not from the
+#: API (whose 503s say when to retry): answered as the API answers overload (RFC 9110 §15.6.4).
+OVERLOADED_RULES = (
+    "    http-response return status 503 content-type application/json"
+    ' string \'{"error":{"code":"overloaded","message":"the service is over capacity;'
+    " retry after the Retry-After seconds\"}}' hdr Retry-After 1"
+    " if { status 503 } !{ res.hdr(retry-after) -m found }",
+)
 
 
 def environment(
@@ -86,24 +97,29 @@ def haproxy_binary() -> str:
     return found
 
 
-def bind_admin(config: str, host: str) -> str:
-    """`config` (Serve's haproxy.cfg) with the stats and metrics sections bound to `host`."""
-    lines = []
+def rewrite(config: str, admin_host: str) -> str:
+    """`config` (Serve's haproxy.cfg) with the stats and metrics sections bound to
+    `admin_host`, and `OVERLOADED_RULES` in the API's frontend. Idempotent."""
+    lines: list[str] = []
     section = ""
     for line in config.splitlines():
         if line and not line[0].isspace():
             section = line.strip()
         match = _BIND.fullmatch(line)
         if match and section.startswith(_ADMIN_SECTIONS):
-            line = f"{match[1]}{host}:{match[2]}{match[3]}"
+            line = f"{match[1]}{admin_host}:{match[2]}{match[3]}"
+        if line in OVERLOADED_RULES:
+            continue  # put back below, once
         lines.append(line)
+        if section == _API_FRONTEND and line == section:
+            lines.extend(OVERLOADED_RULES)
     return "\n".join(lines) + "\n"
 
 
 def main() -> NoReturn:
     """`aos-haproxy`: Serve runs it as its HAProxy binary (`RAY_SERVE_HAPROXY_BINARY_PATH`).
 
-    Rewrites the config named by `-f` (see `bind_admin`), then becomes the real HAProxy
+    Rewrites the config named by `-f` (see `rewrite`), then becomes the real HAProxy
     (`AOS_HAPROXY_BINARY`, else the bundled one) with the same arguments.
     """
     args = sys.argv[1:]
@@ -111,7 +127,7 @@ def main() -> NoReturn:
     if "-f" in args[:-1]:
         path = Path(args[args.index("-f") + 1])
         rewritten = path.with_name(path.name + ".aos")
-        rewritten.write_text(bind_admin(path.read_text(), host))
+        rewritten.write_text(rewrite(path.read_text(), host))
         rewritten.replace(path)
     binary = os.environ.get(BINARY_VAR) or haproxy_binary()
     os.execv(binary, [binary, *args])

@@ -7,11 +7,13 @@ this file runs late in the suite, so waiting for `SOAK_S` usually costs nothing.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 
 import httpx
 import pytest
+from ray import serve
 
 from tests.e2e.listening import listeners
 from tests.e2e.soak import SOAK_S
@@ -62,3 +64,33 @@ def test_a_stream_and_long_polls_held_for_minutes_get_heartbeats_waits_and_the_c
     assert len(waited) >= int(SOAK_S // settings.max_wait_s)
     assert all(code == 304 and seconds >= settings.max_wait_s - 1 for code, seconds in waited)
     assert last[0] == 200 and last[1] < settings.max_wait_s
+
+
+def test_serves_own_backpressure_503_gets_the_apis_json_error_and_retry_after(service):
+    """Serve sheds past a deployment's max_ongoing + max_queued requests with a plain 503;
+    behind HAProxy it becomes the API's overload answer (cluster/ingress.py). A probe app
+    with a queue of one shows it, as the `Api` deployment would at 5,000 + 2,000."""
+
+    @serve.deployment(
+        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1, max_queued_requests=1
+    )
+    class Slow:
+        async def __call__(self, request: object) -> str:
+            await asyncio.sleep(2)
+            return "done"
+
+    serve.run(Slow.bind(), name="overload-probe", route_prefix="/overload-probe")
+    try:
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+                return await asyncio.gather(*(http.get("/overload-probe") for _ in range(6)))
+
+        answers = asyncio.run(burst())
+    finally:
+        serve.delete("overload-probe")
+    shed = [a for a in answers if a.status_code == 503]
+    assert shed and len(shed) + sum(a.status_code == 200 for a in answers) == 6, answers
+    for answer in shed:
+        assert answer.headers["Retry-After"] == "1"
+        assert answer.json()["error"]["code"] == "overloaded"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.ingress import ADMIN_HOST_VAR, BINARY_VAR, bind_admin, environment
+from cluster.ingress import ADMIN_HOST_VAR, BINARY_VAR, OVERLOADED_RULES, environment, rewrite
 from cluster.settings import Settings
 
 #: The parts of the config Serve 2.60 renders that matter here (haproxy_templates.py).
@@ -32,16 +32,18 @@ listen stats
 """
 
 
-def test_only_the_stats_and_metrics_binds_move_to_the_admin_host():
-    rewritten = bind_admin(SERVE_CONFIG, "127.0.0.1")
+def test_only_the_stats_and_metrics_binds_move_and_the_api_frontend_answers_overload():
+    rewritten = rewrite(SERVE_CONFIG, "127.0.0.1")
     assert "    bind 127.0.0.1:9101\n" in rewritten
     assert "  bind 127.0.0.1:8404\n" in rewritten
     assert "    bind *:8000\n" in rewritten  # the API stays where --host put it
-    assert (
-        rewritten.replace("127.0.0.1:9101", ":9101").replace("127.0.0.1:8404", "*:8404")
-        == SERVE_CONFIG
-    )
-    assert bind_admin(rewritten, "127.0.0.1") == rewritten  # idempotent
+    frontend = rewritten.split("frontend http_frontend\n")[1].split("backend")[0]
+    assert frontend.startswith(OVERLOADED_RULES[0] + "\n")
+    assert rewritten.count("http-response return status 503") == 1
+    restored = rewritten.replace(OVERLOADED_RULES[0] + "\n", "")
+    restored = restored.replace("127.0.0.1:9101", ":9101").replace("127.0.0.1:8404", "*:8404")
+    assert restored == SERVE_CONFIG
+    assert rewrite(rewritten, "127.0.0.1") == rewritten  # idempotent
 
 
 def test_haproxy_mode_sets_serves_switches_ports_and_the_wrapper():
