@@ -419,6 +419,9 @@ def _actor_shard(slot: int) -> ShardApi:
 #: webhook URL (a DNS lookup first) and the slower calls go alone, keeping no one waiting.
 COALESCED = frozenset({"submit", "append", "set_progress", "complete", "cancel"})
 
+#: Coalesced calls one replica has out to one shard at a time; more writes wait for one.
+MAX_CALLS_IN_FLIGHT = 1
+
 _Call = tuple[str, tuple[Any, ...], dict[str, Any]]
 
 
@@ -429,14 +432,17 @@ class _ActorShard:
     `many` for the coalesced writes.
 
     An actor call costs the caller far more than a write costs the shard (Ray's task
-    submission holds the GIL), so the `COALESCED` writes of one tick share one call; each
-    caller still gets its own result or error.
+    submission holds the GIL), so the `COALESCED` writes share calls: those of one tick go
+    together, and while `MAX_CALLS_IN_FLIGHT` calls are out the next ones wait to go
+    together when one returns (self-clocked, as Nagle's algorithm). Each caller still gets
+    its own result or error.
     """
 
     def __init__(self, handle: Any) -> None:
         self._handle = handle
         self._pending: list[tuple[_Call, asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Task[None]] = set()
+        self._scheduled = False
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
         method = getattr(self._handle, name)
@@ -448,22 +454,31 @@ class _ActorShard:
             spec = kwargs.get("spec")
             if spec is not None and spec.webhook_url is not None:
                 return await call(*args, **kwargs)
-            loop = asyncio.get_running_loop()
-            if not self._pending:
-                loop.call_soon(self._flush)
-            future: asyncio.Future[Any] = loop.create_future()
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._pending.append(((name, args, kwargs), future))
+            self._schedule()
             return await future
 
         chosen = coalesced if name in COALESCED else call
         setattr(self, name, chosen)  # made once per method: __getattr__ runs on misses only
         return chosen
 
+    def _schedule(self) -> None:
+        """Send what is pending at the end of this tick, unless enough calls are out."""
+        if self._pending and not self._scheduled and len(self._sending) < MAX_CALLS_IN_FLIGHT:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
+        self._scheduled = False
         pending, self._pending = self._pending, []
         task = asyncio.get_running_loop().create_task(self._send(pending))
         self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._schedule()
 
     async def _send(self, pending: list[tuple[_Call, asyncio.Future[Any]]]) -> None:
         try:

@@ -297,7 +297,9 @@ def start(data_dir: str, ingress: Ingress) -> tuple[bootstrap.Service, str]:
         num_shards=NUM_SHARDS,
     )
     service = bootstrap.start(settings)
-    serve.run(Noop.bind(), name=NOOP_APP, route_prefix=f"/{NOOP_APP}")  # type: ignore[attr-defined]
+    # The ceiling runs as many replicas as the service's `Api`, with the same options.
+    noop = Noop.options(num_replicas=settings.num_replicas)  # type: ignore[attr-defined]
+    serve.run(noop.bind(), name=NOOP_APP, route_prefix=f"/{NOOP_APP}")
     return service, create_key(service.url)
 
 

@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     fallback_proxy_port: int = Field(default=8500, ge=1, le=65535)
     storage_url: str = "sqlite:///./aos-data/aos.db"
     num_shards: int = Field(default=4, ge=1, le=1024)
-    num_replicas: int = Field(default=1, ge=1)
+    #: `Api` replicas (ingress). Two on two cores: reads are bound by the replica's CPU,
+    #: and HAProxy spreads requests over them (DESIGN-NOTES.md 28).
+    num_replicas: int = Field(default=2, ge=1)
     admin_key: SecretStr | None = None
     ray_address: str | None = Field(
         default=None, validation_alias=AliasChoices("RAY_ADDRESS", "AOS_RAY_ADDRESS")

@@ -25,15 +25,20 @@ class FakeMethod:
 class FakeHandle:
     """Records each actor call; `many` answers each inner call like the shard would."""
 
-    def __init__(self, *, fail_many: BaseException | None = None) -> None:
+    def __init__(
+        self, *, fail_many: BaseException | None = None, gate: asyncio.Event | None = None
+    ) -> None:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self.fail_many = fail_many
+        self.gate = gate  # when given, every call waits for it
 
     def __getattr__(self, name: str) -> FakeMethod:
         return FakeMethod(self, name)
 
     async def answer(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         await asyncio.sleep(0)
+        if self.gate is not None:
+            await self.gate.wait()
         if name == "many":
             if self.fail_many is not None:
                 raise self.fail_many
@@ -119,3 +124,23 @@ async def test_a_caller_that_goes_away_does_not_disturb_the_others():
     assert await staying == ("append", "b")
     with pytest.raises(asyncio.CancelledError):
         await leaving
+
+
+async def test_while_a_call_is_out_later_writes_wait_and_go_together_when_it_returns():
+    gate = asyncio.Event()
+    handle = FakeHandle(gate=gate)
+    shard = _ActorShard(handle)
+    first = asyncio.ensure_future(shard.append("acme", job_id="a", data=b"x"))
+    later = []
+    for i in range(3):  # each in a tick of its own, while the first call is out
+        for _ in range(3):
+            await asyncio.sleep(0)
+        later.append(asyncio.ensure_future(shard.append("acme", job_id=f"b{i}", data=b"y")))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert [name for name, _, _ in handle.calls] == ["append"]
+    gate.set()
+    results = await asyncio.gather(first, *later)
+    assert [name for name, _, _ in handle.calls] == ["append", "many"]
+    assert [kwargs["job_id"] for _, _, kwargs in handle.calls[1][1][0]] == ["b0", "b1", "b2"]
+    assert results == [("append", "a"), ("append", "b0"), ("append", "b1"), ("append", "b2")]
