@@ -29,6 +29,10 @@ def _start(data: Path, port: int) -> subprocess.Popen[str]:
         "AOS_ADMIN_KEY": "crash-admin",
         "AOS_NUM_SHARDS": "2",
         "AOS_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        # HAProxy's admin ports and Serve's fallback proxy: free ones, whatever runs here.
+        "AOS_HAPROXY_STATS_PORT": str(free_port()),
+        "AOS_HAPROXY_METRICS_PORT": str(free_port()),
+        "AOS_FALLBACK_PROXY_PORT": str(free_port()),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "cluster.cli", "serve"],
