@@ -58,12 +58,16 @@ def environment(
     stats_port: int,
     metrics_port: int,
     fallback_port: int,
+    hard_stop_after_s: int = 3600,
 ) -> dict[str, str]:
     """The variables Serve's controller (and so its proxies and replicas) needs for `ingress`.
 
     HAProxy's stats page (`stats_port`, path /stats) and metrics (`metrics_port`, path
     /metrics) listen on `admin_host`; Serve's own proxy stays on the head node as HAProxy's
-    fallback, on `fallback_port` of the service's host.
+    fallback, on `fallback_port` of the service's host. Serve reloads HAProxy whenever its
+    replicas change; the connections of the process it replaces (SSE streams, long-polls)
+    are kept up to `hard_stop_after_s` (Serve's default, 120 s, cut every stream 120 s
+    after any reload).
     """
     if ingress == SERVE_PROXY:
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
@@ -74,6 +78,7 @@ def environment(
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_port),
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DRAIN_S),
+        "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": str(hard_stop_after_s),
         ADMIN_HOST_VAR: admin_host,
     }
     wrapper = Path(sys.executable).with_name("aos-haproxy")

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     haproxy_metrics_port: int = Field(default=9101, ge=1, le=65535)
     #: Serve's own proxy, HAProxy's fallback on the head node, on the HTTP host.
     fallback_proxy_port: int = Field(default=8500, ge=1, le=65535)
+    #: How long an HAProxy that a reload replaced keeps its open streams (cluster/ingress.py).
+    haproxy_hard_stop_after_s: int = Field(default=3600, ge=1)
     storage_url: str = "sqlite:///./aos-data/aos.db"
     num_shards: int = Field(default=4, ge=1, le=1024)
     #: `Api` replicas (ingress). Two on two cores: reads are bound by the replica's CPU,
@@ -88,6 +90,7 @@ class Settings(BaseSettings):
             stats_port=self.haproxy_stats_port,
             metrics_port=self.haproxy_metrics_port,
             fallback_port=self.fallback_proxy_port,
+            hard_stop_after_s=self.haproxy_hard_stop_after_s,
         )
 
     def listening(self) -> list[tuple[str, int, str]]:

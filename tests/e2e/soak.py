@@ -4,6 +4,8 @@ and checked by tests/e2e/test_ingress.py once they have lasted `SOAK_S`.
 One SSE stream on an idle job (heartbeats only), and long-polls that each wait the
 service's maximum (`max_wait_s`) for a change that does not come. They run on their own
 threads while the rest of the suite runs, so minutes of holding cost the suite no time.
+Once they are open, a deploy makes Serve reload HAProxy: they must outlive the process that
+carries them being replaced (Serve's default would cut them 120 s later).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from ray import serve
 
 from tests.e2e.sse import frames
 
@@ -34,6 +37,7 @@ class Soak:
     polls: list[tuple[int, float]] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    opened: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
 
     def headers(self) -> dict[str, str]:
@@ -48,6 +52,7 @@ class Soak:
                 response.raise_for_status()
                 for frame in frames(response):
                     self.frames.append((time.monotonic(), frame))
+                    self.opened.set()
                     if frame.get("event") == "end":
                         return
         except BaseException as exc:  # kept for the test to report
@@ -90,4 +95,14 @@ def start(url: str, admin_key: str, *, max_wait_s: float) -> Soak:
     ]
     for thread in soak.threads:
         thread.start()
+    if not soak.opened.wait(30):
+        raise RuntimeError("the held stream did not open")
+    serve.run(_reload.bind(), name="soak-reload", route_prefix="/soak-reload")
+    serve.delete("soak-reload")
     return soak
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+def _reload(request: object) -> str:
+    """A deployment whose coming and going makes Serve reload HAProxy."""
+    return "reloaded"

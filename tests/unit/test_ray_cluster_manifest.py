@@ -57,3 +57,4 @@ def test_every_pod_runs_serve_with_haproxy_and_its_admin_ports_on_loopback():
         assert env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
         assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("/aos-haproxy")
         assert env["AOS_HAPROXY_ADMIN_HOST"] == "127.0.0.1"
+        assert int(env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"]) >= 3600
