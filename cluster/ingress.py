@@ -41,6 +41,11 @@ BINARY_VAR = "AOS_HAPROXY_BINARY"
 _ADMIN_SECTIONS = ("listen stats", "frontend prometheus")
 _BIND = re.compile(r"(\s*bind\s+)\S*:(\d+)(.*)")
 _API_FRONTEND = "frontend http_frontend"
+_DEFAULTS = "defaults"
+#: A connection that has not sent a whole request head within this is closed (408): Serve
+#: leaves it to `timeout client` (an hour), so a few thousand idle connections held
+#: HAProxy's every slot (maxconn) and every later client hung.
+REQUEST_HEAD_RULES = ("    timeout http-request 30s",)
 #: A 503 without `Retry-After` comes from Serve (its queue is full) or HAProxy, not from the
 #: API (whose 503s say when to retry): answered as the API answers overload (RFC 9110 §15.6.4).
 OVERLOADED_RULES = (
@@ -104,7 +109,8 @@ def haproxy_binary() -> str:
 
 def rewrite(config: str, admin_host: str) -> str:
     """`config` (Serve's haproxy.cfg) with the stats and metrics sections bound to
-    `admin_host`, and `OVERLOADED_RULES` in the API's frontend. Idempotent."""
+    `admin_host`, `OVERLOADED_RULES` in the API's frontend and `REQUEST_HEAD_RULES` in the
+    defaults. Idempotent."""
     lines: list[str] = []
     section = ""
     for line in config.splitlines():
@@ -113,11 +119,13 @@ def rewrite(config: str, admin_host: str) -> str:
         match = _BIND.fullmatch(line)
         if match and section.startswith(_ADMIN_SECTIONS):
             line = f"{match[1]}{admin_host}:{match[2]}{match[3]}"
-        if line in OVERLOADED_RULES:
+        if line in OVERLOADED_RULES or line in REQUEST_HEAD_RULES:
             continue  # put back below, once
         lines.append(line)
         if section == _API_FRONTEND and line == section:
             lines.extend(OVERLOADED_RULES)
+        if section == _DEFAULTS and line == section:
+            lines.extend(REQUEST_HEAD_RULES)
     return "\n".join(lines) + "\n"
 
 

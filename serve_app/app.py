@@ -47,5 +47,9 @@ async def readyz(deps: D) -> JSONResponse:
         await deps.shards.ping_all()
     except Exception as exc:  # readiness reports any failure; the cause is in the body
         body = bytes(errors.to_response(exc).body)
-        return JSONResponse({"status": "unavailable", "detail": body.decode()}, status_code=503)
+        return JSONResponse(
+            {"status": "unavailable", "detail": body.decode()},
+            status_code=503,
+            headers={"Retry-After": "1"},  # also keeps HAProxy from answering it as overload
+        )
     return JSONResponse({"status": "ready"})

@@ -720,6 +720,7 @@ async def test_an_unavailable_shard_is_503_with_retry_after_and_not_ready(store)
         ready = await api.get("/readyz")
         assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
         assert "shard_unavailable" in ready.json()["detail"]
+        assert ready.headers["retry-after"] == "1"  # HAProxy passes it on as it is
         assert (await api.get("/healthz")).status_code == 200
 
 

@@ -40,7 +40,9 @@ def test_only_the_stats_and_metrics_binds_move_and_the_api_frontend_answers_over
     frontend = rewritten.split("frontend http_frontend\n")[1].split("backend")[0]
     assert frontend.startswith(OVERLOADED_RULES[0] + "\n")
     assert rewritten.count("http-response return status 503") == 1
+    assert "defaults\n    timeout http-request 30s\n" in rewritten  # idle connections go
     restored = rewritten.replace(OVERLOADED_RULES[0] + "\n", "")
+    restored = restored.replace("    timeout http-request 30s\n", "")
     restored = restored.replace("127.0.0.1:9101", ":9101").replace("127.0.0.1:8404", "*:8404")
     assert restored == SERVE_CONFIG
     assert rewrite(rewritten, "127.0.0.1") == rewritten  # idempotent
