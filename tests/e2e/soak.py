@@ -38,23 +38,39 @@ class Soak:
     errors: list[BaseException] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     opened: threading.Event = field(default_factory=threading.Event)
+    #: The code of every `error` event that ended the stream before it was opened again.
+    restarts: list[str] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
 
     def stream(self) -> None:
+        """Read the stream as EventSource would: after an `error` event (the suite kills
+        shard actors; a stream whose shard restarts ends with `shard_unavailable`) open it
+        again with Last-Event-ID. The connection itself must never be cut."""
+        last_id = None
         try:
-            with (
-                httpx.Client(base_url=self.url, headers=self.headers(), timeout=30) as http,
-                http.stream("GET", f"/api/v1/jobs/{self.job_id}/stream") as response,
-            ):
-                response.raise_for_status()
-                for frame in frames(response):
-                    self.frames.append((time.monotonic(), frame))
-                    self.opened.set()
-                    if frame.get("event") == "end":
-                        return
+            with httpx.Client(base_url=self.url, headers=self.headers(), timeout=30) as http:
+                while True:
+                    headers = {"Last-Event-ID": last_id} if last_id else {}
+                    path = f"/api/v1/jobs/{self.job_id}/stream"
+                    with http.stream("GET", path, headers=headers) as response:
+                        if response.status_code == 503:  # the shard is still restarting
+                            time.sleep(float(response.headers.get("Retry-After", "1")))
+                            continue
+                        response.raise_for_status()
+                        for frame in frames(response):
+                            self.frames.append((time.monotonic(), frame))
+                            self.opened.set()
+                            last_id = frame.get("id", last_id)
+                            if frame.get("event") == "end":
+                                return
+                            if frame.get("event") == "error":
+                                self.restarts.append(frame["data"]["code"])
+                                break
+                        else:
+                            raise AssertionError("the stream ended without an event saying why")
         except BaseException as exc:  # kept for the test to report
             self.errors.append(exc)
 

@@ -47,12 +47,14 @@ def test_a_stream_and_long_polls_held_for_minutes_get_heartbeats_waits_and_the_c
     for thread in held.threads:
         thread.join(settings.max_wait_s + 30)
     assert not held.errors, held.errors
+    assert set(held.restarts) <= {"shard_unavailable"}, held.restarts  # other tests kill shards
 
     # The stream lasted SOAK_S, with a heartbeat at least every few heartbeat periods.
     times = [held.started] + [at for at, _ in held.frames]
     longest_gap = max(b - a for a, b in itertools.pairwise(times))
     assert times[-1] - held.started >= SOAK_S
-    assert longest_gap < 3 * settings.heartbeat_s + 1, longest_gap
+    restarting_s = 15 if held.restarts else 0  # a killed shard restarts within seconds
+    assert longest_gap < 3 * settings.heartbeat_s + 1 + restarting_s, longest_gap
     beats = [frame for _, frame in held.frames if "comment" in frame]
     assert len(beats) >= SOAK_S / settings.heartbeat_s / 2
     events = [frame for _, frame in held.frames if "event" in frame]
