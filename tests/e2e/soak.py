@@ -40,6 +40,8 @@ class Soak:
     opened: threading.Event = field(default_factory=threading.Event)
     #: The code of every `error` event that ended the stream before it was opened again.
     restarts: list[str] = field(default_factory=list)
+    #: The error code of every long-poll that ended in 503 (it is asked again).
+    interrupted: list[str] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
 
     def headers(self) -> dict[str, str]:
@@ -86,6 +88,10 @@ class Soak:
                         params={"wait": wait_s},
                         headers={"If-None-Match": f'"{revision}"'},
                     )
+                    if answer.status_code == 503:  # its shard restarted: ask again, as clients do
+                        self.interrupted.append(answer.json()["error"]["code"])
+                        time.sleep(float(answer.headers.get("Retry-After", "1")))
+                        continue
                     self.polls.append((answer.status_code, time.monotonic() - began))
                     if answer.status_code != 304:
                         return
