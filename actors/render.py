@@ -117,6 +117,7 @@ def delivery_json(delivery: Delivery) -> dict[str, Any]:
                 "statusCode": a.status_code,
                 "error": a.error,
                 "durationMs": _finite(round(a.duration_ms, 3)),
+                "retryAfterMs": None if a.retry_after_s is None else round(a.retry_after_s * 1000),
             }
             for a in delivery.attempts
         ],

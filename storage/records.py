@@ -123,10 +123,15 @@ class ApiKey:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
+    """One try at a webhook delivery: when (Unix time), how long, the receiver's status (None
+    when no reply came: `error` says why), and the wait its `Retry-After` asked for, as
+    honoured (seconds, capped at the retry policy's maximum delay)."""
+
     at: float
     duration_ms: float
     status_code: int | None = None
     error: str | None = None
+    retry_after_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import email.utils
 import random
 from dataclasses import dataclass
+from datetime import UTC
 
 from storage.errors import Invalid
 
@@ -68,6 +70,40 @@ def next_delay_s(policy: RetryPolicy, attempt: int, *, rng: random.Random | None
     cap_ms = min(policy.max_delay_ms, policy.initial_delay_ms * 2**exponent)
     jitter_ms = (rng or _RNG).uniform(0, cap_ms - policy.initial_delay_ms)
     return (policy.initial_delay_ms + jitter_ms) / 1000
+
+
+def retry_after_s(value: str | None, *, now: float) -> float | None:
+    """The wait a `Retry-After` header asks for (RFC 9110 §10.2.3), in seconds from `now`.
+
+    `value` is delay-seconds ("120") or an HTTP-date ("Wed, 21 Oct 2026 07:28:00 GMT", or
+    the obsolete RFC 850 and asctime forms); `now` is Unix time. None when the header is
+    absent, malformed, negative or a date already past: the normal backoff applies then.
+    A huge value is returned as it is (at most `MAX_DELAY_LIMIT_MS`); `delay_s` caps it.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    limit_s = MAX_DELAY_LIMIT_MS / 1000
+    if value.isascii() and value.isdigit():
+        return min(float(value[:12]) if len(value) <= 12 else limit_s, limit_s)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" and asctime carry no zone; HTTP-dates are GMT
+        when = when.replace(tzinfo=UTC)
+    wait_s = when.timestamp() - now
+    return min(wait_s, limit_s) if wait_s > 0 else None
+
+
+def delay_s(policy: RetryPolicy, attempt: int, *, retry_after_s: float | None = None) -> float:
+    """Seconds to wait after failed attempt number `attempt` before the next: the jittered
+    backoff (`next_delay_s`), or the receiver's `Retry-After` when that is longer, capped at
+    the policy's `max_delay_ms`."""
+    backoff_s = next_delay_s(policy, attempt)
+    if retry_after_s is None:
+        return backoff_s
+    return max(backoff_s, min(retry_after_s, policy.max_delay_ms / 1000))
 
 
 def should_retry(status_code: int | None, attempt_no: int, policy: RetryPolicy) -> bool:

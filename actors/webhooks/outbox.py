@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from actors.webhooks import body
-from actors.webhooks.backoff import RetryPolicy, next_delay_s, should_retry
+from actors.webhooks.backoff import RetryPolicy, delay_s, should_retry
 from storage.records import Attempt, Chunk, Delivery, DeliveryStatus, Job, OutputFormat
 
 
@@ -239,6 +239,9 @@ class Outbox:
     def after_attempt(self, delivery: Delivery, attempt: Attempt, policy: RetryPolicy) -> Delivery:
         """The delivery's next version: delivered, failed (dead letter) or pending again."""
         self._in_flight.discard(delivery.delivery_id)
+        if attempt.retry_after_s is not None:  # recorded as honoured: at most the policy's max
+            capped_s = min(attempt.retry_after_s, policy.max_delay_ms / 1000)
+            attempt = replace(attempt, retry_after_s=capped_s)
         attempts = (*delivery.attempts, attempt)
         code = attempt.status_code
         if code is not None and 200 <= code < 300:
@@ -249,7 +252,7 @@ class Outbox:
             return replace(
                 delivery, attempts=attempts, status=DeliveryStatus.FAILED, next_attempt_at=None
             )
-        due = self._clock() + next_delay_s(policy, len(attempts))
+        due = self._clock() + delay_s(policy, len(attempts), retry_after_s=attempt.retry_after_s)
         return replace(delivery, attempts=attempts, next_attempt_at=due)
 
     def reschedule(self, delivery: Delivery, at: float) -> None:

@@ -1,12 +1,11 @@
 """SSRF guard for webhook URLs: refuse any destination inside our own network.
 
-`check_url` is the cheap, DNS-free check for the API edge; `resolve_and_check` is
-the delivery-time check on every resolved address. URLs are parsed with httpx's
-parser, the same one the sender uses, so the host we check is the host it dials.
-
-Known gap: httpx resolves the name again when it connects, so a DNS answer that
-changes between the check and the connect (rebinding) is not caught here; pinning
-the checked address inside the transport would close it.
+`check_url` is the cheap, DNS-free check for the API edge; `resolve_and_check` (and
+`resolve_host`) the delivery-time check of every resolved address. The sender connects to
+exactly the addresses `resolve_host` approved (actors/webhooks/sender.py), so a DNS answer
+that changes between the check and the connect (rebinding) cannot reach inside. URLs are
+parsed by httpx's parser and by yarl's (aiohttp's, which the sender uses), and refused when
+the two disagree on the host or port: the host we check is the host it dials.
 """
 
 from __future__ import annotations
@@ -17,7 +16,9 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeAlias
 
+import aiodns
 import httpx
+from yarl import URL
 
 from actors.limits import MAX_URL_CHARS, check_size, check_storable
 from storage.errors import Invalid
@@ -28,6 +29,9 @@ Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver: TypeAlias = Callable[[str, int], Awaitable[Sequence[str]]]
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+#: One DNS query may take this long (seconds) before it is tried once more, then fails.
+RESOLVE_TIMEOUT_S = 2.0
+RESOLVE_TRIES = 2
 # RFC 6052 well-known NAT64 prefix: 64:ff9b::a.b.c.d reaches a.b.c.d.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 # Checked in order; the first that matches names the refusal.
@@ -64,9 +68,11 @@ def check_shape(url: object) -> str:
     return url
 
 
-def check_url(url: str, *, allowed: Sequence[Network]) -> None:
-    """Refuse a webhook URL by its shape alone (no DNS); a literal IP is checked too."""
-    _parse(url, allowed)
+def check_url(url: str, *, allowed: Sequence[Network]) -> tuple[str, int]:
+    """Refuse a webhook URL by its shape alone (no DNS); a literal IP is checked too.
+    Returns the URL's (host, port)."""
+    host, port, _ = _parse(url, allowed)
+    return host, port
 
 
 async def resolve_and_check(
@@ -80,17 +86,50 @@ async def resolve_and_check(
     host, port, literal = _parse(url, allowed)
     if literal is not None:
         return [literal]
-    addresses = await _resolve(host, port, resolver or system_resolver)
+    return await resolve_host(host, port, allowed=allowed, resolver=resolver)
+
+
+async def resolve_host(
+    host: str, port: int, *, allowed: Sequence[Network], resolver: Resolver | None = None
+) -> list[Address]:
+    """`host`'s addresses, each public or in `allowed`, else `Invalid` (as `resolve_and_check`)."""
+    literal = _literal_ip(host)
+    addresses = [literal] if literal is not None else await _resolve(host, port, resolver)
     for address in addresses:
         _check_address(address, allowed, host=host)
     return addresses
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
-    """The default resolver: the event loop's `getaddrinfo`, which runs in a thread."""
+    """The default resolver: the system's DNS servers and hosts file, asked by c-ares
+    (aiodns) on the event loop, each query bounded by `RESOLVE_TIMEOUT_S` x `RESOLVE_TRIES`.
+
+    Not `getaddrinfo` on the default thread pool: its few threads cannot cancel a lookup,
+    so a burst of hosts that never answer (a batch of 1,000 such webhook URLs) held every
+    other lookup for minutes. Raises `socket.gaierror` when the name does not resolve.
+    """
+    try:
+        result = await _dns().getaddrinfo(host, port=port, type=socket.SOCK_STREAM)
+    except aiodns.error.DNSError as exc:
+        code, *detail = exc.args or (None,)
+        raise socket.gaierror(code, detail[0] if detail else "DNS lookup failed") from exc
+    return [node.addr[0].decode("ascii") for node in result.nodes]
+
+
+_RESOLVERS: dict[asyncio.AbstractEventLoop, aiodns.DNSResolver] = {}
+
+
+def _dns() -> aiodns.DNSResolver:
+    """This event loop's c-ares channel (a channel belongs to the loop it was made on)."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [str(info[4][0]) for info in infos]
+    resolver = _RESOLVERS.get(loop)
+    if resolver is None:
+        for old in [old for old in _RESOLVERS if old.is_closed()]:
+            del _RESOLVERS[old]
+        resolver = _RESOLVERS[loop] = aiodns.DNSResolver(
+            loop=loop, timeout=RESOLVE_TIMEOUT_S, tries=RESOLVE_TRIES
+        )
+    return resolver
 
 
 def _parse(url: str, allowed: Sequence[Network] | None) -> tuple[str, int, Address | None]:
@@ -107,6 +146,7 @@ def _parse(url: str, allowed: Sequence[Network] | None) -> tuple[str, int, Addre
     port = DEFAULT_PORTS[parsed.scheme] if parsed.port is None else parsed.port  # 0 is no default
     if not 0 < port < 65536:
         raise Invalid(f"webhook URL port {port} is out of range")
+    _check_agreed(url, parsed.raw_host.decode("ascii"), port)
     literal = _literal_ip(parsed.host)
     if literal is None:
         _check_dns_name(parsed.raw_host.decode("ascii"))
@@ -123,6 +163,27 @@ def _httpx_url(url: str) -> httpx.URL:
     except (httpx.InvalidURL, UnicodeError) as exc:  # UnicodeError: idna's IDNAError too
         raise Invalid(f"webhook URL is malformed: {exc}") from exc
     return parsed
+
+
+def _check_agreed(url: str, raw_host: str, port: int) -> None:
+    """yarl (which aiohttp dials with) must read the host (ASCII, IDNA-encoded) and the port
+    that httpx read."""
+    try:
+        other = URL(url)
+        other_host, other_port = other.raw_host, other.port
+    except (ValueError, TypeError, UnicodeError) as exc:
+        raise Invalid(f"webhook URL is malformed: {exc}") from exc
+    if _host_key(other_host or "") != _host_key(raw_host) or other_port != port:
+        raise Invalid("webhook URL is ambiguous: URL parsers read its host or port differently")
+
+
+def _host_key(host: str) -> object:
+    """A host as compared: an IP literal by its address (yarl rewrites IPv6 ones), a name
+    case-blind."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower()
 
 
 def _check_dns_name(host: str) -> None:
@@ -152,9 +213,9 @@ def _ends_in_number(host: str) -> bool:
     return last.isdigit()
 
 
-async def _resolve(host: str, port: int, resolver: Resolver) -> list[Address]:
+async def _resolve(host: str, port: int, resolver: Resolver | None) -> list[Address]:
     try:
-        answers = await resolver(host, port)
+        answers = await (resolver or system_resolver)(host, port)
     except (OSError, UnicodeError) as exc:  # UnicodeError: the codec refused the name
         raise Invalid(f"cannot resolve webhook host {host!r}: {exc}") from exc
     addresses = _unique(ipaddress.ip_address(answer) for answer in answers)

@@ -132,7 +132,7 @@ async def test_namespace_and_api_key_round_trip(store: Store) -> None:
 
 async def test_a_delivery_with_attempts_round_trips(store: Store) -> None:
     attempts = (
-        Attempt(NOW + 1, 12.5, status_code=500, error="server error"),
+        Attempt(NOW + 1, 12.5, status_code=503, error=None, retry_after_s=3.0),
         Attempt(NOW + 2, 3001.0, error="timeout"),
         Attempt(NOW + 3, 8.25, status_code=204),
     )

@@ -30,11 +30,14 @@ class Received:
 
 @dataclass
 class Receiver:
-    """`answers[path]` decides the status for a request to `path` (default 200)."""
+    """`answers[path]` decides the answer to a request to `path`: a status, or a status and
+    headers (default 200)."""
 
     url: str
     received: list[Received] = field(default_factory=list)
-    answers: dict[str, Callable[[Received], int]] = field(default_factory=dict)
+    answers: dict[str, Callable[[Received], int | tuple[int, dict[str, str]]]] = field(
+        default_factory=dict
+    )
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def at(self, path: str) -> list[Received]:
@@ -71,9 +74,12 @@ def running_receiver() -> Iterator[Receiver]:
             with receiver.lock:
                 receiver.received.append(got)
             answer = receiver.answers.get(self.path, lambda _: 200)(got)
+            status, headers = answer if isinstance(answer, tuple) else (answer, {})
             with receiver.lock:
-                got.answered = answer
-            self.send_response(answer)
+                got.answered = status
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.send_header("content-length", "0")
             self.end_headers()
 

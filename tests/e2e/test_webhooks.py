@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import itertools
 import time
 
@@ -115,6 +116,43 @@ def test_a_receiver_failing_twice_gets_three_attempts_with_growing_gaps(admin, t
     assert all(gap >= 0.09 for gap in gaps)
     (delivery,) = _deliveries_in(tenant, "j", "delivered")
     assert [a["statusCode"] for a in delivery["attempts"]] == [500, 500, 200]
+
+
+def test_a_receivers_retry_after_is_waited_for_and_recorded(admin, tenant, receiver):
+    """429 with `Retry-After: 3` once, then 200: the second attempt comes at least 3 s after
+    the first, though the policy's backoff alone would wait 0.2 s."""
+    retry = {"initialDelayMs": 200, "maxDelayMs": 10_000, "maxAttempts": 3}
+    _configure(admin, tenant, url=receiver.url + "/busy", retry=retry)
+    receiver.answers["/busy"] = lambda _: (
+        (429, {"Retry-After": "3"}) if len(receiver.at("/busy")) <= 1 else 200
+    )
+    tenant.http.post("/api/v1/jobs", json={"jobId": "j"})
+    tenant.http.post("/api/v1/jobs/j/cancel")
+    first, second = receiver.wait_for("/busy", 2)
+    assert second.at - first.at >= 3.0
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
+    (delivery,) = _deliveries_in(tenant, "j", "delivered")
+    assert [(a["statusCode"], a["retryAfterMs"]) for a in delivery["attempts"]] == [
+        (429, 3000),
+        (200, None),
+    ]
+
+
+def test_an_http_date_retry_after_is_capped_at_the_policys_maximum_delay(admin, tenant, receiver):
+    retry = {"initialDelayMs": 100, "maxDelayMs": 500, "maxAttempts": 3}
+    _configure(admin, tenant, url=receiver.url + "/later", retry=retry)
+    in_an_hour = email.utils.formatdate(time.time() + 3600, usegmt=True)
+    receiver.answers["/later"] = lambda _: (
+        (503, {"Retry-After": in_an_hour}) if len(receiver.at("/later")) <= 1 else 204
+    )
+    tenant.http.post("/api/v1/jobs", json={"jobId": "j"})
+    tenant.http.post("/api/v1/jobs/j/cancel")
+    receiver.wait_for("/later", 2)
+    (delivery,) = _deliveries_in(tenant, "j", "delivered")
+    assert [(a["statusCode"], a["retryAfterMs"]) for a in delivery["attempts"]] == [
+        (503, 500),
+        (204, None),
+    ]
 
 
 def test_dead_letter_after_max_attempts_then_a_manual_retry_delivers(admin, tenant, receiver):

@@ -171,7 +171,7 @@ def test_delivery_json_has_every_attempt():
         created_at=T0,
         status=DeliveryStatus.FAILED,
         attempts=(
-            Attempt(at=T0 + 1, duration_ms=12.34567, status_code=500),
+            Attempt(at=T0 + 1, duration_ms=12.34567, status_code=500, retry_after_s=3.0),
             Attempt(at=T0 + 2, duration_ms=3.0, error="timeout"),
         ),
         next_attempt_at=None,
@@ -190,12 +190,14 @@ def test_delivery_json_has_every_attempt():
                 "statusCode": 500,
                 "error": None,
                 "durationMs": 12.346,
+                "retryAfterMs": 3000,
             },
             {
                 "at": "2026-01-01T00:00:02.000Z",
                 "statusCode": None,
                 "error": "timeout",
                 "durationMs": 3.0,
+                "retryAfterMs": None,
             },
         ],
     }

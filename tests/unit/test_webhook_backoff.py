@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from actors.webhooks.backoff import RetryPolicy, next_delay_s, should_retry
+from actors.webhooks.backoff import RetryPolicy, delay_s, next_delay_s, retry_after_s, should_retry
 from storage.errors import Invalid
 
 
@@ -101,3 +101,41 @@ def test_attempt_numbers_start_at_one() -> None:
 )
 def test_should_retry(status: int | None, attempt_no: int, expected: bool) -> None:
     assert should_retry(status, attempt_no, RetryPolicy(max_attempts=8)) is expected
+
+
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("3", 3.0),
+        (" 120 ", 120.0),
+        ("0", 0.0),
+        ("86401", 86_400.0),  # at most the longest delay any policy allows
+        ("1" * 5000, 86_400.0),  # no int() of a huge string
+        ("-5", None),
+        ("3.5", None),  # delay-seconds is whole seconds
+        ("+3", None),
+        ("٣", None),  # a digit, but not an ASCII one
+        ("", None),
+        ("soon", None),
+        ("Fri, 15 Jan 2027 08:00:30 GMT", 30.0),  # IMF-fixdate
+        ("Friday, 15-Jan-27 08:01:00 GMT", 60.0),  # obsolete RFC 850
+        ("Fri Jan 15 08:02:00 2027", 120.0),  # obsolete asctime
+        ("Fri, 15 Jan 2027 07:59:00 GMT", None),  # already past
+        ("Fri, 15 Jan 2027 08:00:00 GMT", None),  # now
+        ("Fri, 45 Jan 2027 08:00:00 GMT", None),  # no such day
+    ],
+)
+def test_retry_after_header(value: str | None, expected: float | None) -> None:
+    assert retry_after_s(value, now=NOW) == expected
+
+
+def test_delay_is_the_longer_of_backoff_and_retry_after_capped_at_max_delay() -> None:
+    policy = RetryPolicy(initial_delay_ms=1000, max_delay_ms=1000)
+    assert delay_s(policy, 1) == 1.0
+    assert delay_s(policy, 1, retry_after_s=0.2) == 1.0
+    assert delay_s(RetryPolicy(initial_delay_ms=200), 1, retry_after_s=3.0) == 3.0
+    assert delay_s(RetryPolicy(max_delay_ms=5000), 1, retry_after_s=3600.0) == 5.0

@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import socket
+import ssl
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-import httpx
 import pytest
 import standardwebhooks.webhooks as std
+import trustme
 
 from actors.webhooks import signing
 from actors.webhooks.sender import WebhookSender
-from actors.webhooks.ssrf import Resolver, parse_allowed_networks
+from actors.webhooks.ssrf import parse_allowed_networks
 
 LOOPBACK_ONLY = parse_allowed_networks("127.0.0.0/8")
 BODY = b'{"type":"job.completed","data":{"job_id":"j-1"}}'
 HEADERS = {"content-type": "application/json"}
-_REASONS = {200: "OK", 204: "No Content", 302: "Found", 500: "Internal Server Error"}
+_REASONS = {
+    200: "OK",
+    204: "No Content",
+    302: "Found",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 @dataclass
@@ -34,10 +43,14 @@ class Receiver:
     """A minimal HTTP/1.1 server on 127.0.0.1 whose behaviour is chosen by path.
 
     /ok 200, /fail 500, /redirect 302 to /ok, /slow 200 after 0.2 s, /hang never
-    answers, /endless streams a body that never ends.
+    answers, /endless streams a body that never ends, /big sends a 10 MB body,
+    /reset closes the connection without a reply, /retry-after/<value> 503 with that
+    `Retry-After` (percent-encoded in the path). With `tls`, it speaks HTTPS.
     """
 
+    tls: ssl.SSLContext | None = None
     server: asyncio.Server | None = None
+    sent: int = 0  # body bytes written by /big
     requests: list[Request] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -46,14 +59,19 @@ class Receiver:
     @property
     def url(self) -> str:
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
 
     @property
     def paths(self) -> list[str]:
         return [r.path for r in self.requests]
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
 
     async def stop(self) -> None:
         assert self.server is not None
@@ -70,6 +88,8 @@ class Receiver:
         try:
             while (request := await _read_request(reader)) is not None:
                 self.requests.append(request)
+                if request.path == "/reset":
+                    return
                 await self._answer(request.path, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client hung up, which the sender does on purpose at times
@@ -86,13 +106,27 @@ class Receiver:
                 await asyncio.sleep(0.2)
             if path == "/endless":
                 await _write_endless(writer)
+            if path == "/big":
+                await self._write_big(writer)
+                return
             status = {"/fail": 500, "/redirect": 302}.get(path, 200)
             extra = "Location: /ok\r\n" if status == 302 else ""
+            if path.startswith("/retry-after/"):
+                status, value = 503, urllib.parse.unquote(path.removeprefix("/retry-after/"))
+                extra = f"Retry-After: {value}\r\n"
             head = f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Length: 2\r\n{extra}\r\n"
             writer.write(head.encode() + b"ok")
             await writer.drain()
         finally:
             self.in_flight -= 1
+
+    async def _write_big(self, writer: asyncio.StreamWriter) -> None:
+        size, chunk = 10 * 1024 * 1024, b"x" * 65536
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        while self.sent < size:
+            writer.write(chunk)
+            await writer.drain()
+            self.sent += len(chunk)
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Request | None:
@@ -187,20 +221,6 @@ async def test_redirect_is_not_followed(sender: WebhookSender, receiver: Receive
     assert receiver.paths == ["/redirect"]
 
 
-async def test_redirect_is_not_followed_even_by_an_injected_client_that_would(
-    receiver: Receiver,
-) -> None:
-    async with (
-        httpx.AsyncClient(follow_redirects=True, trust_env=False) as http,
-        WebhookSender(http=http, allowed_networks=LOOPBACK_ONLY) as sender,
-    ):
-        attempt = await sender.send(
-            url=f"{receiver.url}/redirect", headers=HEADERS, body=BODY, timeout_s=5
-        )
-    assert attempt.status_code == 302
-    assert receiver.paths == ["/redirect"]
-
-
 async def test_hanging_receiver_times_out(sender: WebhookSender, receiver: Receiver) -> None:
     attempt = await sender.send(
         url=f"{receiver.url}/hang", headers=HEADERS, body=BODY, timeout_s=0.3
@@ -253,79 +273,200 @@ async def test_refused_connection_is_a_connect_error(sender: WebhookSender) -> N
     assert attempt.error is not None and attempt.error.startswith("connect error: ")
 
 
-class RecordingTransport(httpx.AsyncBaseTransport):
-    """Stands in for the network: records requests and answers 204, connects nowhere."""
+class FakeDns:
+    """A resolver with a fixed table; `later` answers every lookup after a name's first."""
 
-    def __init__(self) -> None:
-        self.requests: list[httpx.Request] = []
+    def __init__(self, table: dict[str, list[str]], later: dict[str, list[str]] | None = None):
+        self.table = table
+        self.later = later or {}
+        self.lookups: list[str] = []
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return httpx.Response(204)
-
-
-def _fake_resolver(table: dict[str, Sequence[str]]) -> Resolver:
-    async def resolve(host: str, port: int) -> Sequence[str]:
-        if host not in table:
+    async def __call__(self, host: str, port: int) -> Sequence[str]:
+        seen = host in self.lookups
+        self.lookups.append(host)
+        if seen and host in self.later:
+            return self.later[host]
+        if host not in self.table:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return table[host]
+        return self.table[host]
 
-    return resolve
+
+DNS_TABLE = {
+    "hooks.example.test": ["10.0.0.1"],
+    "receiver.example.test": ["127.0.0.1"],
+    "mixed.example.test": ["127.0.0.1", "10.0.0.1"],
+    "rebind.example.test": ["127.0.0.1"],
+    "tls.example.test": ["127.0.0.1"],
+    "other.example.test": ["127.0.0.1"],
+}
 
 
 @pytest.fixture
-async def offline() -> AsyncIterator[tuple[WebhookSender, RecordingTransport]]:
-    transport = RecordingTransport()
-    resolver = _fake_resolver(
-        {"hooks.example.test": ["10.0.0.1"], "public.example.test": ["93.184.216.34"]}
-    )
-    async with (
-        httpx.AsyncClient(transport=transport) as http,
-        WebhookSender(http=http, resolver=resolver, allowed_networks=LOOPBACK_ONLY) as sender,
-    ):
-        yield sender, transport
+def dns() -> FakeDns:
+    # A rebinding name: approved once, then an internal address.
+    return FakeDns(DNS_TABLE, later={"rebind.example.test": ["10.0.0.1"]})
+
+
+@pytest.fixture
+async def resolving(dns: FakeDns) -> AsyncIterator[WebhookSender]:
+    async with WebhookSender(resolver=dns, allowed_networks=LOOPBACK_ONLY) as sender:
+        yield sender
 
 
 @pytest.mark.parametrize(
-    ("url", "error"),
+    ("host", "error"),
     [
-        ("http://hooks.example.test/x", "blocked: webhook host hooks.example.test (10.0.0.1)"),
-        ("http://169.254.169.254/latest/meta-data/", "blocked: webhook host 169.254.169.254"),
-        ("ftp://public.example.test/x", "blocked: webhook URL scheme"),
-        ("http://nowhere.example.test/x", "dns error: cannot resolve"),
+        ("hooks.example.test", "blocked: webhook host hooks.example.test (10.0.0.1)"),
+        ("mixed.example.test", "blocked: webhook host mixed.example.test (10.0.0.1)"),
+        ("169.254.169.254", "blocked: webhook host 169.254.169.254"),
+        ("nowhere.example.test", "dns error: cannot resolve"),
     ],
 )
-async def test_refused_url_sends_nothing(
-    offline: tuple[WebhookSender, RecordingTransport], url: str, error: str
+async def test_refused_destination_gets_nothing_sent(
+    resolving: WebhookSender, receiver: Receiver, host: str, error: str
 ) -> None:
-    sender, transport = offline
-    attempt = await sender.send(url=url, headers=HEADERS, body=BODY, timeout_s=5)
+    url = f"http://{host}:{receiver.port}/ok"
+    attempt = await resolving.send(url=url, headers=HEADERS, body=BODY, timeout_s=5)
     assert attempt.status_code is None
-    assert attempt.error is not None and attempt.error.startswith(error)
-    assert transport.requests == []
+    assert attempt.error is not None and attempt.error.startswith(error), attempt.error
+    assert receiver.requests == []
 
 
-async def test_public_destination_is_posted_through_the_injected_client(
-    offline: tuple[WebhookSender, RecordingTransport],
+async def test_ftp_and_ambiguous_urls_are_refused_before_any_lookup(
+    resolving: WebhookSender, dns: FakeDns
 ) -> None:
-    sender, transport = offline
+    for url, error in [
+        ("ftp://receiver.example.test/x", "blocked: webhook URL scheme"),
+        ("http://receiver.example.test\\@10.0.0.1/x", "blocked: webhook URL"),
+    ]:
+        attempt = await resolving.send(url=url, headers=HEADERS, body=BODY, timeout_s=5)
+        assert attempt.error is not None and attempt.error.startswith(error), attempt.error
+    assert dns.lookups == []
+
+
+async def test_a_name_is_dialled_at_the_address_it_was_checked_at_and_keeps_its_host_header(
+    resolving: WebhookSender, receiver: Receiver, dns: FakeDns
+) -> None:
+    # The system cannot resolve *.example.test: only the checked answer can reach the receiver.
+    url = f"http://receiver.example.test:{receiver.port}/ok"
+    attempt = await resolving.send(url=url, headers=HEADERS, body=BODY, timeout_s=5)
+    assert (attempt.status_code, attempt.error) == (200, None)
+    [request] = receiver.requests
+    assert request.headers["host"] == f"receiver.example.test:{receiver.port}"
+    assert dns.lookups == ["receiver.example.test"]
+
+
+async def test_an_answer_that_changes_after_the_check_is_never_dialled(
+    resolving: WebhookSender, receiver: Receiver, dns: FakeDns
+) -> None:
+    """DNS rebinding: the name is resolved once per connection, and that checked answer is
+    the address dialled. Had the connection resolved again, it would get 10.0.0.1."""
+    url = f"http://rebind.example.test:{receiver.port}/ok"
+    first = await resolving.send(url=url, headers=HEADERS, body=BODY, timeout_s=5)
+    assert (first.status_code, first.error) == (200, None)
+    assert dns.lookups == ["rebind.example.test"]
+    # A new connection asks again, gets the internal answer, and is refused.
+    async with WebhookSender(resolver=dns, allowed_networks=LOOPBACK_ONLY) as fresh:
+        second = await fresh.send(url=url, headers=HEADERS, body=BODY, timeout_s=5)
+    assert second.error is not None and second.error.startswith(
+        "blocked: webhook host rebind.example.test (10.0.0.1)"
+    )
+    assert len(receiver.requests) == 1
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+async def tls_receiver(ca: trustme.CA) -> AsyncIterator[Receiver]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("tls.example.test").configure_cert(context)
+    receiver = Receiver(tls=context)
+    await receiver.start()
+    yield receiver
+    await receiver.stop()
+
+
+@pytest.fixture
+async def trusting(dns: FakeDns, ca: trustme.CA) -> AsyncIterator[WebhookSender]:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    async with WebhookSender(
+        resolver=dns, allowed_networks=LOOPBACK_ONLY, ssl_context=context
+    ) as sender:
+        yield sender
+
+
+async def test_https_to_a_pinned_address_verifies_the_urls_host_name(
+    trusting: WebhookSender, tls_receiver: Receiver
+) -> None:
+    """The certificate names tls.example.test only: the TLS server name and the check are
+    the URL's host, though the connection goes to 127.0.0.1."""
+    url = f"https://tls.example.test:{tls_receiver.port}/ok"
+    attempt = await trusting.send(url=url, headers=HEADERS, body=BODY, timeout_s=5)
+    assert (attempt.status_code, attempt.error) == (200, None)
+    assert tls_receiver.requests[0].headers["host"] == f"tls.example.test:{tls_receiver.port}"
+
+
+async def test_https_with_a_certificate_for_another_name_is_refused(
+    trusting: WebhookSender, tls_receiver: Receiver
+) -> None:
+    url = f"https://other.example.test:{tls_receiver.port}/ok"
+    attempt = await trusting.send(url=url, headers=HEADERS, body=BODY, timeout_s=5)
+    assert attempt.status_code is None
+    assert attempt.error is not None and attempt.error.startswith("connect error: ")
+    assert "certificate" in attempt.error.lower()
+    assert tls_receiver.requests == []
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("3", 3.0),
+        ("0", 0.0),
+        ("99999999999999999999", 86_400.0),  # capped at the longest policy delay, a day
+        ("-5", None),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),  # a date already past
+    ],
+)
+async def test_retry_after_of_the_reply_is_kept_in_the_attempt(
+    sender: WebhookSender, receiver: Receiver, value: str, expected: float | None
+) -> None:
+    url = f"{receiver.url}/retry-after/{urllib.parse.quote(value, safe='')}"
+    attempt = await sender.send(url=url, headers=HEADERS, body=BODY, timeout_s=5)
+    assert (attempt.status_code, attempt.retry_after_s) == (503, expected)
+
+
+async def test_retry_after_as_an_http_date_is_the_seconds_until_then(receiver: Receiver) -> None:
+    now = 1_800_000_000.0
+    async with WebhookSender(allowed_networks=LOOPBACK_ONLY, clock=lambda: now) as sender:
+        date = email.utils.formatdate(now + 90, usegmt=True)
+        url = f"{receiver.url}/retry-after/{urllib.parse.quote(date, safe='')}"
+        attempt = await sender.send(url=url, headers=HEADERS, body=BODY, timeout_s=5)
+    assert attempt.retry_after_s == 90.0
+
+
+async def test_a_10_mb_reply_is_cut_off_and_the_next_send_works(
+    sender: WebhookSender, receiver: Receiver
+) -> None:
+    big = await sender.send(url=f"{receiver.url}/big", headers=HEADERS, body=BODY, timeout_s=5)
+    assert (big.status_code, big.error) == (200, None)
+    after = await sender.send(url=f"{receiver.url}/ok", headers=HEADERS, body=BODY, timeout_s=5)
+    assert (after.status_code, after.error) == (200, None)
+    assert receiver.sent < 10 * 1024 * 1024  # the rest was never asked for
+
+
+async def test_a_reset_connection_is_a_network_error(
+    sender: WebhookSender, receiver: Receiver
+) -> None:
     attempt = await sender.send(
-        url="https://public.example.test/hook", headers=HEADERS, body=BODY, timeout_s=5
+        url=f"{receiver.url}/reset", headers=HEADERS, body=BODY, timeout_s=5
     )
-    assert (attempt.status_code, attempt.error) == (204, None)
-    [request] = transport.requests
-    assert (request.method, str(request.url), request.content) == (
-        "POST",
-        "https://public.example.test/hook",
-        BODY,
-    )
-
-
-async def test_closing_the_sender_leaves_an_injected_client_open() -> None:
-    async with httpx.AsyncClient(transport=RecordingTransport()) as http:
-        async with WebhookSender(http=http):
-            pass
-        assert not http.is_closed
+    assert attempt.status_code is None
+    assert attempt.error is not None and attempt.error.startswith("network error: ")
 
 
 async def test_send_before_open_is_a_programming_error() -> None:

@@ -1,13 +1,18 @@
-"""The SSRF guard refuses internal destinations; every test resolves through a fake."""
+"""The SSRF guard refuses internal destinations; every test resolves through a fake (or, for
+the system resolver, a DNS server on loopback)."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
+import time
 from collections.abc import Sequence
 
+import aiodns
 import pytest
 
+from actors.webhooks import ssrf
 from actors.webhooks.ssrf import check_url, parse_allowed_networks, resolve_and_check
 from storage.errors import Invalid
 
@@ -189,3 +194,38 @@ def test_parse_allowed_networks_reads_a_comma_separated_list() -> None:
 def test_parse_allowed_networks_rejects_garbage(text: str) -> None:
     with pytest.raises(ValueError, match="allowed list"):
         parse_allowed_networks(text)
+
+
+async def test_lookups_that_never_answer_all_fail_at_once_within_the_timeout(monkeypatch) -> None:
+    """A DNS server that never answers (a batch of 200 such hosts) holds no lookup longer
+    than the timeout, and holds no other lookup at all: they run side by side."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        loop = asyncio.get_running_loop()
+        channel = aiodns.DNSResolver(
+            loop=loop, nameservers=[f"127.0.0.1:{silent.getsockname()[1]}"], timeout=0.2, tries=1
+        )
+        monkeypatch.setitem(ssrf._RESOLVERS, loop, channel)
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(ssrf.resolve_and_check(f"http://h{i}.example.com/", allowed=()) for i in range(200)),
+            return_exceptions=True,
+        )
+    assert all(isinstance(r, Invalid) and isinstance(r.__cause__, OSError) for r in results)
+    assert time.monotonic() - started < 10  # one after another: 200 x 0.2 s = 40 s
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://1.2.3.4\\@evil.example/",  # httpx: user "1.2.3.4\" at evil.example; yarl: refused
+        "http://a.example\\b.example/",
+    ],
+)
+def test_urls_the_two_parsers_read_differently_are_refused(url: str) -> None:
+    with pytest.raises(Invalid, match=r"webhook URL (is malformed|is ambiguous|must not carry)"):
+        check_url(url, allowed=())
+
+
+async def test_the_system_resolver_reads_the_hosts_file() -> None:
+    assert "127.0.0.1" in await ssrf.system_resolver("localhost", 80)
