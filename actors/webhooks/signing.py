@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import secrets as _secrets
@@ -21,6 +22,7 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(SECRET_BYTES)).decode("ascii")
 
 
+@functools.lru_cache(maxsize=1024)
 def _secret_key(secret: str) -> bytes:
     raw = secret.removeprefix(SECRET_PREFIX)
     # Some providers hand out unpadded base64; accept it as the reference verifier does.

@@ -11,6 +11,7 @@ the two disagree on the host or port: the host we check is the host it dials.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -134,7 +135,12 @@ def _dns() -> aiodns.DNSResolver:
 
 def _parse(url: str, allowed: Sequence[Network] | None) -> tuple[str, int, Address | None]:
     """The URL's host, port and, when the host is a literal IP, that address (checked
-    against `allowed` unless it is None)."""
+    against `allowed` unless it is None). Remembered: the dispatcher checks every send."""
+    return _parse_cached(url, None if allowed is None else tuple(allowed))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(url: str, allowed: tuple[Network, ...] | None) -> tuple[str, int, Address | None]:
     check_size("webhook URL", len(url), MAX_URL_CHARS)
     parsed = _httpx_url(url)
     if parsed.scheme not in DEFAULT_PORTS:
