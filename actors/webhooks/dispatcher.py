@@ -2,7 +2,9 @@
 
 Shards stream batches of due deliveries to it (`deliver_many`) and get each outcome back
 as soon as it is known, so one slow receiver never holds up the others' results. Serve
-autoscales it on ongoing requests, which here are the deliveries in flight.
+autoscales it on the deliveries its replicas hold (`record_autoscaling_stats`, policy in
+actors/webhooks/autoscaling.py), not on ongoing requests: a request is a batch of up to
+256 deliveries.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from ray import serve
 
 from actors.webhooks import signing
+from actors.webhooks.autoscaling import AUTOSCALING_CONFIG, PENDING_DELIVERIES
 from actors.webhooks.sender import WebhookSender
 from actors.webhooks.ssrf import parse_allowed_networks
 from storage.records import Attempt
@@ -23,6 +26,11 @@ from storage.records import Attempt
 APP_NAME = "aos-webhooks"
 DEPLOYMENT_NAME = "WebhookDispatcher"
 MAX_BATCH = 256
+# A limit that must never bind: each shard keeps at most `webhook_max_in_flight` deliveries
+# out and the sender limits each destination. A call stays open until its last delivery
+# ends, so one hanging receiver can hold many; were this limit reached, batches for
+# healthy receivers would wait in the handles' queues.
+MAX_ONGOING_CALLS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,16 +47,14 @@ class Outgoing:
 @serve.deployment(
     name=DEPLOYMENT_NAME,
     ray_actor_options={"num_cpus": 0},
-    max_ongoing_requests=64,
-    autoscaling_config={
-        "min_replicas": 1,
-        "max_replicas": 8,
-        "target_ongoing_requests": 16,
-        "upscale_delay_s": 5,
-        "downscale_delay_s": 60,
-    },
+    max_ongoing_requests=MAX_ONGOING_CALLS,
+    autoscaling_config=AUTOSCALING_CONFIG,
 )
 class WebhookDispatcher:
+    #: Deliveries accepted by `deliver_many` whose outcome is not yet yielded: the
+    #: autoscaling metric. A class default; each replica counts its own.
+    _pending_deliveries = 0
+
     async def __init__(  # type: ignore[misc]  # Serve supports async constructors
         self, allowed_networks: str = "", per_host_limit: int = 64
     ) -> None:
@@ -64,14 +70,24 @@ class WebhookDispatcher:
         Outcomes that finish together travel together (one streamed item, not one each),
         and a slow receiver holds back only its own outcome.
         """
+        held = len(batch)
+        self._pending_deliveries += held
         pending = {asyncio.ensure_future(self._deliver(i, item)) for i, item in enumerate(batch)}
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                yield [task.result() for task in done]
+                outcomes = [task.result() for task in done]
+                held -= len(outcomes)
+                self._pending_deliveries -= len(outcomes)
+                yield outcomes
         finally:
+            self._pending_deliveries -= held  # a caller gone, or a failure: no longer held
             for task in pending:
                 task.cancel()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve samples this for the autoscaling policy (actors/webhooks/autoscaling.py)."""
+        return {PENDING_DELIVERIES: float(self._pending_deliveries)}
 
     async def _deliver(self, index: int, item: Outgoing) -> tuple[int, Attempt]:
         timestamp = int(time.time())

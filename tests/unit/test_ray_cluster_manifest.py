@@ -7,6 +7,10 @@ from pathlib import Path
 
 import ray
 import yaml
+from ray.serve.config import AutoscalingConfig
+
+from actors.webhooks import autoscaling
+from actors.webhooks.dispatcher import MAX_ONGOING_CALLS
 
 MANIFEST = Path(__file__).resolve().parents[2] / "ray-cluster.yaml"
 
@@ -35,6 +39,23 @@ def test_serve_config_imports_our_app_builders_with_valid_args():
     assert apps["aos-webhooks"]["route_prefix"] is None
     (dispatcher,) = apps["aos-webhooks"]["deployments"]
     assert dispatcher["name"] == "WebhookDispatcher" and "autoscaling_config" in dispatcher
+
+
+def test_the_dispatcher_scales_on_pending_deliveries_with_the_deployments_policy():
+    """The manifest's autoscaling_config replaces the deployment's whole one: it must name
+    the same policy, with kwargs the policy takes, and keep the request limit out of the way."""
+    serve_config = yaml.safe_load(_manifest()["spec"]["serveConfigV2"])
+    apps = {app["name"]: app for app in serve_config["applications"]}
+    (dispatcher,) = apps["aos-webhooks"]["deployments"]
+    config = AutoscalingConfig(**dispatcher["autoscaling_config"])
+    assert config.policy.policy_function == autoscaling.POLICY
+    autoscaling.PendingDeliveriesPolicy(**config.policy.policy_kwargs)  # takes them
+    # The same as `aos serve` deploys, but for the bound on replicas (a bigger cluster).
+    assert config == AutoscalingConfig(
+        **{**autoscaling.AUTOSCALING_CONFIG, "max_replicas": config.max_replicas}
+    )
+    assert config.max_replicas >= autoscaling.AUTOSCALING_CONFIG["max_replicas"]
+    assert dispatcher["max_ongoing_requests"] == MAX_ONGOING_CALLS
 
 
 def test_cluster_has_head_workers_and_gcs_fault_tolerance():
