@@ -61,7 +61,7 @@ class ShardActor:
                 await store.open()
                 owner = f"{os.getpid()}@{ray.util.get_node_ip_address()}"  # type: ignore[no-untyped-call]
                 dispatcher = DispatcherClient(_cached(dispatcher_handle))
-                shard = Shard(store, self._config, owner=owner, send=dispatcher.send)
+                shard = Shard(store, self._config, owner=owner, send=dispatcher.send_many)
                 await shard.start()
                 self._shard = shard
         return self._shard

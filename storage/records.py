@@ -121,6 +121,7 @@ class ApiKey:
     revoked_at: float | None = None
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Attempt:
     at: float

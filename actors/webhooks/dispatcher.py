@@ -18,16 +18,18 @@ from ray import serve
 from actors.webhooks import signing
 from actors.webhooks.sender import WebhookSender
 from actors.webhooks.ssrf import parse_allowed_networks
-from storage.records import Attempt
+from storage.records import Attempt, pickled_by_fields
 
 APP_NAME = "aos-webhooks"
 DEPLOYMENT_NAME = "WebhookDispatcher"
 MAX_BATCH = 256
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One delivery as the dispatcher needs it: signed at send time, per attempt."""
+    """One delivery as the dispatcher needs it: signed at send time, per attempt. Crosses
+    Ray by the hundred (a shard's batch), as its outcome (`Attempt`) crosses back."""
 
     delivery_id: str
     url: str
@@ -61,16 +63,31 @@ class WebhookDispatcher:
     async def deliver_many(self, batch: list[Outgoing]) -> AsyncIterator[list[tuple[int, Attempt]]]:
         """Send every delivery of `batch` at once; yield [(index, attempt), ...] as they finish.
 
-        Outcomes that finish together travel together (one streamed item, not one each),
-        and a slow receiver holds back only its own outcome.
+        Outcomes that finish while the last item goes out travel together (one streamed
+        item, not one each), and a slow receiver holds back only its own outcome. Each
+        send reports itself when done, so a batch costs O(n), not a wait over all the
+        pending sends per item streamed.
         """
-        pending = {asyncio.ensure_future(self._deliver(i, item)) for i, item in enumerate(batch)}
+        finished: list[asyncio.Task[tuple[int, Attempt]]] = []
+        arrived = asyncio.Event()
+
+        def report(task: asyncio.Task[tuple[int, Attempt]]) -> None:
+            finished.append(task)
+            arrived.set()
+
+        tasks = [asyncio.ensure_future(self._deliver(i, item)) for i, item in enumerate(batch)]
+        for task in tasks:
+            task.add_done_callback(report)
         try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            left = len(tasks)
+            while left:
+                await arrived.wait()
+                arrived.clear()
+                done, finished[:] = list(finished), []
+                left -= len(done)
                 yield [task.result() for task in done]
         finally:
-            for task in pending:
+            for task in tasks:
                 task.cancel()
 
     async def _deliver(self, index: int, item: Outgoing) -> tuple[int, Attempt]:
