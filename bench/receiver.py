@@ -5,7 +5,7 @@ when the change was made) to its receipt; `GET /stats` returns the count and lag
 starts them over. A POST to `/record` also keeps what a check needs afterwards: the
 Standard Webhooks headers, the body and the receipt time; `GET /records` returns them as
 `[[webhook-id, webhook-timestamp, webhook-signature, body, received_at], ...]` and starts
-them over.
+them over. `GET /count` is how many records are kept, cheap enough to poll while deliveries arrive.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def _read(path: str) -> bytes:
-    """`/records` or the stats, then start over."""
+    """`/count` (records kept so far), or `/records` or the stats, then start over."""
+    if path == "/count":
+        return str(len(RECORDS)).encode()
     if path == "/records":
         payload = json.dumps(RECORDS).encode()
         RECORDS.clear()
