@@ -23,6 +23,9 @@ from storage.records import Attempt, pickled_by_fields
 APP_NAME = "aos-webhooks"
 DEPLOYMENT_NAME = "WebhookDispatcher"
 MAX_BATCH = 256
+#: How long a finished send waits for others before its outcome streams back: each streamed
+#: item costs both sides a Ray object; a slow stream sent ~1.5 outcomes an item without it.
+STREAM_LINGER_S = 0.005
 
 
 @pickled_by_fields
@@ -63,9 +66,9 @@ class WebhookDispatcher:
     async def deliver_many(self, batch: list[Outgoing]) -> AsyncIterator[list[tuple[int, Attempt]]]:
         """Send every delivery of `batch` at once; yield [(index, attempt), ...] as they finish.
 
-        Outcomes that finish while the last item goes out travel together (one streamed
-        item, not one each), and a slow receiver holds back only its own outcome. Each
-        send reports itself when done, so a batch costs O(n), not a wait over all the
+        Outcomes that finish within `STREAM_LINGER_S` of each other travel together (one
+        streamed item, not one each), and a slow receiver holds back only its own outcome.
+        Each send reports itself when done, so a batch costs O(n), not a wait over all the
         pending sends per item streamed.
         """
         finished: list[asyncio.Task[tuple[int, Attempt]]] = []
@@ -82,6 +85,8 @@ class WebhookDispatcher:
             left = len(tasks)
             while left:
                 await arrived.wait()
+                if len(finished) < left:
+                    await asyncio.sleep(STREAM_LINGER_S)  # let those finishing now come too
                 arrived.clear()
                 done, finished[:] = list(finished), []
                 left -= len(done)

@@ -191,3 +191,20 @@ async def test_send_many_gets_outcomes_that_stream_together_as_one_list(client, 
 async def test_send_many_of_nothing_yields_nothing(client, dispatcher):
     assert await _collect(client.send_many([])) == []
     assert dispatcher.calls == []
+
+
+async def test_open_calls_are_bounded_so_later_sends_wait_and_go_together(dispatcher):
+    client = DispatcherClient(lambda: dispatcher, max_calls=1)
+    a = _send(client, "a")
+    first = await _call(dispatcher, 1)
+    first.answer((0, 200))  # no longer starting, but still open
+    assert (await _outcome(a)).status_code == 200
+    later = [_send(client, name) for name in ("b", "c")]
+    await asyncio.sleep(DispatcherClient.START_S * 2)
+    assert len(dispatcher.calls) == 1
+    first.end()
+    second = await _call(dispatcher, 2)
+    assert _names(second) == ["b", "c"]
+    second.answer((0, 200), (1, 204))
+    second.end()
+    assert [(await _outcome(t)).status_code for t in later] == [200, 204]
