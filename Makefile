@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-http bench-spine services services-stop clean
+.PHONY: install run test lint bench bench-http bench-spine bench-webhooks services services-stop clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ bench-http: install
 
 bench-spine: install
 	$(BIN)/python bench/spine.py $(BENCH_ARGS)
+
+# Webhook delivery: the dispatcher against a bare aiohttp loop, and end to end (bench/README.md).
+bench-webhooks: install
+	$(BIN)/python bench/webhooks.py $(BENCH_ARGS)
 
 # Every server the full suite uses (PostgreSQL, MariaDB), under .services/; see .ci/services.
 services:

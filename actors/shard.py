@@ -33,7 +33,7 @@ from actors.shard_types import (
 )
 from actors.tail import OutputTail
 from actors.webhooks import ssrf
-from actors.webhooks.delivery import Send
+from actors.webhooks.delivery import SendMany
 from actors.webhooks.shard_webhooks import ShardWebhooks
 from storage.base import Store
 from storage.errors import (
@@ -68,7 +68,7 @@ class Shard:
         *,
         owner: str = "",
         clock: Callable[[], float] = time.time,
-        send: Send | None = None,
+        send: SendMany | None = None,
     ) -> None:
         self._store = store
         self._config = config

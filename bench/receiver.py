@@ -1,7 +1,11 @@
 """A fast webhook receiver for benchmarks: a bare ASGI app on uvicorn in its own process.
 
-It answers 204 at once and records, per request, the lag from the event's `timestamp`
-(set when the change was committed) to its receipt. `GET /stats` returns the count and lags.
+It answers 204 at once. A POST to `/lag` records the lag from the event's `timestamp` (set
+when the change was made) to its receipt; `GET /stats` returns the count and lags and
+starts them over. A POST to `/record` also keeps what a check needs afterwards: the
+Standard Webhooks headers, the body and the receipt time; `GET /records` returns them as
+`[[webhook-id, webhook-timestamp, webhook-signature, body, received_at], ...]` and starts
+them over. `GET /count` is how many records are kept, cheap enough to poll while deliveries arrive.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from typing import Any
 
 LAGS: list[float] = []
 COUNT = [0]
+RECORDS: list[tuple[str, str, str, str, float]] = []
+SIGNED = (b"webhook-id", b"webhook-timestamp", b"webhook-signature")
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -25,18 +31,33 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
         body += message.get("body", b"")
         more = message.get("more_body", False)
+    received_at = time.time()
     if scope["method"] == "GET":
-        payload = json.dumps({"count": COUNT[0], "lags": LAGS}).encode()
-        LAGS.clear()
-        COUNT[0] = 0
-        await _reply(send, 200, payload)
+        await _reply(send, 200, _read(scope["path"]))
         return
     COUNT[0] += 1
-    if scope["path"] == "/lag":
+    if scope["path"] in ("/lag", "/record"):
         event = json.loads(body)
-        stamp = event["timestamp"]
-        LAGS.append(time.time() - _epoch(stamp))
+        LAGS.append(received_at - _epoch(event["timestamp"]))
+    if scope["path"] == "/record":
+        headers = dict(scope["headers"])
+        signed = [headers.get(name, b"").decode() for name in SIGNED]
+        RECORDS.append((signed[0], signed[1], signed[2], body.decode(), received_at))
     await _reply(send, 204, b"")
+
+
+def _read(path: str) -> bytes:
+    """`/count` (records kept so far), or `/records` or the stats, then start over."""
+    if path == "/count":
+        return str(len(RECORDS)).encode()
+    if path == "/records":
+        payload = json.dumps(RECORDS).encode()
+        RECORDS.clear()
+        return payload
+    payload = json.dumps({"count": COUNT[0], "lags": LAGS}).encode()
+    LAGS.clear()
+    COUNT[0] = 0
+    return payload
 
 
 async def _reply(send: Any, status: int, body: bytes) -> None:

@@ -121,6 +121,7 @@ class ApiKey:
     revoked_at: float | None = None
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One try at a webhook delivery: when (Unix time), how long, the receiver's status (None

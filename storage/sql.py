@@ -378,7 +378,7 @@ class SqlStore(ABC):
 
     def _delivery_params(self, delivery: Delivery) -> Params:
         def attempts(items: tuple[Attempt, ...]) -> Any:
-            return self._dump_json([asdict(attempt) for attempt in items])
+            return self._dump_json([_attempt_json(attempt) for attempt in items])
 
         return _params(delivery, DELIVERY_COLUMNS, {"attempts": attempts})
 
@@ -401,6 +401,17 @@ def _params(record: Any, columns: Sequence[str], encode: dict[str, Callable[[Any
             value = str(value)
         values.append(value)
     return values
+
+
+def _attempt_json(attempt: Attempt) -> dict[str, Any]:
+    """`dataclasses.asdict(attempt)` without its recursive deep copy: attempts are written by
+    the thousand (every delivery row carries all of its attempts)."""
+    return {
+        "at": attempt.at,
+        "duration_ms": attempt.duration_ms,
+        "status_code": attempt.status_code,
+        "error": attempt.error,
+    }
 
 
 def _list(dump: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -64,13 +64,18 @@ def window_payload(
     return WINDOW_TAG + encode({"window": window, "body": body})
 
 
+def is_window(delivery: Delivery) -> bool:
+    """Whether `delivery`'s payload is a window to render (else it is the body itself)."""
+    return delivery.payload.startswith(WINDOW_TAG)
+
+
 async def render(delivery: Delivery, read_chunks: ReadChunks) -> bytes:
     """The body to send for `delivery`: its payload, or its window with the chunks read back.
 
     Raises `OutputGone` when the window's chunks are gone, and whatever `read_chunks`
     raises (e.g. `StoreUnavailable`).
     """
-    if not delivery.payload.startswith(WINDOW_TAG):
+    if not is_window(delivery):
         return delivery.payload
     stored = json.loads(delivery.payload[len(WINDOW_TAG) :])
     window, body = stored["window"], stored["body"]

@@ -205,10 +205,11 @@ class Outbox:
         else:
             self._unsettled.pop(delivery_id, None)
 
-    def due(self, now: float) -> list[Delivery]:
-        """Deliveries to send now. Each is handed out once until its attempt is recorded."""
-        out = []
-        while self._heap and self._heap[0][0] <= now:
+    def due(self, now: float, *, limit: int | None = None) -> list[Delivery]:
+        """Deliveries to send now, at most `limit`, in the order they fell due. Each is handed
+        out once until its attempt is recorded."""
+        out: list[Delivery] = []
+        while self._heap and self._heap[0][0] <= now and (limit is None or len(out) < limit):
             _, _, delivery_id = heapq.heappop(self._heap)
             delivery = self._pending.get(delivery_id)
             if delivery is None or delivery_id in self._in_flight:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 from actors.committer import GroupCommitter
 from actors.shard_types import ShardConfig
-from actors.webhooks.delivery import DeliveryLoop, HooksFor, Send
+from actors.webhooks.delivery import DeliveryLoop, HooksFor, SendMany
 from actors.webhooks.outbox import Hooks, Outbox
 from storage.base import Store
 from storage.errors import Conflict, NotFound
@@ -19,7 +19,12 @@ class ShardWebhooks:
     change, and reports the outcome (`committed` / `failed`); sending is the loop's."""
 
     def __init__(
-        self, store: Store, config: ShardConfig, *, clock: Callable[[], float], send: Send | None
+        self,
+        store: Store,
+        config: ShardConfig,
+        *,
+        clock: Callable[[], float],
+        send: SendMany | None,
     ) -> None:
         self._store = store
         self._config = config

@@ -329,3 +329,37 @@ def test_pending_deliveries_survive_a_shard_restart(admin, tenant, receiver):
         what="every job's delivery to be recorded as delivered",
     )
     assert delivered
+
+
+def test_a_batch_of_jobs_gets_exactly_one_signed_job_created_message_each(tenant, receiver):
+    hook = {"webhookUrl": receiver.url + "/created", "webhookEvents": ["job.created"]}
+    job_ids = [f"b{i}" for i in range(200)]
+    r = tenant.http.post(
+        "/api/v1/jobs:batch", json={"jobs": [{"jobId": j, **hook} for j in job_ids]}
+    )
+    assert r.status_code == 200 and {item["status"] for item in r.json()["items"]} == {201}
+    receiver.wait_for("/created", len(job_ids), timeout_s=60)
+    # A delivery recorded as delivered is never sent again: from then on, what arrived is all.
+    recorded = {
+        job_id: wait_until(
+            lambda job_id=job_id: [
+                d for d in _deliveries(tenant, job_id) if d["status"] == "delivered"
+            ],
+            timeout_s=60,
+            what=f"job {job_id}'s delivery to be recorded as delivered",
+        )
+        for job_id in job_ids
+    }
+    got = receiver.at("/created")
+    for delivery in got:
+        _verify(tenant.webhook_secret, delivery)
+    assert {g.json["type"] for g in got} == {"job.created"}
+    by_job: dict[str, list[str]] = {}
+    for g in got:
+        by_job.setdefault(g.json["data"]["jobId"], []).append(g.headers["webhook-id"])
+    assert sorted(by_job) == sorted(job_ids)  # none lost, none invented
+    for job_id, ids in by_job.items():
+        (delivery,) = recorded[job_id]  # one message a job...
+        assert set(ids) == {delivery["id"]}
+        # ...received once, or again only as a retry: an attempt recorded as failed
+        assert len(ids) <= len(delivery["attempts"])

@@ -12,8 +12,9 @@ import pytest
 from actors.committer import GroupCommitter
 from actors.webhooks import body
 from actors.webhooks.backoff import RetryPolicy
-from actors.webhooks.delivery import STORE_RETRY_S, DeliveryLoop
+from actors.webhooks.delivery import STORE_RETRY_S, DeliveryLoop, Sending
 from actors.webhooks.outbox import Hooks, Outbox
+from storage.errors import StoreUnavailable
 from storage.records import Attempt, Batch, Chunk, Delivery, DeliveryStatus, Job, JobStatus
 from tests.unit.fakes import FakeClock, GatedStore, until
 
@@ -37,17 +38,37 @@ class Receiver:
     sent: list[Delivery] = field(default_factory=list)
     gate: asyncio.Event | None = None
     cancelled: int = 0
+    batches: list[list[str]] = field(default_factory=list)  # delivery ids, per send_many
+    slow: set[str] | None = None  # jobs whose deliveries wait at `gate` (None: all)
 
     async def __call__(self, delivery: Delivery, secrets: tuple[str, ...], timeout_s: float):
         assert secrets == SECRETS and timeout_s == POLICY.timeout_s
         self.sent.append(delivery)
         try:
-            if self.gate is not None:
+            if self.gate is not None and (self.slow is None or delivery.job_id in self.slow):
                 await self.gate.wait()
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
         return Attempt(1000.0, 1.0, self.codes.pop(0) if self.codes else 200)
+
+    async def send_many(self, items: Sequence[Sending]) -> AsyncIterator[list[tuple[int, Attempt]]]:
+        """The loop's `send`, as the dispatcher does it: every item at once, each outcome
+        as it finishes (those that finish together, together)."""
+        self.batches.append([s.delivery.delivery_id for s in items])
+        sends = {
+            asyncio.ensure_future(self(s.delivery, s.secrets, s.timeout_s)): i
+            for i, s in enumerate(items)
+        }
+        pending = set(sends)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                yield [(sends[task], task.result()) for task in done]
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 @dataclass
@@ -58,12 +79,13 @@ class Harness:
     committer: GroupCommitter
     receiver: Receiver
     loop: DeliveryLoop | None = None
+    lookups: list[str] = field(default_factory=list)  # hooks_for's namespaces, in order
 
     def start(self, **options: int) -> DeliveryLoop:
         self.loop = DeliveryLoop(
             self.outbox,
             self.committer,
-            send=self.receiver,
+            send=self.receiver.send_many,
             hooks_for=self.hooks_for,
             read_chunks=self.read_chunks,
             clock=self.clock,
@@ -73,6 +95,7 @@ class Harness:
         return self.loop
 
     async def hooks_for(self, namespace: str) -> Hooks:
+        self.lookups.append(namespace)
         return HOOKS
 
     async def read_chunks(self, namespace: str, job_id: str, after: int, limit: int):
@@ -83,10 +106,10 @@ class Harness:
         deliveries = self.outbox.on_change(before, after, chunks, HOOKS)
         await self.committer.add(jobs=[after], chunks=chunks, deliveries=deliveries)
 
-    async def completed(self, job_id: str = "j") -> Delivery:
-        job = Job("acme", job_id, 0, 1000.0, 1000.0)
+    async def completed(self, job_id: str = "j", namespace: str = "acme") -> Delivery:
+        job = Job(namespace, job_id, 0, 1000.0, 1000.0)
         await self.change(job, job.evolve(status=JobStatus.SUCCEEDED))
-        (delivery,) = await self.store.list_deliveries("acme", job_id)
+        (delivery,) = await self.store.list_deliveries(namespace, job_id)
         return delivery
 
     def stored(self, delivery: Delivery) -> Delivery:
@@ -224,3 +247,53 @@ async def test_a_window_of_a_deleted_job_is_dropped_not_retried(harness):
     assert harness.receiver.sent == [] and harness.store.deliveries == {}
     harness.clock.advance(STORE_RETRY_S)
     assert harness.outbox.due(harness.clock.now) == []
+
+
+async def test_due_deliveries_go_out_as_one_batch_with_one_lookup_per_namespace(harness):
+    made = [await harness.completed(f"j{i}", namespace=("acme", "beta")[i % 2]) for i in range(6)]
+    harness.start()
+    for delivery in made:
+        await _settled(harness, delivery, 1)
+    assert harness.receiver.batches == [[d.delivery_id for d in made]]
+    assert sorted(harness.lookups) == ["acme", "beta"]
+
+
+async def test_attempts_that_come_back_together_are_recorded_in_one_write(harness):
+    made = [await harness.completed(f"j{i}") for i in range(5)]
+    before = len(harness.store.commits)
+    harness.start()
+    for delivery in made:
+        await _settled(harness, delivery, 1)
+    (recorded,) = harness.store.commits[before:]
+    assert sorted(d.delivery_id for d in recorded.deliveries) == sorted(d.delivery_id for d in made)
+    assert all(d.status is DeliveryStatus.DELIVERED for d in recorded.deliveries)
+
+
+async def test_a_slow_receiver_holds_back_only_its_own_outcome(harness):
+    harness.receiver.gate, harness.receiver.slow = asyncio.Event(), {"slow"}
+    slow, quick = await harness.completed("slow"), await harness.completed("quick")
+    harness.start()
+    done = await _settled(harness, quick, 1)
+    assert done.status is DeliveryStatus.DELIVERED and harness.stored(slow).attempts == ()
+    assert harness.receiver.batches == [[slow.delivery_id, quick.delivery_id]]
+    harness.receiver.gate.set()
+    assert (await _settled(harness, slow, 1)).status is DeliveryStatus.DELIVERED
+
+
+async def test_a_namespace_whose_settings_cannot_be_read_is_sent_later(harness):
+    delivery = await harness.completed(namespace="gone")
+    down = True
+
+    async def hooks_for(namespace: str) -> Hooks:
+        if down:
+            raise StoreUnavailable("injected")
+        return HOOKS
+
+    harness.hooks_for = hooks_for  # type: ignore[method-assign]
+    harness.start()
+    await until(lambda: harness.outbox.next_due() == harness.clock.now + STORE_RETRY_S)
+    assert harness.receiver.sent == []
+    down = False
+    harness.clock.advance(STORE_RETRY_S)
+    harness.loop.wake()
+    assert (await _settled(harness, delivery, 1)).status is DeliveryStatus.DELIVERED

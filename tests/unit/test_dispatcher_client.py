@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from actors.webhooks.delivery import Sending
 from actors.webhooks.dispatcher import Outgoing
 from actors.webhooks.dispatcher_client import DispatcherClient
 from storage.records import Attempt, Delivery
@@ -165,3 +166,45 @@ async def test_a_hanging_batch_holds_the_next_one_back_only_for_start_s(client, 
     assert not hanging.done()
     first.end()
     assert (await _outcome(hanging)).error == "the dispatcher returned no outcome"
+
+
+async def _collect(stream: AsyncIterator[list[tuple[int, Attempt]]]) -> list[list[tuple[int, int]]]:
+    """What a `send_many` caller gets: each list streamed, as (index, status code)."""
+    return [[(i, a.status_code) for i, a in outcomes] async for outcomes in stream]
+
+
+async def test_send_many_gets_outcomes_that_stream_together_as_one_list(client, dispatcher):
+    def many(*names: str) -> asyncio.Task[list[list[tuple[int, int]]]]:
+        items = [Sending(_delivery(name), ("whsec_x",), 5.0) for name in names]
+        return asyncio.create_task(_collect(client.send_many(items)))
+
+    first, second = many("a", "b", "c"), many("d")
+    call = await _call(dispatcher, 1)
+    assert _names(call) == ["a", "b", "c", "d"]  # two callers, one call
+    call.answer((3, 201), (2, 202), (0, 200))
+    call.answer((1, 500))
+    call.end()
+    assert await asyncio.wait_for(first, WAIT_S) == [[(2, 202), (0, 200)], [(1, 500)]]
+    assert await asyncio.wait_for(second, WAIT_S) == [[(0, 201)]]
+
+
+async def test_send_many_of_nothing_yields_nothing(client, dispatcher):
+    assert await _collect(client.send_many([])) == []
+    assert dispatcher.calls == []
+
+
+async def test_open_calls_are_bounded_so_later_sends_wait_and_go_together(dispatcher):
+    client = DispatcherClient(lambda: dispatcher, max_calls=1)
+    a = _send(client, "a")
+    first = await _call(dispatcher, 1)
+    first.answer((0, 200))  # no longer starting, but still open
+    assert (await _outcome(a)).status_code == 200
+    later = [_send(client, name) for name in ("b", "c")]
+    await asyncio.sleep(DispatcherClient.START_S * 2)
+    assert len(dispatcher.calls) == 1
+    first.end()
+    second = await _call(dispatcher, 2)
+    assert _names(second) == ["b", "c"]
+    second.answer((0, 200), (1, 204))
+    second.end()
+    assert [(await _outcome(t)).status_code for t in later] == [200, 204]

@@ -252,6 +252,19 @@ def test_a_delivery_is_handed_out_once_until_its_attempt_is_recorded(outbox, clo
     assert outbox.is_in_flight(d.delivery_id)
 
 
+def test_due_hands_out_at_most_limit_in_the_order_they_fell_due(outbox, clock):
+    made = []
+    for i in range(5):
+        job = _job(job_id=f"j{i}")
+        made += outbox.on_change(job, job.evolve(status=JobStatus.FAILED), (), ALL)
+        clock.advance(0.001)
+    outbox.committed(made)
+    first = outbox.due(clock.now, limit=2)
+    assert first == made[:2]
+    assert outbox.due(clock.now, limit=10) == made[2:]  # the rest, each handed out once
+    assert outbox.due(clock.now) == []
+
+
 def test_a_version_not_yet_committed_is_not_sent(outbox, clock):
     job = _job()
     (d,) = outbox.on_change(job, job, [_chunk(1)], ALL)

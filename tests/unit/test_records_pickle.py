@@ -8,8 +8,9 @@ import pytest
 
 from actors.commands import JobSpec
 from actors.shard_types import AppendAck, SubmitItem, SubmitResult, Update
+from actors.webhooks.dispatcher import Outgoing
 from storage.errors import Conflict
-from storage.records import Chunk, Job
+from storage.records import Attempt, Chunk, Job
 
 JOB = Job("acme", "j1", 0, 1.0, 2.0, output_seq=3, output_size=10)
 
@@ -23,6 +24,8 @@ JOB = Job("acme", "j1", 0, 1.0, 2.0, output_seq=3, output_size=10)
         Update(JOB, (Chunk("acme", "j1", 1, 0, b"out"),)),
         SubmitItem("acme", "j1", JobSpec(title="t"), "key"),
         SubmitResult(JOB, True),
+        Attempt(1.0, 2.5, 204),
+        Outgoing("msg_1", "https://hooks.example/x", b"{}", ("whsec_a",), 10.0),
     ],
 )
 def test_a_record_comes_back_equal_and_is_reduced_to_its_field_values(record):
