@@ -36,20 +36,19 @@ class DispatcherClient:
     """The shard's side: batches concurrent sends into streaming `deliver_many` calls.
 
     Batching is self-clocking, like group commit: at most `max_starting` calls are
-    starting at once, and at most `max_calls` are open, and sends queue meanwhile, so
-    batches grow with the load. A call stops counting as starting at its first outcome or
-    after `START_S`, so a batch with a hanging receiver never holds back the next one.
-    Outcomes that stream back together reach each `send_many` caller together, as one list.
+    starting at once, and sends queue meanwhile, so batches grow with the load. A call
+    stops counting as starting at its first outcome or after `START_S`, so a batch with a
+    hanging receiver never holds back the next one. Outcomes that stream back together
+    reach each `send_many` caller together, as one list.
 
-    `max_calls` keeps a slow dispatcher from being sent ever more, ever smaller calls: past
-    a replica's `max_ongoing_requests` Serve rejects a call and retries it, an actor call
-    (about a millisecond of CPU on both sides) each time. Without it, a dispatcher sending
-    ~100/s had 175 calls open from one shard, of ~12 deliveries each, and the shard spent
-    2 ms of CPU per delivery routing them.
+    Open calls are not capped: a call stays open until its slowest delivery ends, so a cap
+    would let one hanging receiver (one delivery in each of many batches) stop every send
+    of the shard. What bounds them is the delivery loop's `max_in_flight` and, per replica,
+    the dispatcher's `max_ongoing_requests`, set high enough never to bind (past it Serve
+    would reject and retry calls, a millisecond of CPU a try on both sides).
     """
 
     START_S = 0.05
-    MAX_CALLS = 16
 
     def __init__(
         self,
@@ -57,12 +56,10 @@ class DispatcherClient:
         *,
         max_batch: int = MAX_BATCH,
         max_starting: int = 2,
-        max_calls: int = MAX_CALLS,
     ) -> None:
         self._handle = handle
         self._max_batch = max_batch
         self._starting = asyncio.Semaphore(max_starting)
-        self._open = asyncio.Semaphore(max_calls)
         self._queue: list[_Item] = []
         self._pump: asyncio.Task[None] | None = None
         self._calls: set[asyncio.Task[None]] = set()
@@ -88,7 +85,6 @@ class DispatcherClient:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue:
-            await self._open.acquire()
             await self._starting.acquire()
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
             started = _Once(self._starting.release)
@@ -109,7 +105,6 @@ class DispatcherClient:
             _settle(batch, begun, f"dispatcher unavailable: {type(exc).__name__}: {exc}")
         finally:
             started()
-            self._open.release()
         _settle(batch, begun, "the dispatcher returned no outcome")
 
 

@@ -193,18 +193,20 @@ async def test_send_many_of_nothing_yields_nothing(client, dispatcher):
     assert dispatcher.calls == []
 
 
-async def test_open_calls_are_bounded_so_later_sends_wait_and_go_together(dispatcher):
-    client = DispatcherClient(lambda: dispatcher, max_calls=1)
-    a = _send(client, "a")
-    first = await _call(dispatcher, 1)
-    first.answer((0, 200))  # no longer starting, but still open
-    assert (await _outcome(a)).status_code == 200
-    later = [_send(client, name) for name in ("b", "c")]
-    await asyncio.sleep(DispatcherClient.START_S * 2)
-    assert len(dispatcher.calls) == 1
-    first.end()
-    second = await _call(dispatcher, 2)
-    assert _names(second) == ["b", "c"]
-    second.answer((0, 200), (1, 204))
-    second.end()
-    assert [(await _outcome(t)).status_code for t in later] == [200, 204]
+async def test_calls_held_open_by_a_hanging_receiver_never_hold_back_a_new_send(dispatcher):
+    """Each of 40 calls gets its other outcomes but one delivery hangs: the calls stay open,
+    and a send after them still goes out in a call of its own at once."""
+    client = DispatcherClient(lambda: dispatcher, max_starting=1)
+    hanging = []
+    for n in range(40):
+        hanging += [_send(client, f"hang-{n}"), _send(client, f"ok-{n}")]
+        call = await _call(dispatcher, n + 1)
+        call.answer((1, 200))  # the first outcome: no longer starting, still open
+    fresh = _send(client, "fresh")
+    call = await _call(dispatcher, 41)
+    assert _names(call) == ["fresh"]
+    call.answer((0, 204))
+    assert (await _outcome(fresh)).status_code == 204
+    assert not any(task.done() for task in hanging[::2])
+    for task in hanging:
+        task.cancel()
