@@ -406,12 +406,10 @@ def _params(record: Any, columns: Sequence[str], encode: dict[str, Callable[[Any
 def _attempt_json(attempt: Attempt) -> dict[str, Any]:
     """`dataclasses.asdict(attempt)` without its recursive deep copy: attempts are written by
     the thousand (every delivery row carries all of its attempts)."""
-    return {
-        "at": attempt.at,
-        "duration_ms": attempt.duration_ms,
-        "status_code": attempt.status_code,
-        "error": attempt.error,
-    }
+    return {name: getattr(attempt, name) for name in _ATTEMPT_FIELDS}
+
+
+_ATTEMPT_FIELDS = tuple(f.name for f in fields(Attempt))
 
 
 def _list(dump: Callable[[Any], Any]) -> Callable[[Any], Any]:
