@@ -313,24 +313,21 @@ def test_sequence_increases_with_the_jobs_revision(outbox):
     assert _body(done)["data"]["sequence"] > _body(progress[0])["data"]["sequence"]
 
 
-def test_a_retry_after_longer_than_the_backoff_sets_the_next_attempt_and_is_recorded(outbox, clock):
-    policy = RetryPolicy(initial_delay_ms=200, max_delay_ms=10_000, max_attempts=3)
+@pytest.mark.parametrize(
+    ("initial_ms", "max_ms", "retry_after_s", "waits_s"),
+    [
+        (200, 10_000, 3.0, 3.0),  # longer than the backoff: waited for, recorded
+        (200, 5_000, 86_400.0, 5.0),  # huge: capped at the policy's maximum, recorded so
+        (2_000, 2_000, 0.5, 2.0),  # shorter than the backoff: the backoff stands
+    ],
+)
+def test_a_retry_after_sets_the_next_attempt_at_most_the_policys_maximum_delay(
+    outbox, clock, initial_ms, max_ms, retry_after_s, waits_s
+):
+    policy = RetryPolicy(initial_delay_ms=initial_ms, max_delay_ms=max_ms, max_attempts=3)
     (d,) = outbox.on_change(_job(), _job(status=JobStatus.FAILED), (), ALL)
-    busy = outbox.after_attempt(d, Attempt(clock.now, 1.0, 429, retry_after_s=3.0), policy)
-    assert busy.next_attempt_at == clock.now + 3.0
-    assert busy.attempts[-1].retry_after_s == 3.0
-
-
-def test_a_huge_retry_after_is_capped_at_the_policys_maximum_delay(outbox, clock):
-    policy = RetryPolicy(initial_delay_ms=200, max_delay_ms=5_000, max_attempts=3)
-    (d,) = outbox.on_change(_job(), _job(status=JobStatus.FAILED), (), ALL)
-    busy = outbox.after_attempt(d, Attempt(clock.now, 1.0, 503, retry_after_s=86_400.0), policy)
-    assert busy.next_attempt_at == clock.now + 5.0
-    assert busy.attempts[-1].retry_after_s == 5.0
-
-
-def test_a_retry_after_shorter_than_the_backoff_changes_nothing(outbox, clock):
-    policy = RetryPolicy(initial_delay_ms=2_000, max_delay_ms=2_000, max_attempts=3)
-    (d,) = outbox.on_change(_job(), _job(status=JobStatus.FAILED), (), ALL)
-    busy = outbox.after_attempt(d, Attempt(clock.now, 1.0, 503, retry_after_s=0.5), policy)
-    assert busy.next_attempt_at == clock.now + 2.0
+    busy = outbox.after_attempt(
+        d, Attempt(clock.now, 1.0, 429, retry_after_s=retry_after_s), policy
+    )
+    assert busy.next_attempt_at == clock.now + waits_s
+    assert busy.attempts[-1].retry_after_s == min(retry_after_s, max_ms / 1000)
