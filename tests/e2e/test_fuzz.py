@@ -15,6 +15,7 @@ import schemathesis
 
 from cluster import bootstrap
 from tests.e2e.conftest import ADMIN_KEY
+from tests.e2e.waiting import wait_until
 from tests.fuzzing import Known, config, fuzz
 
 pytestmark = pytest.mark.e2e
@@ -28,6 +29,12 @@ def schema(service: bootstrap.Service) -> schemathesis.BaseSchema:
 @pytest.fixture
 def known(service: bootstrap.Service) -> Iterator[Known]:
     with requests.Session() as http:
+        # Earlier tests kill shards: begin once every shard answers again (/readyz).
+        wait_until(
+            lambda: http.get(f"{service.url}/readyz", timeout=10).status_code == 200,
+            timeout_s=60,
+            what="the service to be ready",
+        )
         yield Known.make(http, service.url, ADMIN_KEY)
 
 
