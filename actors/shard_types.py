@@ -31,7 +31,7 @@ class ShardConfig:
     #: CIDRs webhook URLs may reach despite the SSRF guard (e.g. 127.0.0.0/8 in development).
     webhook_allowed_networks: str = ""
     webhook_coalesce_s: float = 0.5
-    webhook_max_in_flight: int = 1000
+    webhook_max_in_flight: int = 4000
     webhook_max_payload_bytes: int = 1024 * 1024
 
     @property

@@ -33,6 +33,7 @@ STATUS = {
     errors.Overloaded: 503,
     errors.StoreUnavailable: 503,
     errors.ShardUnavailable: 503,
+    errors.DnsUnavailable: 503,
 }
 
 
@@ -53,6 +54,7 @@ CLOSE_CODES: tuple[tuple[type[errors.AosError], int], ...] = (
     (errors.BadRequest, 1008),
     (errors.Overloaded, 1013),  # Try Again Later
     (errors.ShardUnavailable, 1013),
+    (errors.DnsUnavailable, 1013),
     (errors.StoreUnavailable, 1011),  # Internal Error (the store failed; retryable)
 )
 #: A bug: RFC 6455's "unexpected condition that prevented it from fulfilling the request".

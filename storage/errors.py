@@ -13,6 +13,7 @@ AosError
  +-- StoreUnavailable   503  the store failed or is unreachable
  |    +-- Fenced        503  another owner took this shard's lease
  +-- ShardUnavailable   503  the shard actor is restarting (Ray's actor errors, translated)
+ +-- DnsUnavailable     503  a webhook host's DNS lookup timed out or failed for now
 """
 
 from __future__ import annotations
@@ -98,3 +99,10 @@ class ShardUnavailable(AosError):
     """The shard actor is restarting or its node is gone; the caller may retry shortly."""
 
     code = "shard_unavailable"
+
+
+class DnsUnavailable(AosError):
+    """A webhook host could not be looked up for now (DNS timed out or failed), which says
+    nothing of the URL: the caller may retry shortly."""
+
+    code = "dns_unavailable"

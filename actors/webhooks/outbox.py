@@ -11,8 +11,11 @@ An output window's delivery holds its job header and seq range, not its chunks (
 
 from __future__ import annotations
 
+import collections
+import functools
 import heapq
 import itertools
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -31,6 +34,8 @@ class EventType(StrEnum):
 
 
 DEFAULT_EVENTS = (EventType.COMPLETED.value,)
+#: Seconds a delivery over its namespace's or receiver's share of in-flight slots waits.
+DEFER_S = 0.05
 COALESCED = frozenset({EventType.PROGRESS.value, EventType.OUTPUT.value})
 
 
@@ -66,6 +71,8 @@ class Outbox:
         coalesce_s: float = 0.5,
         max_payload_bytes: int = 1024 * 1024,
         new_id: Callable[[], str] = lambda: f"msg_{uuid.uuid4().hex}",
+        max_in_flight_per_namespace: int = 1000,
+        max_in_flight_per_receiver: int = 256,
     ) -> None:
         self._slot = slot
         self._clock = clock
@@ -75,7 +82,11 @@ class Outbox:
         self._windows: dict[tuple[str, str, str], _Window] = {}
         self._pending: dict[str, Delivery] = {}  # committed, not yet delivered or failed
         self._unsettled: dict[str, int] = {}  # versions handed to a commit, not yet committed
-        self._in_flight: set[str] = set()
+        # delivery id -> what it holds a share of while in flight: its namespace, its receiver.
+        self._in_flight: dict[str, tuple[str, str]] = {}
+        self._held: collections.Counter[str] = collections.Counter()
+        self._max_per_namespace = max_in_flight_per_namespace
+        self._max_per_receiver = max_in_flight_per_receiver
         # (due, order, id): deliveries due at the same time go out in the order scheduled.
         self._heap: list[tuple[float, int, str]] = []
         self._order = itertools.count()
@@ -207,8 +218,15 @@ class Outbox:
 
     def due(self, now: float, *, limit: int | None = None) -> list[Delivery]:
         """Deliveries to send now, at most `limit`, in the order they fell due. Each is handed
-        out once until its attempt is recorded."""
+        out once until its attempt is recorded.
+
+        No namespace holds more than `max_in_flight_per_namespace` in flight, and no receiver
+        (scheme, host and port) more than `max_in_flight_per_receiver`: receivers that hang
+        hold their own share until they time out, never every slot of the shard. One over
+        its share waits `DEFER_S` and is looked at again.
+        """
         out: list[Delivery] = []
+        deferred: list[str] = []
         while self._heap and self._heap[0][0] <= now and (limit is None or len(out) < limit):
             _, _, delivery_id = heapq.heappop(self._heap)
             delivery = self._pending.get(delivery_id)
@@ -219,10 +237,29 @@ class Outbox:
             if delivery_id in self._unsettled:
                 self._schedule(now + 0.01, delivery_id)  # a newer version is committing
                 continue
+            shares = (f"ns:{delivery.namespace}", f"to:{_receiver(delivery.url)}")
+            if (
+                self._held[shares[0]] >= self._max_per_namespace
+                or self._held[shares[1]] >= self._max_per_receiver
+            ):
+                deferred.append(delivery_id)
+                continue
             self._seal(delivery)
-            self._in_flight.add(delivery_id)
+            self._in_flight[delivery_id] = shares
+            self._held.update(shares)
             out.append(delivery)
+        for delivery_id in deferred:
+            self._schedule(now + DEFER_S, delivery_id)
         return out
+
+    def _land(self, delivery_id: str) -> None:
+        """`delivery_id` is no longer in flight: its shares free."""
+        shares = self._in_flight.pop(delivery_id, None)
+        if shares is not None:
+            self._held.subtract(shares)
+            for share in shares:
+                if self._held[share] <= 0:
+                    del self._held[share]
 
     def _seal(self, delivery: Delivery) -> None:
         """Close the delivery's window, if it is still open: it takes no more events."""
@@ -239,7 +276,7 @@ class Outbox:
 
     def after_attempt(self, delivery: Delivery, attempt: Attempt, policy: RetryPolicy) -> Delivery:
         """The delivery's next version: delivered, failed (dead letter) or pending again."""
-        self._in_flight.discard(delivery.delivery_id)
+        self._land(delivery.delivery_id)
         if attempt.retry_after_s is not None:  # recorded as honoured: at most the policy's max
             capped_s = min(attempt.retry_after_s, policy.max_delay_ms / 1000)
             attempt = replace(attempt, retry_after_s=capped_s)
@@ -258,7 +295,7 @@ class Outbox:
 
     def reschedule(self, delivery: Delivery, at: float) -> None:
         """Hand `delivery` out again at `at` (its attempt could not be recorded)."""
-        self._in_flight.discard(delivery.delivery_id)
+        self._land(delivery.delivery_id)
         self._track(replace(delivery, next_attempt_at=at))
 
     def retry_now(self, delivery: Delivery) -> Delivery:
@@ -267,7 +304,7 @@ class Outbox:
 
     def abandon(self, delivery: Delivery) -> None:
         """Drop an in-flight delivery that can no longer be sent (its job was deleted)."""
-        self._in_flight.discard(delivery.delivery_id)
+        self._land(delivery.delivery_id)
         self._pending.pop(delivery.delivery_id, None)
 
     def is_in_flight(self, delivery_id: str) -> bool:
@@ -294,3 +331,10 @@ def _destination(job: Job, hooks: Hooks) -> tuple[str | None, tuple[str, ...]]:
     if job.webhook_url:
         return job.webhook_url, job.webhook_events or DEFAULT_EVENTS
     return hooks.url, hooks.events
+
+
+@functools.lru_cache(maxsize=4096)
+def _receiver(url: str) -> str:
+    """The receiver a URL reaches, as a share key: scheme, host and port (as written)."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2].lower()}"

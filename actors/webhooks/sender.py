@@ -22,11 +22,11 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from actors.limits import MAX_ATTEMPT_ERROR_CHARS, clip, storable
 from actors.webhooks import ssrf
 from actors.webhooks.backoff import retry_after_s
-from storage.errors import Invalid
+from storage.errors import DnsUnavailable, Invalid
 from storage.records import Attempt
 
 #: Open connections at most, over all destinations.
-MAX_CONNECTIONS = 1024
+MAX_CONNECTIONS = 8192
 #: An idle keep-alive connection is closed after this many seconds.
 KEEPALIVE_S = 30.0
 #: The TCP (and TLS) connect may take at most this long, within the attempt's timeout.
@@ -154,7 +154,7 @@ class WebhookSender:
                 await _drain(response, MAX_RESPONSE_BYTES)
                 waited = retry_after_s(response.headers.get("Retry-After"), now=self._clock())
                 return response.status, waited, None
-        except Invalid as exc:
+        except (Invalid, DnsUnavailable) as exc:
             return None, None, _rejection(exc)
         except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
             return None, None, "timeout"
@@ -236,7 +236,7 @@ def _attempt(
     )
 
 
-def _rejection(exc: Invalid) -> str:
+def _rejection(exc: Invalid | DnsUnavailable) -> str:
     if isinstance(exc.__cause__, OSError):
         return f"dns error: {exc.message}"
     return f"blocked: {exc.message}"

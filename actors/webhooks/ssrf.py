@@ -19,10 +19,11 @@ from typing import TypeAlias
 
 import aiodns
 import httpx
+import pycares
 from yarl import URL
 
 from actors.limits import MAX_URL_CHARS, check_size, check_storable
-from storage.errors import Invalid
+from storage.errors import DnsUnavailable, Invalid
 
 Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -109,28 +110,37 @@ async def system_resolver(host: str, port: int) -> list[str]:
     so a burst of hosts that never answer (a batch of 1,000 such webhook URLs) held every
     other lookup for minutes. Raises `socket.gaierror` when the name does not resolve.
     """
+    resolver, gate = _dns()
     try:
-        result = await _dns().getaddrinfo(host, port=port, type=socket.SOCK_STREAM)
+        async with gate:
+            result = await resolver.getaddrinfo(host, port=port, type=socket.SOCK_STREAM)
     except aiodns.error.DNSError as exc:
         code, *detail = exc.args or (None,)
-        raise socket.gaierror(code, detail[0] if detail else "DNS lookup failed") from exc
+        reason = detail[0] if detail else "DNS lookup failed"
+        # As getaddrinfo says it: the name does not exist, or (EAI_AGAIN) not now.
+        eai = socket.EAI_NONAME if code in _NO_SUCH_NAME else socket.EAI_AGAIN
+        raise socket.gaierror(eai, reason) from exc
     return [node.addr[0].decode("ascii") for node in result.nodes]
 
 
-_RESOLVERS: dict[asyncio.AbstractEventLoop, aiodns.DNSResolver] = {}
+_NO_SUCH_NAME = (pycares.errno.ARES_ENOTFOUND, pycares.errno.ARES_ENODATA)
+#: Lookups at once per event loop: a burst queues here instead of flooding the DNS server
+#: (1,000 at once made some time out).
+MAX_LOOKUPS = 64
+_RESOLVERS: dict[asyncio.AbstractEventLoop, tuple[aiodns.DNSResolver, asyncio.Semaphore]] = {}
 
 
-def _dns() -> aiodns.DNSResolver:
-    """This event loop's c-ares channel (a channel belongs to the loop it was made on)."""
+def _dns() -> tuple[aiodns.DNSResolver, asyncio.Semaphore]:
+    """This event loop's c-ares channel and lookup gate (they belong to the loop they were
+    made on)."""
     loop = asyncio.get_running_loop()
-    resolver = _RESOLVERS.get(loop)
-    if resolver is None:
+    made = _RESOLVERS.get(loop)
+    if made is None:
         for old in [old for old in _RESOLVERS if old.is_closed()]:
             del _RESOLVERS[old]
-        resolver = _RESOLVERS[loop] = aiodns.DNSResolver(
-            loop=loop, timeout=RESOLVE_TIMEOUT_S, tries=RESOLVE_TRIES
-        )
-    return resolver
+        resolver = aiodns.DNSResolver(loop=loop, timeout=RESOLVE_TIMEOUT_S, tries=RESOLVE_TRIES)
+        made = _RESOLVERS[loop] = (resolver, asyncio.Semaphore(MAX_LOOKUPS))
+    return made
 
 
 def _parse(url: str, allowed: Sequence[Network] | None) -> tuple[str, int, Address | None]:
@@ -222,6 +232,13 @@ def _ends_in_number(host: str) -> bool:
 async def _resolve(host: str, port: int, resolver: Resolver | None) -> list[Address]:
     try:
         answers = await (resolver or system_resolver)(host, port)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:
+            raise DnsUnavailable(
+                f"cannot resolve webhook host {host!r} just now ({exc.strerror}); retry shortly",
+                retry_after_s=RESOLVE_TIMEOUT_S,
+            ) from exc
+        raise Invalid(f"cannot resolve webhook host {host!r}: {exc}") from exc
     except (OSError, UnicodeError) as exc:  # UnicodeError: the codec refused the name
         raise Invalid(f"cannot resolve webhook host {host!r}: {exc}") from exc
     addresses = _unique(ipaddress.ip_address(answer) for answer in answers)

@@ -9,7 +9,7 @@ import pytest
 
 from actors.webhooks import body
 from actors.webhooks.backoff import RetryPolicy
-from actors.webhooks.outbox import Hooks, Outbox
+from actors.webhooks.outbox import DEFER_S, Hooks, Outbox
 from storage.memory import MemoryStore
 from storage.records import (
     Attempt,
@@ -331,3 +331,34 @@ def test_a_retry_after_sets_the_next_attempt_at_most_the_policys_maximum_delay(
     )
     assert busy.next_attempt_at == clock.now + waits_s
     assert busy.attempts[-1].retry_after_s == min(retry_after_s, max_ms / 1000)
+
+
+def _created(outbox: Outbox, namespace: str, job_id: str, url: str) -> Delivery:
+    job = Job(namespace, job_id, 0, 1000.0, 1000.0)
+    (d,) = outbox.on_change(None, job, (), Hooks(url=url, events=("job.created",)))
+    outbox.committed([d])
+    return d
+
+
+def test_a_receiver_holds_at_most_its_share_of_the_in_flight_slots(clock):
+    """A hanging receiver keeps its deliveries in flight until they time out: it may hold
+    its share, and the deliveries to another receiver go out beside them."""
+    outbox = Outbox(slot=0, clock=clock, max_in_flight_per_receiver=3)
+    slow = [_created(outbox, "acme", f"s{i}", "http://slow.example/h") for i in range(5)]
+    fast = _created(outbox, "acme", "f", "http://fast.example/h")
+    assert outbox.due(clock.now) == [*slow[:3], fast]
+    assert outbox.due(clock.now) == []  # the other two wait for a slot of their receiver
+    outbox.after_attempt(slow[0], Attempt(clock.now, 1.0, None, "timeout"), RetryPolicy())
+    clock.advance(DEFER_S)
+    assert outbox.due(clock.now) == [slow[3]]
+
+
+def test_a_namespace_holds_at_most_its_share_of_the_in_flight_slots(clock):
+    """Another tenant's hanging receivers (here each its own) never hold every slot."""
+    outbox = Outbox(slot=0, clock=clock, max_in_flight_per_namespace=4)
+    theirs = [_created(outbox, "acme", f"j{i}", f"http://h{i}.example/h") for i in range(6)]
+    ours = _created(outbox, "other", "j", "http://ours.example/h")
+    assert outbox.due(clock.now) == [*theirs[:4], ours]
+    outbox.reschedule(theirs[0], clock.now)  # not recorded: no longer in flight
+    clock.advance(DEFER_S)
+    assert outbox.due(clock.now) == [theirs[0]]  # one slot free: the earliest due takes it

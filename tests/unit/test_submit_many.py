@@ -222,6 +222,7 @@ ERRORS = [
     errors.StoreUnavailable,
     errors.Fenced,
     errors.ShardUnavailable,
+    errors.DnsUnavailable,
 ]
 
 

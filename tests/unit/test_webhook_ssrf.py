@@ -14,7 +14,7 @@ import pytest
 
 from actors.webhooks import ssrf
 from actors.webhooks.ssrf import check_url, parse_allowed_networks, resolve_and_check
-from storage.errors import Invalid
+from storage.errors import DnsUnavailable, Invalid
 
 LOOPBACK = parse_allowed_networks("127.0.0.0/8, ::1/128")
 
@@ -205,13 +205,14 @@ async def test_lookups_that_never_answer_all_fail_at_once_within_the_timeout(mon
         channel = aiodns.DNSResolver(
             loop=loop, nameservers=[f"127.0.0.1:{silent.getsockname()[1]}"], timeout=0.2, tries=1
         )
-        monkeypatch.setitem(ssrf._RESOLVERS, loop, channel)
+        monkeypatch.setitem(ssrf._RESOLVERS, loop, (channel, asyncio.Semaphore(ssrf.MAX_LOOKUPS)))
         started = time.monotonic()
         results = await asyncio.gather(
             *(ssrf.resolve_and_check(f"http://h{i}.example.com/", allowed=()) for i in range(200)),
             return_exceptions=True,
         )
-    assert all(isinstance(r, Invalid) and isinstance(r.__cause__, OSError) for r in results)
+    # A timeout says nothing of the URL: retry later (503), not "invalid" (422).
+    assert all(isinstance(r, DnsUnavailable) and r.retry_after_s for r in results), results[:3]
     assert time.monotonic() - started < 10  # one after another: 200 x 0.2 s = 40 s
 
 
@@ -229,3 +230,15 @@ def test_urls_the_two_parsers_read_differently_are_refused(url: str) -> None:
 
 async def test_the_system_resolver_reads_the_hosts_file() -> None:
     assert "127.0.0.1" in await ssrf.system_resolver("localhost", 80)
+
+
+async def test_a_lookup_that_fails_for_now_is_retryable_and_a_missing_name_is_invalid() -> None:
+    async def flaky(host: str, port: int) -> Sequence[str]:
+        if host == "busy.example":
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with pytest.raises(DnsUnavailable, match="just now"):
+        await resolve_and_check("http://busy.example/", allowed=(), resolver=flaky)
+    with pytest.raises(Invalid, match="cannot resolve"):
+        await resolve_and_check("http://missing.example/", allowed=(), resolver=flaky)
