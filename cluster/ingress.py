@@ -46,6 +46,9 @@ _DEFAULTS = "defaults"
 #: leaves it to `timeout client` (an hour), so a few thousand idle connections held
 #: HAProxy's every slot (maxconn) and every later client hung.
 REQUEST_HEAD_RULES = ("    timeout http-request 30s",)
+#: Seconds an HAProxy that a reload replaced keeps its connections (Serve's default, 120 s,
+#: cut every SSE stream 120 s after any reload).
+HARD_STOP_AFTER_S = 3600
 #: A 503 without `Retry-After` comes from Serve (its queue is full) or HAProxy, not from the
 #: API (whose 503s say when to retry): answered as the API answers overload (RFC 9110 §15.6.4).
 OVERLOADED_RULES = (
@@ -63,7 +66,7 @@ def environment(
     stats_port: int,
     metrics_port: int,
     fallback_port: int,
-    hard_stop_after_s: int = 3600,
+    hard_stop_after_s: int = HARD_STOP_AFTER_S,
 ) -> dict[str, str]:
     """The variables Serve's controller (and so its proxies and replicas) needs for `ingress`.
 

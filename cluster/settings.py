@@ -9,7 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from actors.limits import MAX_CHUNK_BYTES
-from cluster.ingress import HAPROXY, Ingress, environment
+from cluster.ingress import HAPROXY, HARD_STOP_AFTER_S, Ingress, environment
 
 
 class Settings(BaseSettings):
@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     #: Serve's own proxy, HAProxy's fallback on the head node, on the HTTP host.
     fallback_proxy_port: int = Field(default=8500, ge=1, le=65535)
     #: How long an HAProxy that a reload replaced keeps its open streams (cluster/ingress.py).
-    haproxy_hard_stop_after_s: int = Field(default=3600, ge=1)
+    haproxy_hard_stop_after_s: int = Field(default=HARD_STOP_AFTER_S, ge=1)
     storage_url: str = "sqlite:///./aos-data/aos.db"
     num_shards: int = Field(default=4, ge=1, le=1024)
     #: `Api` replicas (ingress). Two on two cores: reads are bound by the replica's CPU,
