@@ -85,7 +85,7 @@ def retry_after_s(value: str | None, *, now: float) -> float | None:
     value = value.strip()
     limit_s = MAX_DELAY_LIMIT_MS / 1000
     if value.isascii() and value.isdigit():
-        return min(float(value[:12]) if len(value) <= 12 else limit_s, limit_s)
+        return min(float(value), limit_s) if len(value) <= 12 else limit_s
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
