@@ -15,8 +15,8 @@ from actors.render import event_json
 from actors.shard_types import Update
 from storage.records import Chunk, Job
 
-#: Aim for about this many bytes per store read while replaying output.
-REPLAY_PAGE_BYTES = 4 * 1024 * 1024
+#: The most chunks one store read returns while replaying (its bytes are bounded by the
+#: reader: `actors.limits.OUTPUT_PAGE_BYTES`).
 MAX_PAGE_CHUNKS = 512
 
 Watch = Callable[[int, int, float], Awaitable[Update]]  # (revision, after_seq, timeout_s)
@@ -75,10 +75,11 @@ async def job_events(
 
 
 async def replay(read: Read, *, after_seq: int, until_seq: int) -> AsyncIterator[Chunk]:
-    """Chunks after_seq < seq <= until_seq from the store, in pages of about REPLAY_PAGE_BYTES."""
-    pos, limit = after_seq, 64
+    """Chunks after_seq < seq <= until_seq from the store, a page (at most MAX_PAGE_CHUNKS,
+    bytes bounded by `read`) at a time."""
+    pos = after_seq
     while pos < until_seq:
-        chunks = await read(pos, min(limit, until_seq - pos))
+        chunks = await read(pos, min(MAX_PAGE_CHUNKS, until_seq - pos))
         if not chunks:
             return
         for chunk in chunks:
@@ -86,5 +87,3 @@ async def replay(read: Read, *, after_seq: int, until_seq: int) -> AsyncIterator
                 return
             yield chunk
             pos = chunk.seq
-        average = max(1, sum(len(c.data) for c in chunks) // len(chunks))
-        limit = max(1, min(MAX_PAGE_CHUNKS, REPLAY_PAGE_BYTES // average))

@@ -26,6 +26,10 @@ MAX_NAMESPACE_DESCRIPTION_CHARS = 1024
 MAX_KEY_DESCRIPTION_CHARS = 256
 #: The default largest append; `Settings.max_chunk_bytes` may change it for a deployment.
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
+#: A page of output read at once (replaying, downloading, streaming, a webhook's window)
+#: holds the chunks that start within this many bytes of its first one: at most this plus
+#: one chunk. A reader's buffer is about one page, however slowly it reads.
+OUTPUT_PAGE_BYTES = 4 * 1024 * 1024
 #: One `append_many` call (a round of a pipelined producer) carries at most this many chunks
 #: and bytes (or one chunk of the deployment's largest size, if that is more).
 MAX_APPEND_MANY_CHUNKS = 1024

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from actors.commands import Completion, JobSpec, ProgressUpdate, check_encoding, new_job_id
 from actors.committer import GroupCommitter, durable
 from actors.job_table import JobTable, Key, LiveJob
+from actors.limits import OUTPUT_PAGE_BYTES
 from actors.namespace_settings import NamespaceChanges
 from actors.namespaces import NamespaceBook, audit_entry
 from actors.shard_types import (
@@ -278,11 +279,20 @@ class Shard:
         return Update(job, self._tail.after(job.key, after_seq))
 
     async def read_output(
-        self, namespace: str, *, job_id: str, after_seq: int = 0, limit: int = 256
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        after_seq: int = 0,
+        limit: int = 256,
+        max_bytes: int = OUTPUT_PAGE_BYTES,
     ) -> list[Chunk]:
-        """Committed output after `after_seq`, from the store (the one source for replay)."""
+        """Committed output after `after_seq`, from the store (the one source for replay): a
+        page of at most `limit` chunks and about `max_bytes` (`Store.read_output`)."""
         await self.get(namespace, job_id=job_id)
-        return await self._store.read_output(namespace, job_id, after_seq=after_seq, limit=limit)
+        return await self._store.read_output(
+            namespace, job_id, after_seq=after_seq, limit=limit, max_bytes=max_bytes
+        )
 
     # -- namespaces and webhooks --------------------------------------------------------------
 

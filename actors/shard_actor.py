@@ -15,6 +15,7 @@ from typing import Any
 import ray
 
 from actors.commands import Completion, JobSpec, ProgressUpdate
+from actors.limits import OUTPUT_PAGE_BYTES
 from actors.namespace_settings import NamespaceChanges
 from actors.routing import RAY_NAMESPACE, shard_name
 from actors.shard import Shard
@@ -147,10 +148,18 @@ class ShardActor:
         )
 
     async def read_output(
-        self, namespace: str, *, job_id: str, after_seq: int = 0, limit: int = 256
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        after_seq: int = 0,
+        limit: int = 256,
+        max_bytes: int = OUTPUT_PAGE_BYTES,
     ) -> list[Chunk]:
         shard = await self._ready()
-        return await shard.read_output(namespace, job_id=job_id, after_seq=after_seq, limit=limit)
+        return await shard.read_output(
+            namespace, job_id=job_id, after_seq=after_seq, limit=limit, max_bytes=max_bytes
+        )
 
     async def create_namespace(
         self, namespace: str, *, changes: NamespaceChanges, actor: str = ""

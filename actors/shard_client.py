@@ -31,6 +31,7 @@ from actors.limits import (
     MAX_APPEND_MANY_BYTES,
     MAX_APPEND_MANY_CHUNKS,
     MAX_CHUNK_BYTES,
+    OUTPUT_PAGE_BYTES,
     check_chunk,
     check_size,
 )
@@ -77,7 +78,13 @@ class ShardApi(Protocol):
         timeout_s: float = 0.0,
     ) -> Update: ...
     async def read_output(
-        self, namespace: str, *, job_id: str, after_seq: int = 0, limit: int = 256
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        after_seq: int = 0,
+        limit: int = 256,
+        max_bytes: int = OUTPUT_PAGE_BYTES,
     ) -> list[Chunk]: ...
     async def create_namespace(
         self, namespace: str, *, changes: NamespaceChanges, actor: str = ""
@@ -304,16 +311,25 @@ class ShardClient:
         )
 
     async def read_output(
-        self, namespace: str, job_id: str, *, after_seq: int = 0, limit: int = 256
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int = 256,
+        max_bytes: int = OUTPUT_PAGE_BYTES,
     ) -> list[Chunk]:
-        """At most `limit` committed chunks with seq > `after_seq`, in order (from the store
-        when this client has one: the output is immutable once committed)."""
+        """A page of committed chunks with seq > `after_seq`, in order: at most `limit`, and
+        about `max_bytes` (`Store.read_output`). From the store when this client has one: the
+        output is immutable once committed."""
         shard, job_id = self.owner(namespace), check_job_id(job_id)
         if self._store is not None:
             return await self._store.read_output(
-                namespace, job_id, after_seq=after_seq, limit=limit
+                namespace, job_id, after_seq=after_seq, limit=limit, max_bytes=max_bytes
             )
-        return await shard.read_output(namespace, job_id=job_id, after_seq=after_seq, limit=limit)
+        return await shard.read_output(
+            namespace, job_id=job_id, after_seq=after_seq, limit=limit, max_bytes=max_bytes
+        )
 
     def output(self, job: Job, *, after_seq: int = 0) -> AsyncIterator[Chunk]:
         """The committed chunks of `job` (as fetched) after `after_seq`, page by page."""

@@ -46,9 +46,18 @@ class Store(Protocol):
         """Jobs of `namespace` matching `query`, newest first (created_at, job_id descending)."""
 
     async def read_output(
-        self, namespace: str, job_id: str, *, version: int = 1, after_seq: int = 0, limit: int = 256
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        version: int = 1,
+        after_seq: int = 0,
+        limit: int = 256,
+        max_bytes: int | None = None,
     ) -> list[Chunk]:
-        """Chunks with seq > after_seq, in seq order, at most `limit`."""
+        """Chunks with seq > after_seq, in seq order: at most `limit`, and with `max_bytes`
+        only those that start within `max_bytes` of the first one's offset (so a page holds
+        at most `max_bytes` plus one chunk; never fewer than one chunk)."""
 
     async def get_namespace(self, name: str) -> Namespace | None: ...
 

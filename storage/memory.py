@@ -96,11 +96,21 @@ class MemoryStore:
         return found[: max(0, query.limit)]
 
     async def read_output(
-        self, namespace: str, job_id: str, *, version: int = 1, after_seq: int = 0, limit: int = 256
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        version: int = 1,
+        after_seq: int = 0,
+        limit: int = 256,
+        max_bytes: int | None = None,
     ) -> list[Chunk]:
         chunks = self.output.get((namespace, job_id), {}).get(version, {})
         seqs = sorted(seq for seq in chunks if seq > after_seq)[: max(0, limit)]
-        return [chunks[seq] for seq in seqs]
+        page = [chunks[seq] for seq in seqs]
+        if max_bytes is not None and page:
+            page = [c for c in page if c.offset - page[0].offset < max_bytes]
+        return page
 
     async def get_namespace(self, name: str) -> Namespace | None:
         return self.namespaces.get(name)

@@ -205,10 +205,12 @@ _DELIVERIES = f"SELECT {_select(DELIVERY_COLUMNS)} FROM webhook_deliveries"
 GET_JOB = f"{_JOBS} WHERE namespace = ? AND job_id = ?"
 # The literal status matches the partial index's predicate, so the planner can use it.
 LOAD_SHARD = f"{_JOBS} WHERE slot = ? AND status = 'Running'"
+_CHUNKS_OF_VERSION = "FROM output_chunks WHERE namespace = ? AND job_id = ? AND version = ?"
 READ_OUTPUT = (
-    f"SELECT {_select(CHUNK_COLUMNS)} FROM output_chunks"
-    " WHERE namespace = ? AND job_id = ? AND version = ? AND seq > ? ORDER BY seq LIMIT ?"
+    f"SELECT {_select(CHUNK_COLUMNS)} {_CHUNKS_OF_VERSION} AND seq > ? ORDER BY seq LIMIT ?"
 )
+#: Where the next chunks start, without their data: how many of them fit a page's bytes.
+PROBE_OUTPUT = f'SELECT seq, "offset" {_CHUNKS_OF_VERSION} AND seq > ? ORDER BY seq LIMIT ?'
 GET_NAMESPACE = f"SELECT {_select(NAMESPACE_COLUMNS)} FROM namespaces WHERE name = ?"
 GET_API_KEY = f"SELECT {_select(API_KEY_COLUMNS)} FROM api_keys WHERE key_id = ?"
 PENDING_DELIVERIES = (
@@ -300,10 +302,22 @@ class SqlStore(ABC):
         return [self._job(row) for row in rows]
 
     async def read_output(
-        self, namespace: str, job_id: str, *, version: int = 1, after_seq: int = 0, limit: int = 256
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        version: int = 1,
+        after_seq: int = 0,
+        limit: int = 256,
+        max_bytes: int | None = None,
     ) -> list[Chunk]:
-        params = (namespace, job_id, version, after_seq, max(0, limit))
-        return [_chunk(row) for row in await self._fetch(READ_OUTPUT, params)]
+        key = (namespace, job_id, version)
+        if max_bytes is not None and limit > 1:
+            # Offsets rise with seq: the chunks that start within `max_bytes` of the first.
+            starts = await self._fetch(PROBE_OUTPUT, (*key, after_seq, limit))
+            limit = sum(1 for _, offset in starts if offset - starts[0][1] < max_bytes)
+        rows = await self._fetch(READ_OUTPUT, (*key, after_seq, max(0, limit)))
+        return [_chunk(row) for row in rows]
 
     async def get_namespace(self, name: str) -> Namespace | None:
         rows = await self._fetch(GET_NAMESPACE, (name,))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from actors.committer import GroupCommitter
+from actors.limits import OUTPUT_PAGE_BYTES
 from actors.shard_types import ShardConfig
 from actors.webhooks.delivery import DeliveryLoop, HooksFor, SendMany
 from actors.webhooks.outbox import Hooks, Outbox
@@ -49,7 +50,7 @@ class ShardWebhooks:
             send=self._send,
             hooks_for=hooks_for,
             read_chunks=lambda namespace, job_id, after_seq, limit: self._store.read_output(
-                namespace, job_id, after_seq=after_seq, limit=limit
+                namespace, job_id, after_seq=after_seq, limit=limit, max_bytes=OUTPUT_PAGE_BYTES
             ),
             clock=self._clock,
             max_in_flight=self._config.webhook_max_in_flight,

@@ -224,6 +224,31 @@ async def test_read_output_pages_by_seq_and_keeps_versions_apart(store: Store) -
     assert await store.read_output("acme", "j1", version=3) == []
 
 
+async def test_read_output_with_max_bytes_takes_the_chunks_that_start_within_it(
+    store: Store,
+) -> None:
+    sizes = [1000, 1000, 3000, 10, 10, 5000]
+    chunks, offset = [], 0
+    for seq, size in enumerate(sizes, start=1):
+        chunks.append(Chunk("acme", "j1", seq, offset, bytes([seq]) * size))
+        offset += size
+    await commit(store, jobs=[make_job()], chunks=chunks)
+
+    async def page(after_seq: int, max_bytes: int, limit: int = 256) -> list[int]:
+        found = await store.read_output(
+            "acme", "j1", after_seq=after_seq, limit=limit, max_bytes=max_bytes
+        )
+        return [c.seq for c in found]
+
+    assert await page(0, 2000) == [1, 2]  # chunk 3 starts 2,000 bytes past chunk 1
+    assert await page(0, 2001) == [1, 2, 3]  # it starts within: a page may pass max_bytes
+    assert await page(2, 1) == [3]  # never fewer than one chunk
+    assert await page(2, 3021) == [3, 4, 5, 6]
+    assert await page(2, 10**9, limit=2) == [3, 4]
+    assert await page(6, 10**9) == []
+    assert await page(0, 1, limit=0) == []
+
+
 async def test_delete_removes_the_job_its_output_and_its_deliveries(store: Store) -> None:
     keep = make_job("keep")
     await commit(

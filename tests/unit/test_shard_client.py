@@ -14,6 +14,7 @@ import ray
 from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.feed import EventKind
 from actors.namespace_settings import NamespaceChanges
+from actors.limits import OUTPUT_PAGE_BYTES
 from actors.routing import shard_for
 from actors.shard import Shard
 from actors.shard_actor import ShardActor
@@ -100,7 +101,10 @@ CALLS = [
     ),
     (
         lambda c, ns: c.read_output(ns, "j1", after_seq=4, limit=5),
-        ("read_output", {"job_id": "j1", "after_seq": 4, "limit": 5}),
+        (
+            "read_output",
+            {"job_id": "j1", "after_seq": 4, "limit": 5, "max_bytes": OUTPUT_PAGE_BYTES},
+        ),
     ),
     (
         lambda c, ns: c.create_namespace(ns, NamespaceChanges(description="d")),
@@ -234,11 +238,19 @@ class ChunkSource:
     def __init__(self, count: int) -> None:
         self.chunks = [Chunk("acme", "j1", seq, seq - 1, b"x") for seq in range(1, count + 1)]
         self.pages: list[tuple[int, int]] = []
+        self.max_bytes: set[int | None] = set()
 
     async def read_output(
-        self, namespace: str, job_id: str, *, after_seq: int = 0, limit: int = 256
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        after_seq: int = 0,
+        limit: int = 256,
+        max_bytes: int | None = None,
     ) -> list[Chunk]:
         self.pages.append((after_seq, limit))
+        self.max_bytes.add(max_bytes)
         return self.chunks[after_seq : after_seq + limit]
 
 
@@ -247,15 +259,16 @@ def job_with_output(output_seq: int) -> Job:
 
 
 async def test_output_reads_page_by_page_up_to_the_jobs_last_seq():
-    source = ChunkSource(300)  # the store may hold more than the job (as fetched) has seen
+    source = ChunkSource(1200)  # the store may hold more than the job (as fetched) has seen
     fleet = Fleet()
     fleet.shards[shard_for("acme", NUM_SHARDS)] = source
-    chunks = [c async for c in fleet.client.output(job_with_output(200), after_seq=10)]
-    assert [c.seq for c in chunks] == list(range(11, 201))
+    chunks = [c async for c in fleet.client.output(job_with_output(1100), after_seq=10)]
+    assert [c.seq for c in chunks] == list(range(11, 1101))
     assert len(source.pages) > 1
     positions = [after for after, _ in source.pages]
     assert positions[0] == 10 and positions == sorted(set(positions))
-    assert all(after + limit <= 200 for after, limit in source.pages)
+    assert all(after + limit <= 1100 for after, limit in source.pages)
+    assert source.max_bytes == {OUTPUT_PAGE_BYTES}  # every page bounded in bytes too
 
 
 async def test_output_is_served_by_the_store_when_the_client_has_one():
