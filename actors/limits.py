@@ -24,8 +24,11 @@ MAX_ATTEMPT_ERROR_CHARS = 512
 MAX_TTL_S = 10 * 365 * 86400
 MAX_NAMESPACE_DESCRIPTION_CHARS = 1024
 MAX_KEY_DESCRIPTION_CHARS = 256
-#: The default largest append; `Settings.max_chunk_bytes` may change it for a deployment.
+#: The default largest chunk the store keeps; `Settings.max_chunk_bytes` may change it for a
+#: deployment. An append over it is cut into several chunks (`actors.pieces`).
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
+#: The largest single append (HTTP `POST .../output`, `Client.append`), in bytes.
+MAX_APPEND_BYTES = 64 * 1024 * 1024
 #: A page of output read at once (replaying, downloading, streaming, a webhook's window)
 #: holds the chunks that start within this many bytes of its first one: at most this plus
 #: one chunk. A reader's buffer is about one page, however slowly it reads.
@@ -113,6 +116,11 @@ def check_chunk(data: object, limit: int) -> bytes:
         raise Invalid("output chunk is empty")
     check_chunk_size(len(data), limit)
     return bytes(data)
+
+
+def check_append_size(size: int, limit: int = MAX_APPEND_BYTES) -> None:
+    if size > limit:
+        raise TooLarge(f"an append may be at most {limit} bytes; send the rest in another append")
 
 
 def check_chunk_size(size: int, limit: int) -> None:

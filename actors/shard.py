@@ -171,13 +171,21 @@ class Shard:
         return [await self._outcome(wait) for wait in waits]
 
     async def append(
-        self, namespace: str, *, job_id: str, data: bytes, seq: int | None = None
+        self, namespace: str, *, job_id: str, chunks: Sequence[bytes], seq: int | None = None
     ) -> AppendAck:
-        """Add a chunk of output. With `seq`, a retried append is acknowledged, not repeated."""
-        result = await self.append_many(namespace, job_id=job_id, chunks=[data], first_seq=seq)
-        if result.error is not None:
-            raise result.error
-        return result.acks[0]
+        """Add one append of output, stored as `chunks` (consecutive seqs, one commit): all of
+        them or, on any error, none. With `seq` (the first chunk's), a retried append is
+        acknowledged, not repeated."""
+        acks: list[AppendAck] = []
+        live = await self._load(namespace, job_id)
+        if seq is not None:
+            live = await self._acknowledge_written(live, chunks, seq, acks)
+        refused = await self._append_new(live, chunks[len(acks) :], acks, whole=True)
+        if refused is not None:
+            raise refused
+        return AppendAck(
+            acks[-1].seq, acks[0].offset, sum(ack.size for ack in acks), chunks=len(acks)
+        )
 
     async def append_many(
         self,
@@ -478,10 +486,10 @@ class Shard:
         return job
 
     async def _append_new(
-        self, live: LiveJob, chunks: Sequence[bytes], acks: list[AppendAck]
+        self, live: LiveJob, chunks: Sequence[bytes], acks: list[AppendAck], *, whole: bool = False
     ) -> AosError | None:
-        """Append `chunks` after the job's current end, up to the first one refused, in one
-        add; extend `acks`. The refused chunk's error, or None."""
+        """Append `chunks` after the job's current end, up to the first one refused (none of
+        them if `whole`), in one add; extend `acks`. The refused chunk's error, or None."""
         job = live.current
         new: list[Chunk] = []
         refused: AosError | None = None
@@ -495,7 +503,7 @@ class Shard:
                 )
         except AosError as exc:
             refused = exc
-        if new:
+        if new and not (whole and refused):
             last = new[-1]
             changed = job.evolve(
                 output_seq=last.seq, output_size=last.end, updated_at=self._clock()

@@ -102,9 +102,10 @@ class ShardActor:
         return await (await self._ready()).submit_many(items)
 
     async def append(
-        self, namespace: str, *, job_id: str, data: bytes, seq: int | None = None
+        self, namespace: str, *, job_id: str, chunks: Sequence[bytes], seq: int | None = None
     ) -> AppendAck:
-        return await (await self._ready()).append(namespace, job_id=job_id, data=data, seq=seq)
+        shard = await self._ready()
+        return await shard.append(namespace, job_id=job_id, chunks=chunks, seq=seq)
 
     async def append_many(
         self,

@@ -36,6 +36,7 @@ from actors.limits import (
     check_size,
 )
 from actors.namespace_settings import NamespaceChanges
+from actors.pieces import Pieces
 from actors.routing import RAY_NAMESPACE, shard_for, shard_name
 from actors.shard_types import AppendAck, AppendManyResult, SubmitItem, SubmitResult, Update
 from storage.base import Store
@@ -53,7 +54,7 @@ class ShardApi(Protocol):
     ) -> tuple[Job, bool]: ...
     async def submit_many(self, items: Sequence[SubmitItem]) -> list[SubmitResult]: ...
     async def append(
-        self, namespace: str, *, job_id: str, data: bytes, seq: int | None = None
+        self, namespace: str, *, job_id: str, chunks: Sequence[bytes], seq: int | None = None
     ) -> AppendAck: ...
     async def append_many(
         self,
@@ -213,14 +214,24 @@ class ShardClient:
             return [SubmitResult(error=exc)] * len(items)
 
     async def append(
-        self, namespace: str, job_id: str, data: bytes, *, seq: int | None = None
+        self, namespace: str, job_id: str, data: bytes | Pieces, *, seq: int | None = None
     ) -> AppendAck:
-        """Append one chunk (1 byte .. `max_chunk_bytes`); with `seq` a retry is idempotent."""
+        """Append `data` (1 byte .. `MAX_APPEND_BYTES`, or `Pieces` already cut), stored as
+        chunks of at most `max_chunk_bytes` with consecutive seqs, all or none; with `seq`
+        (the first chunk's) a retry is idempotent. The ack's `seq` is the last chunk's: a
+        producer numbering its appends sends the next one with `seq=ack.seq + 1`."""
         shard = self.owner(namespace)
-        chunk = check_chunk(data, self.max_chunk_bytes)
-        return await shard.append(
-            namespace, job_id=check_job_id(job_id), data=chunk, seq=check_seq(seq)
-        )
+        if not isinstance(data, Pieces):
+            data = Pieces.of(data, self.max_chunk_bytes)
+        chunks = data.chunks()
+        if seq is not None:
+            check_seq(seq)
+            check_seq(seq + len(chunks) - 1)
+        return await shard.append(namespace, job_id=check_job_id(job_id), chunks=chunks, seq=seq)
+
+    def pieces(self) -> Pieces:
+        """An empty `Pieces` that cuts an append's bytes as they arrive, for `append`."""
+        return Pieces(self.max_chunk_bytes)
 
     async def append_many(
         self,

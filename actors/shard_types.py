@@ -42,9 +42,13 @@ class ShardConfig:
 @pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class AppendAck:
+    """An append, durable: its (last) seq, its first byte's offset, its size in bytes, and the
+    chunks it was stored as (seqs `seq - chunks + 1` .. `seq`)."""
+
     seq: int
     offset: int
     size: int
+    chunks: int = 1
 
 
 @pickled_by_fields

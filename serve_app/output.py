@@ -8,7 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from actors.limits import MAX_INT64, check_chunk_size, parse_decimal
+from actors.limits import MAX_INT64, check_append_size, parse_decimal
+from actors.pieces import Pieces
 from actors.render import output_text
 from actors.timestamps import iso
 from serve_app.deps import D, Ns
@@ -42,10 +43,12 @@ async def append(
     deps: D,
     seq: Annotated[int | None, Query(ge=1, le=MAX_INT64)] = None,
 ) -> dict[str, Any]:
-    """Append the raw request body as the next chunk; `?seq=N` makes retries safe."""
-    data = await _read_capped(request, deps.shards.max_chunk_bytes)
-    ack = await deps.shards.append(ns, job_id, data, seq=seq)
-    return {"seq": ack.seq, "offset": ack.offset, "size": ack.size}
+    """Append the raw request body (up to `MAX_APPEND_BYTES`, 64 MiB), stored as chunks of at
+    most the deployment's chunk size with consecutive seqs, all or none; `?seq=N` (the first
+    chunk's) makes retries safe. The answer's `seq` is the last chunk's, `chunks` their count."""
+    pieces = await _read_pieces(request, deps.shards.pieces())
+    ack = await deps.shards.append(ns, job_id, pieces, seq=seq)
+    return {"seq": ack.seq, "offset": ack.offset, "size": ack.size, "chunks": ack.chunks}
 
 
 @router.get("/{job_id}/output")
@@ -96,13 +99,12 @@ async def _job_version(deps: D, ns: str, job_id: str, version: int) -> Job:
     return job
 
 
-async def _read_capped(request: Request, limit: int) -> bytes:
-    """The body, refused (`TooLarge`) as soon as it is known to be over `limit` bytes."""
+async def _read_pieces(request: Request, pieces: Pieces) -> Pieces:
+    """The body, cut into chunks as it arrives; refused (`TooLarge`) as soon as it is known
+    to be over `MAX_APPEND_BYTES`."""
     declared = parse_decimal(request.headers.get("content-length", ""))
     if declared is not None:  # the server checked its form
-        check_chunk_size(declared, limit)
-    body = bytearray()
+        check_append_size(declared)
     async for part in request.stream():
-        body += part
-        check_chunk_size(len(body), limit)
-    return bytes(body)
+        pieces.feed(part)
+    return pieces

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from actors.commands import Completion, JobSpec, ProgressUpdate
+from actors.limits import MAX_APPEND_BYTES
 from actors.namespace_settings import NamespaceChanges
 from actors.shard import Shard, ShardConfig
 from actors.shard_client import ShardClient
@@ -175,7 +176,9 @@ async def test_oversized_and_empty_chunks_are_refused(store):
     shards = ShardClient(num_shards=1, shards=[shard].__getitem__, max_chunk_bytes=8)
     await shards.submit("acme", JobSpec(), job_id="j1")
     with pytest.raises(TooLarge):
-        await shards.append("acme", "j1", b"123456789")
+        await shards.append("acme", "j1", b"1" * (MAX_APPEND_BYTES + 1))
+    ack = await shards.append("acme", "j1", b"123456789")  # over the chunk size: two chunks
+    assert (ack.seq, ack.size, ack.chunks) == (2, 9, 2)
     with pytest.raises(Invalid):
         await shards.append("acme", "j1", b"")
     await shard.stop()

@@ -13,8 +13,8 @@ import ray
 
 from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.feed import EventKind
+from actors.limits import MAX_APPEND_BYTES, OUTPUT_PAGE_BYTES
 from actors.namespace_settings import NamespaceChanges
-from actors.limits import OUTPUT_PAGE_BYTES
 from actors.routing import shard_for
 from actors.shard import Shard
 from actors.shard_actor import ShardActor
@@ -78,7 +78,7 @@ CALLS = [
     ),
     (
         lambda c, ns: c.append(ns, "j1", b"abc", seq=3),
-        ("append", {"job_id": "j1", "data": b"abc", "seq": 3}),
+        ("append", {"job_id": "j1", "chunks": [b"abc"], "seq": 3}),
     ),
     (
         lambda c, ns: c.append_many(ns, "j1", [b"ab", b"c"], first_seq=2),
@@ -175,7 +175,7 @@ async def test_ping_all_pings_every_shard():
         (lambda c: c.submit("acme", JobSpec(), job_id="x" * 129), TooLarge),
         (lambda c: c.submit("acme_corp", JobSpec(), job_id="j1"), Invalid),
         (lambda c: c.append("acme", "j1", b""), Invalid),
-        (lambda c: c.append("acme", "j1", b"123456789"), TooLarge),
+        (lambda c: c.append("acme", "j1", b"x" * (MAX_APPEND_BYTES + 1)), TooLarge),
         (lambda c: c.append("acme", "j1", b"x", seq=0), Invalid),
         (lambda c: c.append("acme", "j 1", b"x"), Invalid),
         (lambda c: c.append_many("acme", "j 1", [b"x"]), Invalid),
