@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from storage.codec import pack, unpack
 from storage.errors import StoreUnavailable
 from storage.records import (
     ApiKey,
@@ -32,6 +34,9 @@ Step = tuple[str, list[Params]]
 Fence = tuple[int, int | None]
 
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
+#: A commit or a read with more chunk bytes than this packs or unpacks them (storage.codec)
+#: on a worker thread, not on the event loop.
+OFF_LOOP_BYTES = 256 * 1024
 
 #: Python's own errors from binding a value the driver cannot send (a lone surrogate, an
 #: int over 64 bits, a type it cannot adapt): the data's fault, never the store's.
@@ -137,6 +142,8 @@ _MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
                 acquired_at {double} NOT NULL)""",
         ),
     ),
+    # Chunks compressed at rest (storage/codec.py): NULL is the bytes as appended.
+    (2, ("ALTER TABLE output_chunks ADD COLUMN encoding TEXT",)),
 ]
 
 
@@ -177,8 +184,10 @@ API_KEY_COLUMNS = _columns(ApiKey)
 AUDIT_COLUMNS = _columns(AuditEntry)
 
 UPSERT_JOB = _upsert("jobs", JOB_COLUMNS, ("namespace", "job_id"))
+#: A chunk's row: the record's fields (`data` as stored) and how it is stored (storage.codec).
+STORED_CHUNK_COLUMNS = (*CHUNK_COLUMNS, "encoding")
 # Retried commits re-send chunks: a chunk already stored stays as it is.
-INSERT_CHUNK = _insert("output_chunks", CHUNK_COLUMNS) + " ON CONFLICT DO NOTHING"
+INSERT_CHUNK = _insert("output_chunks", STORED_CHUNK_COLUMNS) + " ON CONFLICT DO NOTHING"
 UPSERT_DELIVERY = _upsert("webhook_deliveries", DELIVERY_COLUMNS, ("delivery_id",))
 UPSERT_NAMESPACE = _upsert("namespaces", NAMESPACE_COLUMNS, ("name",))
 UPSERT_API_KEY = _upsert("api_keys", API_KEY_COLUMNS, ("key_id",))
@@ -205,12 +214,13 @@ _DELIVERIES = f"SELECT {_select(DELIVERY_COLUMNS)} FROM webhook_deliveries"
 GET_JOB = f"{_JOBS} WHERE namespace = ? AND job_id = ?"
 # The literal status matches the partial index's predicate, so the planner can use it.
 LOAD_SHARD = f"{_JOBS} WHERE slot = ? AND status = 'Running'"
-_CHUNKS_OF_VERSION = "FROM output_chunks WHERE namespace = ? AND job_id = ? AND version = ?"
-READ_OUTPUT = (
-    f"SELECT {_select(CHUNK_COLUMNS)} {_CHUNKS_OF_VERSION} AND seq > ? ORDER BY seq LIMIT ?"
+_NEXT_CHUNKS = (
+    "FROM output_chunks WHERE namespace = ? AND job_id = ? AND version = ? AND seq > ?"
+    " ORDER BY seq LIMIT ?"
 )
+READ_OUTPUT = f"SELECT {_select(STORED_CHUNK_COLUMNS)} {_NEXT_CHUNKS}"
 #: Where the next chunks start, without their data: how many of them fit a page's bytes.
-PROBE_OUTPUT = f'SELECT seq, "offset" {_CHUNKS_OF_VERSION} AND seq > ? ORDER BY seq LIMIT ?'
+PROBE_OUTPUT = f'SELECT seq, "offset" {_NEXT_CHUNKS}'
 GET_NAMESPACE = f"SELECT {_select(NAMESPACE_COLUMNS)} FROM namespaces WHERE name = ?"
 GET_API_KEY = f"SELECT {_select(API_KEY_COLUMNS)} FROM api_keys WHERE key_id = ?"
 PENDING_DELIVERIES = (
@@ -254,7 +264,10 @@ class SqlStore(ABC):
 
     async def commit(self, batch: Batch) -> None:
         fence = None if batch.slot is None else (batch.slot, batch.epoch)
-        steps = self._steps(batch)
+        if sum(len(chunk.data) for chunk in batch.chunks) > OFF_LOOP_BYTES:
+            steps = await asyncio.to_thread(self._steps, batch)  # compressing takes a while
+        else:
+            steps = self._steps(batch)
         if steps or fence is not None:  # an empty fenced batch still proves the lease is held
             await self._write(fence, steps)
 
@@ -317,7 +330,9 @@ class SqlStore(ABC):
             starts = await self._fetch(PROBE_OUTPUT, (*key, after_seq, limit))
             limit = sum(1 for _, offset in starts if offset - starts[0][1] < max_bytes)
         rows = await self._fetch(READ_OUTPUT, (*key, after_seq, max(0, limit)))
-        return [_chunk(row) for row in rows]
+        if sum(len(row[4]) for row in rows) > OFF_LOOP_BYTES:
+            return await asyncio.to_thread(_chunks, rows)  # decompressing takes a while
+        return _chunks(rows)
 
     async def get_namespace(self, name: str) -> Namespace | None:
         rows = await self._fetch(GET_NAMESPACE, (name,))
@@ -354,7 +369,7 @@ class SqlStore(ABC):
         deleted: list[Params] = [list(key) for key in batch.deleted]
         steps: list[Step] = [
             (UPSERT_JOB, [self._job_params(job) for job in batch.jobs]),
-            (INSERT_CHUNK, [_params(chunk, CHUNK_COLUMNS, {}) for chunk in batch.chunks]),
+            (INSERT_CHUNK, [_chunk_params(chunk) for chunk in batch.chunks]),
             (UPSERT_VERSION.format(greatest=self.dialect.greatest), _versions(batch.chunks)),
             (UPSERT_DELIVERY, [self._delivery_params(d) for d in batch.deliveries]),
             (
@@ -430,9 +445,16 @@ def _list(dump: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda items: dump(list(items))
 
 
-def _chunk(row: Row) -> Chunk:
-    namespace, job_id, seq, offset, data, version = row
-    return Chunk(namespace, job_id, seq, offset, bytes(data), version)
+def _chunk_params(chunk: Chunk) -> Params:
+    stored, encoding = pack(chunk.data)
+    return (chunk.namespace, chunk.job_id, chunk.seq, chunk.offset, stored, chunk.version, encoding)
+
+
+def _chunks(rows: Sequence[Row]) -> list[Chunk]:
+    return [
+        Chunk(namespace, job_id, seq, offset, unpack(bytes(stored), encoding), version)
+        for namespace, job_id, seq, offset, stored, version, encoding in rows
+    ]
 
 
 def _versions(chunks: list[Chunk]) -> list[Params]:

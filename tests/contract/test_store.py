@@ -29,6 +29,7 @@ from storage.records import (
     Namespace,
     OutputFormat,
 )
+from storage.sql import SQLITE, pending_migrations
 from storage.sqlite import SqliteStore, path_of
 
 NOW = 1_700_000_000.125
@@ -453,7 +454,7 @@ async def test_opening_again_keeps_the_schema_and_the_data(fresh_sql_url: str) -
     await again.open()
     try:
         assert await again.get_job("acme", full_job().job_id) == full_job()
-        assert await _schema_versions(fresh_sql_url) == [1]
+        assert await _schema_versions(fresh_sql_url) == ALL_VERSIONS
     finally:
         await again.close()
 
@@ -462,7 +463,7 @@ async def test_concurrent_opens_of_a_new_database_all_succeed(fresh_sql_url: str
     stores = [open_store(fresh_sql_url) for _ in range(4)]
     await asyncio.gather(*(store.open() for store in stores))
     try:
-        assert await _schema_versions(fresh_sql_url) == [1]
+        assert await _schema_versions(fresh_sql_url) == ALL_VERSIONS
     finally:
         await asyncio.gather(*(store.close() for store in stores))
 
@@ -551,6 +552,9 @@ async def test_postgres_unreachable_is_unavailable(unused_tcp_port: int) -> None
     # Which store, never its password nor the driver's text (logged, not sent).
     where = f"postgresql 127.0.0.1:{unused_tcp_port}/test"
     assert raised.value.message == f"the store ({where}) is unavailable; retry shortly"
+
+
+ALL_VERSIONS = [number for number, _ in pending_migrations(SQLITE, 0)]
 
 
 async def _schema_versions(url: str) -> list[int]:
