@@ -12,6 +12,7 @@ output that a crash could still take back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -24,6 +25,7 @@ from actors.job_table import JobTable, Key, LiveJob
 from actors.limits import OUTPUT_PAGE_BYTES
 from actors.namespace_settings import NamespaceChanges
 from actors.namespaces import NamespaceBook, audit_entry
+from actors.purger import Purger
 from actors.shard_types import (
     AppendAck,
     AppendManyResult,
@@ -57,6 +59,9 @@ from storage.records import (
 )
 
 T = TypeVar("T")
+
+#: How long a submit waits for a job of the same id to finish being deleted (503 after).
+MAX_DELETE_WAIT_S = 10.0
 
 
 class Shard:
@@ -93,6 +98,7 @@ class Shard:
             clock=clock,
         )
         self._webhooks = ShardWebhooks(store, config, clock=clock, send=send)
+        self._purger = Purger(store, config.slot, self._jobs.deleting)
         self.epoch = 0
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -113,9 +119,11 @@ class Shard:
             max_pending_bytes=self._config.max_pending_bytes,
         )
         self._committer.start()
+        self._purger.start(self.epoch, await self._store.load_purges(self._config.slot))
         await self._webhooks.start(self._committer, hooks_for=self.namespaces.hooks)
 
     async def stop(self) -> None:
+        await self._purger.stop()
         await self._webhooks.stop()
         if self._committer is not None:
             await self._committer.stop()
@@ -162,8 +170,7 @@ class Shard:
         """
         keys = [(item.namespace, _job_id(item)) for item in items]
         errors = await self._precheck(items)
-        while any(key in self._jobs.deleting for key in keys):
-            await self._require_committer().barrier()
+        await self._until_deleted(keys)
         wanted = [key for key, error in zip(keys, errors, strict=True) if error is None]
         loaded = await self._load_many(wanted)
         # From here to the awaits below nothing yields: the jobs loaded stay as seen.
@@ -235,7 +242,8 @@ class Shard:
         return await self._finish(live, JobStatus.CANCELLED, None, action="job.cancel", actor=actor)
 
     async def delete(self, namespace: str, *, job_id: str, actor: str = "") -> None:
-        """Delete a terminal job and all its output."""
+        """Delete a terminal job and all its output: gone to every reader once this returns;
+        the output's bytes leave the store afterwards, in steps (`actors.purger`)."""
         live = await self._load(namespace, job_id)
         if not live.current.status.terminal:
             raise Conflict(f"job {job_id!r} is Running; cancel or complete it first")
@@ -248,8 +256,27 @@ class Shard:
         live.wake()
         try:
             await durable(future)
-        finally:
+        except BaseException:
             self._jobs.deleting.discard(key)
+            raise
+        self._purger.add(key)
+
+    async def _until_deleted(self, keys: Sequence[Key]) -> None:
+        """Wait while any of `keys` is being deleted (its delete committing, or its output
+        being purged), for at most `MAX_DELETE_WAIT_S`: then `Overloaded` (503)."""
+        deadline = time.monotonic() + MAX_DELETE_WAIT_S
+        for key in keys:
+            while key in self._jobs.deleting:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Overloaded(
+                        f"job {key[1]!r} is still being deleted; retry shortly",
+                        retry_after_s=1.0,
+                    )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._require_committer().barrier()  # the delete commits
+                        await self._purger.wait(key)  # then its output goes
 
     # -- jobs: reads --------------------------------------------------------------------------
 

@@ -59,6 +59,18 @@ class Store(Protocol):
         only those that start within `max_bytes` of the first one's offset (so a page holds
         at most `max_bytes` plus one chunk; never fewer than one chunk)."""
 
+    async def load_purges(self, slot: int) -> list[tuple[str, str]]:
+        """The (namespace, job_id) of the jobs of `slot` deleted whose output is still being
+        removed (`purge_output`), oldest first."""
+
+    async def purge_output(
+        self, namespace: str, job_id: str, *, fence: tuple[int, int], max_bytes: int
+    ) -> bool:
+        """Remove the next chunks of a deleted job's output (a commit's `deleted` makes them
+        unreadable at once): those that start within `max_bytes` of the first left, in one
+        transaction fenced as a commit is (`Fenced`: `fence` is (slot, epoch)). True once
+        nothing is left and the job's purge record is gone too."""
+
     async def get_namespace(self, name: str) -> Namespace | None: ...
 
     async def get_api_key(self, key_id: str) -> ApiKey | None: ...

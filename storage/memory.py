@@ -32,7 +32,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.jobs: dict[str, dict[str, Job]] = defaultdict(dict)
-        # (namespace, job_id) -> version -> seq -> chunk: a delete drops a job's output at once.
+        # (namespace, job_id) -> version -> seq -> chunk; a deleted job's stays until purged.
         self.output: dict[_JobKey, dict[int, dict[int, Chunk]]] = defaultdict(
             lambda: defaultdict(dict)
         )
@@ -41,6 +41,8 @@ class MemoryStore:
         self.api_keys: dict[str, ApiKey] = {}
         self.audit: list[AuditEntry] = []
         self.leases: dict[int, tuple[int, str]] = {}
+        #: Deleted jobs whose output is still here, and their slot.
+        self.purges: dict[_JobKey, int | None] = {}
         self._open = False
 
     async def open(self) -> None:
@@ -68,6 +70,7 @@ class MemoryStore:
         self.audit.extend(batch.audit)
         for key in batch.deleted:
             self._delete(key)
+            self.purges.setdefault(key, batch.slot)
 
     async def acquire_shard(self, slot: int, owner: str) -> int:
         epoch = self.leases.get(slot, (0, ""))[0] + 1
@@ -105,12 +108,38 @@ class MemoryStore:
         limit: int = 256,
         max_bytes: int | None = None,
     ) -> list[Chunk]:
+        if (namespace, job_id) in self.purges:
+            return []
         chunks = self.output.get((namespace, job_id), {}).get(version, {})
         seqs = sorted(seq for seq in chunks if seq > after_seq)[: max(0, limit)]
         page = [chunks[seq] for seq in seqs]
         if max_bytes is not None and page:
             page = [c for c in page if c.offset - page[0].offset < max_bytes]
         return page
+
+    async def load_purges(self, slot: int) -> list[tuple[str, str]]:
+        return [key for key, owner in self.purges.items() if owner == slot]
+
+    async def purge_output(
+        self, namespace: str, job_id: str, *, fence: tuple[int, int], max_bytes: int
+    ) -> bool:
+        self._check_fence(*fence)
+        key = (namespace, job_id)
+        versions = self.output.get(key)
+        if not versions:
+            self.output.pop(key, None)
+            self.purges.pop(key, None)
+            return True
+        version = min(versions)
+        chunks = versions[version]
+        first = chunks[min(chunks)].offset
+        for seq in sorted(chunks):
+            if chunks[seq].offset - first >= max_bytes:
+                break
+            del chunks[seq]
+        if not chunks:
+            del versions[version]
+        return False
 
     async def get_namespace(self, name: str) -> Namespace | None:
         return self.namespaces.get(name)
@@ -145,7 +174,6 @@ class MemoryStore:
     def _delete(self, key: _JobKey) -> None:
         namespace, job_id = key
         self.jobs.get(namespace, {}).pop(job_id, None)
-        self.output.pop(key, None)
         doomed = [i for i, d in self.deliveries.items() if (d.namespace, d.job_id) == key]
         for delivery_id in doomed:
             del self.deliveries[delivery_id]

@@ -180,8 +180,9 @@ class Batch:
 
     `slot`/`epoch` fence the commit: a store refuses it (`Fenced`) when the shard
     lease of `slot` has moved on to a newer epoch. Admin writes carry no slot.
-    Jobs are upserts (the last record per key wins); `deleted` removes a job with
-    all its output and deliveries.
+    Jobs are upserts (the last record per key wins); `deleted` removes a job with its
+    deliveries, and its output from every reader at once, though the store removes the
+    output itself later, step by step (`Store.purge_output`).
     """
 
     slot: int | None = None

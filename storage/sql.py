@@ -101,7 +101,7 @@ _MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
         1,
         (
             """CREATE TABLE jobs (
-                namespace TEXT NOT NULL, job_id TEXT NOT NULL, slot INTEGER NOT NULL,
+                namespace TEXT NOT NULL, job_id TEXT NOT NULL, slot INTEGER,
                 created_at {double} NOT NULL, updated_at {double} NOT NULL,
                 status TEXT NOT NULL, progress {double} NOT NULL,
                 estimated_completion {double}, completed_at {double}, error TEXT,
@@ -142,8 +142,18 @@ _MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
                 acquired_at {double} NOT NULL)""",
         ),
     ),
-    # Chunks compressed at rest (storage/codec.py): NULL is the bytes as appended.
-    (2, ("ALTER TABLE output_chunks ADD COLUMN encoding TEXT",)),
+    (
+        2,
+        (
+            # Chunks compressed at rest (storage/codec.py): NULL is the bytes as appended.
+            "ALTER TABLE output_chunks ADD COLUMN encoding TEXT",
+            # A deleted job whose output is still being removed, in steps (`purge_output`).
+            """CREATE TABLE output_purges (
+                namespace TEXT NOT NULL, job_id TEXT NOT NULL, slot INTEGER,
+                deleted_at {double} NOT NULL, PRIMARY KEY (namespace, job_id))""",
+            "CREATE INDEX output_purges_by_slot ON output_purges (slot)",
+        ),
+    ),
 ]
 
 
@@ -198,10 +208,27 @@ UPSERT_VERSION = (
     " last_seq = {greatest}(output_versions.last_seq, excluded.last_seq),"
     " size = {greatest}(output_versions.size, excluded.size), updated_at = excluded.updated_at"
 )
+#: A job's delete commits at once; its output goes later, in steps (`purge_output`).
 DELETE_JOB = tuple(
     f"DELETE FROM {table} WHERE namespace = ? AND job_id = ?"
-    for table in ("jobs", "output_chunks", "output_versions", "webhook_deliveries")
+    for table in ("jobs", "output_versions", "webhook_deliveries")
 )
+INSERT_PURGE = (
+    "INSERT INTO output_purges (namespace, job_id, slot, deleted_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
+)
+LOAD_PURGES = "SELECT namespace, job_id FROM output_purges WHERE slot = ? ORDER BY deleted_at"
+#: The first chunks left of a purged job, without their data: how many one step removes.
+PROBE_PURGE = (
+    'SELECT version, seq, "offset" FROM output_chunks WHERE namespace = ? AND job_id = ?'
+    " ORDER BY version, seq LIMIT ?"
+)
+PURGE_CHUNKS = (
+    "DELETE FROM output_chunks WHERE namespace = ? AND job_id = ? AND version = ? AND seq <= ?"
+)
+PURGE_DONE = "DELETE FROM output_purges WHERE namespace = ? AND job_id = ?"
+#: At most this many chunks go in one purge step (besides its byte bound).
+PURGE_STEP_CHUNKS = 1024
 ACQUIRE_SHARD = (
     "INSERT INTO shard_leases (slot, epoch, owner, acquired_at) VALUES (?, 1, ?, ?)"
     " ON CONFLICT (slot) DO UPDATE SET epoch = shard_leases.epoch + 1,"
@@ -214,8 +241,11 @@ _DELIVERIES = f"SELECT {_select(DELIVERY_COLUMNS)} FROM webhook_deliveries"
 GET_JOB = f"{_JOBS} WHERE namespace = ? AND job_id = ?"
 # The literal status matches the partial index's predicate, so the planner can use it.
 LOAD_SHARD = f"{_JOBS} WHERE slot = ? AND status = 'Running'"
+# A deleted job's chunks are gone to readers at once, though they are removed in steps.
 _NEXT_CHUNKS = (
     "FROM output_chunks WHERE namespace = ? AND job_id = ? AND version = ? AND seq > ?"
+    " AND NOT EXISTS (SELECT 1 FROM output_purges AS p"
+    " WHERE p.namespace = output_chunks.namespace AND p.job_id = output_chunks.job_id)"
     " ORDER BY seq LIMIT ?"
 )
 READ_OUTPUT = f"SELECT {_select(STORED_CHUNK_COLUMNS)} {_NEXT_CHUNKS}"
@@ -334,6 +364,30 @@ class SqlStore(ABC):
             return await asyncio.to_thread(_chunks, rows)  # decompressing takes a while
         return _chunks(rows)
 
+    async def load_purges(self, slot: int) -> list[tuple[str, str]]:
+        return [
+            (namespace, job_id) for namespace, job_id in await self._fetch(LOAD_PURGES, (slot,))
+        ]
+
+    async def purge_output(
+        self, namespace: str, job_id: str, *, fence: tuple[int, int], max_bytes: int
+    ) -> bool:
+        key = (namespace, job_id)
+        left = await self._fetch(PROBE_PURGE, (*key, PURGE_STEP_CHUNKS))
+        if not left:
+            await self._write(fence, [(PURGE_DONE, [key])])
+            await self._reclaim(done=True)
+            return True
+        version, _, first = left[0]
+        last = max(seq for v, seq, offset in left if v == version and offset - first < max_bytes)
+        await self._write(fence, [(PURGE_CHUNKS, [(*key, version, last)])])
+        await self._reclaim(done=False)
+        return False
+
+    async def _reclaim(self, *, done: bool) -> None:  # noqa: B027  # most need nothing
+        """Give back the space a purge step freed (`done`: the purge's last step), where the
+        backend does not do it by itself (SQLite)."""
+
     async def get_namespace(self, name: str) -> Namespace | None:
         rows = await self._fetch(GET_NAMESPACE, (name,))
         if not rows:
@@ -367,6 +421,7 @@ class SqlStore(ABC):
         """The statements of one commit: upserts and inserts first, then deletes."""
         dump = self._dump_json
         deleted: list[Params] = [list(key) for key in batch.deleted]
+        purges: list[Params] = [(*key, batch.slot, time.time()) for key in batch.deleted]
         steps: list[Step] = [
             (UPSERT_JOB, [self._job_params(job) for job in batch.jobs]),
             (INSERT_CHUNK, [_chunk_params(chunk) for chunk in batch.chunks]),
@@ -382,6 +437,7 @@ class SqlStore(ABC):
             ),
             (INSERT_AUDIT, [_params(a, AUDIT_COLUMNS, {"detail": dump}) for a in batch.audit]),
             *((sql, deleted) for sql in DELETE_JOB),
+            (INSERT_PURGE, purges),
         ]
         return [(sql, rows) for sql, rows in steps if rows]
 

@@ -126,3 +126,27 @@ async def test_log_text_takes_under_a_quarter_of_its_size_on_disk(tmp_path: Path
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     on_disk = sum(p.stat().st_size for p in tmp_path.iterdir())
     assert on_disk < size / 4, f"{on_disk} bytes on disk for {size} of log text"
+
+
+async def test_sqlite_gives_a_purged_jobs_space_back_to_the_file_system(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/aos.db"
+    store = open_store(url)
+    await store.open()
+    fence = (0, await store.acquire_shard(0, "me"))
+    noise = os.urandom(4 * 1024 * 1024)  # incompressible: 32 MiB stored as they are
+    chunks = [Chunk("acme", "j1", i + 1, i * len(noise), noise) for i in range(8)]
+    try:
+        await store.commit(Batch(jobs=[job()], chunks=chunks))
+        full = _disk_bytes(tmp_path)
+        await store.commit(Batch(slot=0, epoch=fence[1], deleted=[("acme", "j1")]))
+        steps = 0
+        while not await store.purge_output("acme", "j1", fence=fence, max_bytes=8 * 1024 * 1024):
+            steps += 1
+    finally:
+        await store.close()
+    assert steps == 4  # 8 chunks of 4 MiB, two a step
+    assert full > 32 * 1024 * 1024 and _disk_bytes(tmp_path) < 4 * 1024 * 1024
+
+
+def _disk_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.iterdir())

@@ -275,11 +275,36 @@ async def test_deletes_apply_after_the_upserts_of_their_batch(store: Store) -> N
     assert await store.read_output("acme", "j1") == []
 
 
-async def test_a_deleted_job_id_can_be_used_again(store: Store) -> None:
+async def test_a_deleted_job_id_can_be_used_again_once_its_output_is_purged(store: Store) -> None:
+    fence = (0, await store.acquire_shard(0, "me"))
     await commit(store, jobs=[make_job()], chunks=[chunk(1, b"old"), chunk(2, b"old")])
-    await commit(store, deleted=[("acme", "j1")])
+    await commit(store, slot=0, epoch=fence[1], deleted=[("acme", "j1")])
+    assert await store.load_purges(0) == [("acme", "j1")]
+    while not await store.purge_output("acme", "j1", fence=fence, max_bytes=1):
+        pass
+    assert await store.load_purges(0) == []
     await commit(store, jobs=[make_job(revision=1)], chunks=[chunk(1, b"new")])
     assert await store.read_output("acme", "j1") == [chunk(1, b"new")]
+
+
+async def test_a_purge_removes_output_in_steps_of_about_max_bytes_and_is_fenced(
+    store: Store,
+) -> None:
+    fence = (0, await store.acquire_shard(0, "me"))
+    v1 = [chunk(seq, b"x" * 100) for seq in range(1, 11)]  # offsets 0, 100, ..., 900
+    await commit(store, jobs=[make_job()], chunks=[*v1, chunk(1, b"v2", version=2)])
+    await commit(store, slot=0, epoch=fence[1], deleted=[("acme", "j1")])
+    assert await store.read_output("acme", "j1") == []  # gone to readers at once
+    with pytest.raises(Fenced):
+        await store.purge_output("acme", "j1", fence=(0, fence[1] - 1), max_bytes=10**9)
+    steps = 0
+    while not await store.purge_output("acme", "j1", fence=fence, max_bytes=450):
+        steps += 1
+    assert steps == 3  # version 1 in two steps of 5 chunks (starting within 450), then v2
+    assert await store.load_purges(0) == []
+    await commit(store, jobs=[make_job()])  # the id again: none of the old output shows
+    assert await store.read_output("acme", "j1") == []
+    assert await store.read_output("acme", "j1", version=2) == []
 
 
 # -- shard leases and fencing --------------------------------------------------------------
