@@ -284,6 +284,13 @@ class Shard:
         await self.get(namespace, job_id=job_id)
         return await self._store.read_output(namespace, job_id, after_seq=after_seq, limit=limit)
 
+    async def read_output_at(
+        self, namespace: str, *, job_id: str, offset: int, limit: int = 256
+    ) -> list[Chunk]:
+        """Committed output from the chunk holding byte `offset` (`Store.read_output_at`)."""
+        await self.get(namespace, job_id=job_id)
+        return await self._store.read_output_at(namespace, job_id, offset=offset, limit=limit)
+
     # -- namespaces and webhooks --------------------------------------------------------------
 
     async def create_namespace(

@@ -152,6 +152,12 @@ class ShardActor:
         shard = await self._ready()
         return await shard.read_output(namespace, job_id=job_id, after_seq=after_seq, limit=limit)
 
+    async def read_output_at(
+        self, namespace: str, *, job_id: str, offset: int, limit: int = 256
+    ) -> list[Chunk]:
+        shard = await self._ready()
+        return await shard.read_output_at(namespace, job_id=job_id, offset=offset, limit=limit)
+
     async def create_namespace(
         self, namespace: str, *, changes: NamespaceChanges, actor: str = ""
     ) -> Namespace:

@@ -79,6 +79,9 @@ class ShardApi(Protocol):
     async def read_output(
         self, namespace: str, *, job_id: str, after_seq: int = 0, limit: int = 256
     ) -> list[Chunk]: ...
+    async def read_output_at(
+        self, namespace: str, *, job_id: str, offset: int, limit: int = 256
+    ) -> list[Chunk]: ...
     async def create_namespace(
         self, namespace: str, *, changes: NamespaceChanges, actor: str = ""
     ) -> Namespace: ...
@@ -315,10 +318,29 @@ class ShardClient:
             )
         return await shard.read_output(namespace, job_id=job_id, after_seq=after_seq, limit=limit)
 
-    def output(self, job: Job, *, after_seq: int = 0) -> AsyncIterator[Chunk]:
-        """The committed chunks of `job` (as fetched) after `after_seq`, page by page."""
+    async def read_output_at(
+        self, namespace: str, job_id: str, *, offset: int, limit: int = 256
+    ) -> list[Chunk]:
+        """At most `limit` committed chunks from the one holding byte `offset`, in order (an
+        index look-up, not a scan: `Store.read_output_at`)."""
+        shard, job_id = self.owner(namespace), check_job_id(job_id)
+        if self._store is not None:
+            return await self._store.read_output_at(namespace, job_id, offset=offset, limit=limit)
+        return await shard.read_output_at(namespace, job_id=job_id, offset=offset, limit=limit)
+
+    def output(
+        self, job: Job, *, after_seq: int = 0, from_offset: int | None = None
+    ) -> AsyncIterator[Chunk]:
+        """The committed chunks of `job` (as fetched) after `after_seq`, page by page; with
+        `from_offset`, from the chunk holding that byte instead (a Range request), its first
+        page a single chunk, so that a short range reads little."""
+        start = from_offset
 
         async def read(pos: int, limit: int) -> list[Chunk]:
+            nonlocal start
+            if start is not None:
+                at, start = start, None
+                return await self.read_output_at(job.namespace, job.job_id, offset=at, limit=1)
             return await self.read_output(job.namespace, job.job_id, after_seq=pos, limit=limit)
 
         return replay(read, after_seq=after_seq, until_seq=job.output_seq)

@@ -50,6 +50,13 @@ class Store(Protocol):
     ) -> list[Chunk]:
         """Chunks with seq > after_seq, in seq order, at most `limit`."""
 
+    async def read_output_at(
+        self, namespace: str, job_id: str, *, version: int = 1, offset: int, limit: int = 256
+    ) -> list[Chunk]:
+        """The chunk holding byte `offset` of the output and those after it, in seq order, at
+        most `limit`; none when `offset` is at or past the end. Costs an index look-up, not a
+        scan of the chunks before `offset` (a Range request near the end of a large output)."""
+
     async def get_namespace(self, name: str) -> Namespace | None: ...
 
     async def get_api_key(self, key_id: str) -> ApiKey | None: ...

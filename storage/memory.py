@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
@@ -101,6 +102,14 @@ class MemoryStore:
         chunks = self.output.get((namespace, job_id), {}).get(version, {})
         seqs = sorted(seq for seq in chunks if seq > after_seq)[: max(0, limit)]
         return [chunks[seq] for seq in seqs]
+
+    async def read_output_at(
+        self, namespace: str, job_id: str, *, version: int = 1, offset: int, limit: int = 256
+    ) -> list[Chunk]:
+        chunks = self.output.get((namespace, job_id), {}).get(version, {})
+        ordered = [chunks[seq] for seq in sorted(chunks)]
+        first = bisect.bisect_right(ordered, offset, key=lambda chunk: chunk.end)
+        return ordered[first : first + max(0, limit)]
 
     async def get_namespace(self, name: str) -> Namespace | None:
         return self.namespaces.get(name)

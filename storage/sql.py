@@ -137,6 +137,16 @@ _MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
                 acquired_at {double} NOT NULL)""",
         ),
     ),
+    # 2 is taken by the chunks' at-rest encoding (issue 11).
+    (
+        3,
+        (
+            # `read_output_at`: the chunk holding a byte offset, found without a scan. Chunk
+            # offsets grow with seq; the index also holds seq, so the look-up needs no row.
+            """CREATE INDEX output_chunks_by_offset
+                ON output_chunks (namespace, job_id, version, "offset", seq)""",
+        ),
+    ),
 ]
 
 
@@ -208,6 +218,12 @@ LOAD_SHARD = f"{_JOBS} WHERE slot = ? AND status = 'Running'"
 READ_OUTPUT = (
     f"SELECT {_select(CHUNK_COLUMNS)} FROM output_chunks"
     " WHERE namespace = ? AND job_id = ? AND version = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+#: The seq of the chunk holding a byte: the last chunk starting at or before it (chunks are
+#: never empty, so offsets are unique within a version).
+SEQ_AT_OFFSET = (
+    "SELECT seq FROM output_chunks WHERE namespace = ? AND job_id = ? AND version = ?"
+    ' AND "offset" <= ? ORDER BY "offset" DESC LIMIT 1'
 )
 GET_NAMESPACE = f"SELECT {_select(NAMESPACE_COLUMNS)} FROM namespaces WHERE name = ?"
 GET_API_KEY = f"SELECT {_select(API_KEY_COLUMNS)} FROM api_keys WHERE key_id = ?"
@@ -304,6 +320,17 @@ class SqlStore(ABC):
     ) -> list[Chunk]:
         params = (namespace, job_id, version, after_seq, max(0, limit))
         return [_chunk(row) for row in await self._fetch(READ_OUTPUT, params)]
+
+    async def read_output_at(
+        self, namespace: str, job_id: str, *, version: int = 1, offset: int, limit: int = 256
+    ) -> list[Chunk]:
+        rows = await self._fetch(SEQ_AT_OFFSET, (namespace, job_id, version, max(0, offset)))
+        if not rows:
+            return []
+        chunks = await self.read_output(
+            namespace, job_id, version=version, after_seq=int(rows[0][0]) - 1, limit=limit
+        )
+        return chunks if chunks and chunks[0].end > offset else []
 
     async def get_namespace(self, name: str) -> Namespace | None:
         rows = await self._fetch(GET_NAMESPACE, (name,))

@@ -103,6 +103,10 @@ CALLS = [
         ("read_output", {"job_id": "j1", "after_seq": 4, "limit": 5}),
     ),
     (
+        lambda c, ns: c.read_output_at(ns, "j1", offset=40, limit=5),
+        ("read_output_at", {"job_id": "j1", "offset": 40, "limit": 5}),
+    ),
+    (
         lambda c, ns: c.create_namespace(ns, NamespaceChanges(description="d")),
         ("create_namespace", {"changes": NamespaceChanges(description="d"), "actor": ""}),
     ),
