@@ -26,7 +26,7 @@ from actors.commands import (
     check_seq,
     new_job_id,
 )
-from actors.feed import Event, job_events, replay
+from actors.feed import MAX_PAGE_CHUNKS, Event, job_events, replay
 from actors.limits import (
     MAX_APPEND_MANY_BYTES,
     MAX_APPEND_MANY_CHUNKS,
@@ -329,18 +329,22 @@ class ShardClient:
         return await shard.read_output_at(namespace, job_id=job_id, offset=offset, limit=limit)
 
     def output(
-        self, job: Job, *, after_seq: int = 0, from_offset: int | None = None
+        self, job: Job, *, after_seq: int = 0, span: tuple[int, int] | None = None
     ) -> AsyncIterator[Chunk]:
         """The committed chunks of `job` (as fetched) after `after_seq`, page by page; with
-        `from_offset`, from the chunk holding that byte instead (a Range request), its first
-        page a single chunk, so that a short range reads little."""
-        start = from_offset
+        `span` (its first byte, the byte past its last), from the chunk holding the first
+        byte instead (an index look-up: a Range request), the first page about as many
+        chunks as the span needs at the job's average chunk size."""
+        pending = span
 
         async def read(pos: int, limit: int) -> list[Chunk]:
-            nonlocal start
-            if start is not None:
-                at, start = start, None
-                return await self.read_output_at(job.namespace, job.job_id, offset=at, limit=1)
+            nonlocal pending
+            if pending is not None:
+                (start, stop), pending = pending, None
+                count = _chunks_for(job, stop - start)
+                return await self.read_output_at(
+                    job.namespace, job.job_id, offset=start, limit=count
+                )
             return await self.read_output(job.namespace, job.job_id, after_seq=pos, limit=limit)
 
         return replay(read, after_seq=after_seq, until_seq=job.output_seq)
@@ -402,6 +406,13 @@ class ShardClient:
         """Raise unless every shard is started and its store answers."""
         for slot in range(self.num_shards):
             await self.shard(slot).ping()
+
+
+def _chunks_for(job: Job, size: int) -> int:
+    """About how many of `job`'s chunks hold `size` bytes starting anywhere: at its average
+    chunk size, one more for a start inside a chunk, at most a replay page's worth."""
+    average = max(1, job.output_size // max(1, job.output_seq))
+    return max(1, min(MAX_PAGE_CHUNKS, -(-size // average) + 1))
 
 
 def _with_job_id(item: SubmitItem) -> SubmitItem:

@@ -116,7 +116,7 @@ def _partial(
     headers["Content-Length"] = str(span.length)
 
     async def body() -> AsyncIterator[bytes]:
-        async for chunk in shards.output(job, from_offset=span.start):
+        async for chunk in shards.output(job, span=(span.start, span.end + 1)):
             low = max(span.start - chunk.offset, 0)
             high = min(span.end + 1 - chunk.offset, len(chunk.data))
             if high > low:
