@@ -329,6 +329,21 @@ class Shard:
             namespace, job_id, after_seq=after_seq, limit=limit, max_bytes=max_bytes
         )
 
+    async def read_output_at(
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        offset: int,
+        limit: int = 256,
+        max_bytes: int = OUTPUT_PAGE_BYTES,
+    ) -> list[Chunk]:
+        """Committed output from the chunk holding byte `offset` (`Store.read_output_at`)."""
+        await self.get(namespace, job_id=job_id)
+        return await self._store.read_output_at(
+            namespace, job_id, offset=offset, limit=limit, max_bytes=max_bytes
+        )
+
     # -- namespaces and webhooks --------------------------------------------------------------
 
     async def create_namespace(

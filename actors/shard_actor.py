@@ -162,6 +162,20 @@ class ShardActor:
             namespace, job_id=job_id, after_seq=after_seq, limit=limit, max_bytes=max_bytes
         )
 
+    async def read_output_at(
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        offset: int,
+        limit: int = 256,
+        max_bytes: int = OUTPUT_PAGE_BYTES,
+    ) -> list[Chunk]:
+        shard = await self._ready()
+        return await shard.read_output_at(
+            namespace, job_id=job_id, offset=offset, limit=limit, max_bytes=max_bytes
+        )
+
     async def create_namespace(
         self, namespace: str, *, changes: NamespaceChanges, actor: str = ""
     ) -> Namespace:

@@ -87,6 +87,15 @@ class ShardApi(Protocol):
         limit: int = 256,
         max_bytes: int = OUTPUT_PAGE_BYTES,
     ) -> list[Chunk]: ...
+    async def read_output_at(
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        offset: int,
+        limit: int = 256,
+        max_bytes: int = OUTPUT_PAGE_BYTES,
+    ) -> list[Chunk]: ...
     async def create_namespace(
         self, namespace: str, *, changes: NamespaceChanges, actor: str = ""
     ) -> Namespace: ...
@@ -342,10 +351,46 @@ class ShardClient:
             namespace, job_id=job_id, after_seq=after_seq, limit=limit, max_bytes=max_bytes
         )
 
-    def output(self, job: Job, *, after_seq: int = 0) -> AsyncIterator[Chunk]:
-        """The committed chunks of `job` (as fetched) after `after_seq`, page by page."""
+    async def read_output_at(
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        offset: int,
+        limit: int = 256,
+        max_bytes: int = OUTPUT_PAGE_BYTES,
+    ) -> list[Chunk]:
+        """A page of committed chunks from the one holding byte `offset`, in order, as
+        `read_output` pages (an index look-up, not a scan: `Store.read_output_at`)."""
+        shard, job_id = self.owner(namespace), check_job_id(job_id)
+        if self._store is not None:
+            return await self._store.read_output_at(
+                namespace, job_id, offset=offset, limit=limit, max_bytes=max_bytes
+            )
+        return await shard.read_output_at(
+            namespace, job_id=job_id, offset=offset, limit=limit, max_bytes=max_bytes
+        )
+
+    def output(
+        self, job: Job, *, after_seq: int = 0, span: tuple[int, int] | None = None
+    ) -> AsyncIterator[Chunk]:
+        """The committed chunks of `job` (as fetched) after `after_seq`, page by page; with
+        `span` (its first byte, the byte past its last), from the chunk holding the first
+        byte instead (an index look-up: a Range request), the first page no bigger than the
+        span needs."""
+        pending = span
 
         async def read(pos: int, limit: int) -> list[Chunk]:
+            nonlocal pending
+            if pending is not None:
+                (start, stop), pending = pending, None
+                return await self.read_output_at(
+                    job.namespace,
+                    job.job_id,
+                    offset=start,
+                    limit=limit,
+                    max_bytes=min(OUTPUT_PAGE_BYTES, max(1, stop - start)),
+                )
             return await self.read_output(job.namespace, job.job_id, after_seq=pos, limit=limit)
 
         return replay(read, after_seq=after_seq, until_seq=job.output_seq)

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from actors.limits import MAX_INT64, check_append_size, parse_decimal
 from actors.pieces import Pieces
 from actors.render import output_text
 from actors.timestamps import iso
 from serve_app.deps import D, Ns
+from serve_app.download import not_acceptable, raw_response
+from serve_app.encoding import Coding, NotAcceptable, encode_bytes, negotiate
 from serve_app.openapi import COMMON, responses
 from storage.errors import NotFound, TooLarge
-from storage.records import Job, OutputFormat
+from storage.records import Job
 
 router = APIRouter(prefix="/api/v1/jobs", responses=responses(*COMMON, 404))
-
-MEDIA_TYPES = {
-    OutputFormat.TEXT: "text/plain; charset=utf-8",
-    OutputFormat.JSON: "application/json",
-    OutputFormat.BINARY: "application/octet-stream",
-}
-
 
 #: The append's body is raw bytes, read by the handler (not a model), so the document says so.
 _RAW_BODY = {
@@ -51,16 +45,21 @@ async def append(
     return {"seq": ack.seq, "offset": ack.offset, "size": ack.size, "chunks": ack.chunks}
 
 
-@router.get("/{job_id}/output")
+@router.get("/{job_id}/output", response_model=None, responses=responses(406))
 async def output(
-    job_id: str, ns: Ns, deps: D, version: Annotated[int, Query(ge=1, le=MAX_INT64)] = 1
-) -> dict[str, Any]:
-    """The whole output as one JSON value (text, or base64 for binary jobs)."""
+    job_id: str,
+    request: Request,
+    ns: Ns,
+    deps: D,
+    version: Annotated[int, Query(ge=1, le=MAX_INT64)] = 1,
+) -> Response:
+    """The whole output as one JSON value (text, or base64 for binary jobs), in the coding
+    `Accept-Encoding` prefers (`serve_app.encoding`; 406 if it refuses all, identity too)."""
     job = await _job_version(deps, ns, job_id, version)
     if job.output_size > deps.config.max_inline_output_bytes:
         raise TooLarge(f"the output is {job.output_size} bytes; stream it from /output/raw instead")
     data = b"".join([chunk.data async for chunk in deps.shards.output(job)])
-    return {
+    document = {
         "output": output_text(job.output_format, data),
         "format": job.output_format.value,
         "size": job.output_size,
@@ -69,27 +68,27 @@ async def output(
         "seq": job.output_seq,
         "version": version,
     }
+    return await encoded_json(document, request.headers.get("accept-encoding"))
 
 
-@router.get("/{job_id}/output/raw")
+@router.get("/{job_id}/output/raw", responses=responses(406, 416))
 async def raw(
     job_id: str,
+    request: Request,
     ns: Ns,
     deps: D,
     after: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
     version: Annotated[int, Query(ge=1, le=MAX_INT64)] = 1,
-) -> StreamingResponse:
-    """The output bytes written so far (after chunk `after`), streamed page by page."""
+) -> Response:
+    """The output bytes written so far, streamed page by page: `Range` (206, 416),
+    `If-Range`, `ETag`, `Accept-Encoding`; `?after=` for the chunks after a seq
+    (`serve_app.download`)."""
     job = await _job_version(deps, ns, job_id, version)
-    headers = {"X-Output-Seq": str(job.output_seq), "X-Job-Status": job.status.value}
-    if after == 0:
-        headers["Content-Length"] = str(job.output_size)
+    return raw_response(request, deps.shards, job, version=version, after=after)
 
-    async def body() -> AsyncIterator[bytes]:
-        async for chunk in deps.shards.output(job, after_seq=after):
-            yield chunk.data
 
-    return StreamingResponse(body(), media_type=MEDIA_TYPES[job.output_format], headers=headers)
+# HEAD: the same headers, no body (HTTP's own meaning of HEAD, so not listed on its own).
+router.add_api_route("/{job_id}/output/raw", raw, methods=["HEAD"], include_in_schema=False)
 
 
 async def _job_version(deps: D, ns: str, job_id: str, version: int) -> Job:
@@ -97,6 +96,20 @@ async def _job_version(deps: D, ns: str, job_id: str, version: int) -> Job:
     if version != 1:  # one version per job until versioned outputs land (DESIGN-NOTES.md)
         raise NotFound(f"job {job_id!r} has no output version {version}")
     return job
+
+
+async def encoded_json(document: dict[str, Any], accept_encoding: str | None) -> Response:
+    """`document` as JSON in the coding `accept_encoding` prefers (`Vary: Accept-Encoding`)."""
+    body = bytes(JSONResponse(document).body)
+    headers = {"Vary": "Accept-Encoding"}
+    try:
+        coding = negotiate(accept_encoding, size_hint=len(body))
+    except NotAcceptable:
+        return not_acceptable(headers)
+    if coding is not Coding.IDENTITY:
+        headers["Content-Encoding"] = coding.value
+    content = await encode_bytes(body, coding)
+    return Response(content, media_type="application/json", headers=headers)
 
 
 async def _read_pieces(request: Request, pieces: Pieces) -> Pieces:

@@ -71,6 +71,21 @@ class Store(Protocol):
         transaction fenced as a commit is (`Fenced`: `fence` is (slot, epoch)). True once
         nothing is left and the job's purge record is gone too."""
 
+    async def read_output_at(
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        version: int = 1,
+        offset: int,
+        limit: int = 256,
+        max_bytes: int | None = None,
+    ) -> list[Chunk]:
+        """The chunk holding byte `offset` of the output and those after it, in seq order, a
+        page as `read_output` makes it (`limit`, `max_bytes`); none when `offset` is at or
+        past the end. Costs an index look-up, not a
+        scan of the chunks before `offset` (a Range request near the end of a large output)."""
+
     async def get_namespace(self, name: str) -> Namespace | None: ...
 
     async def get_api_key(self, key_id: str) -> ApiKey | None: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
@@ -140,6 +141,31 @@ class MemoryStore:
         if not chunks:
             del versions[version]
         return False
+
+    async def read_output_at(
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        version: int = 1,
+        offset: int,
+        limit: int = 256,
+        max_bytes: int | None = None,
+    ) -> list[Chunk]:
+        chunks = self.output.get((namespace, job_id), {}).get(version, {})
+        ordered = [chunks[seq] for seq in sorted(chunks)]
+        first = bisect.bisect_right(ordered, offset, key=lambda chunk: chunk.end)
+        if first == len(ordered):
+            return []
+        return await MemoryStore.read_output(  # this class's, whoever subclasses it
+            self,
+            namespace,
+            job_id,
+            version=version,
+            after_seq=ordered[first].seq - 1,
+            limit=limit,
+            max_bytes=max_bytes,
+        )
 
     async def get_namespace(self, name: str) -> Namespace | None:
         return self.namespaces.get(name)

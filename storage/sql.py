@@ -152,6 +152,10 @@ _MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
                 namespace TEXT NOT NULL, job_id TEXT NOT NULL, slot INTEGER,
                 deleted_at {double} NOT NULL, PRIMARY KEY (namespace, job_id))""",
             "CREATE INDEX output_purges_by_slot ON output_purges (slot)",
+            # `read_output_at`: the chunk holding a byte offset, found without a scan. Chunk
+            # offsets grow with seq; the index also holds seq, so the look-up needs no row.
+            """CREATE INDEX output_chunks_by_offset
+                ON output_chunks (namespace, job_id, version, "offset", seq)""",
         ),
     ),
 ]
@@ -251,6 +255,12 @@ _NEXT_CHUNKS = (
 READ_OUTPUT = f"SELECT {_select(STORED_CHUNK_COLUMNS)} {_NEXT_CHUNKS}"
 #: Where the next chunks start, without their data: how many of them fit a page's bytes.
 PROBE_OUTPUT = f'SELECT seq, "offset" {_NEXT_CHUNKS}'
+#: The seq of the chunk holding a byte: the last chunk starting at or before it (chunks are
+#: never empty, so offsets are unique within a version).
+SEQ_AT_OFFSET = (
+    "SELECT seq FROM output_chunks WHERE namespace = ? AND job_id = ? AND version = ?"
+    ' AND "offset" <= ? ORDER BY "offset" DESC LIMIT 1'
+)
 GET_NAMESPACE = f"SELECT {_select(NAMESPACE_COLUMNS)} FROM namespaces WHERE name = ?"
 GET_API_KEY = f"SELECT {_select(API_KEY_COLUMNS)} FROM api_keys WHERE key_id = ?"
 PENDING_DELIVERIES = (
@@ -387,6 +397,29 @@ class SqlStore(ABC):
     async def _reclaim(self, *, done: bool) -> None:  # noqa: B027  # most need nothing
         """Give back the space a purge step freed (`done`: the purge's last step), where the
         backend does not do it by itself (SQLite)."""
+
+    async def read_output_at(
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        version: int = 1,
+        offset: int,
+        limit: int = 256,
+        max_bytes: int | None = None,
+    ) -> list[Chunk]:
+        rows = await self._fetch(SEQ_AT_OFFSET, (namespace, job_id, version, max(0, offset)))
+        if not rows:
+            return []
+        chunks = await self.read_output(
+            namespace,
+            job_id,
+            version=version,
+            after_seq=int(rows[0][0]) - 1,
+            limit=limit,
+            max_bytes=max_bytes,
+        )
+        return chunks if chunks and chunks[0].end > offset else []
 
     async def get_namespace(self, name: str) -> Namespace | None:
         rows = await self._fetch(GET_NAMESPACE, (name,))

@@ -34,6 +34,8 @@ from storage.sqlite import SqliteStore, path_of
 
 NOW = 1_700_000_000.125
 MiB = 1024 * 1024
+#: Every migration's number: a new database has them all.
+SCHEMA_VERSIONS = [number for number, _ in pending_migrations(SQLITE, 0)]
 
 
 def make_job(job_id: str = "j1", namespace: str = "acme", **changes: object) -> Job:
@@ -248,6 +250,25 @@ async def test_read_output_with_max_bytes_takes_the_chunks_that_start_within_it(
     assert await page(2, 10**9, limit=2) == [3, 4]
     assert await page(6, 10**9) == []
     assert await page(0, 1, limit=0) == []
+
+
+async def test_read_output_at_starts_at_the_chunk_holding_the_byte(store: Store) -> None:
+    sizes = [3, 1, 5, 2, 4]  # chunks of several sizes: offsets 0, 3, 4, 9, 11; 15 bytes
+    chunks, offset = [], 0
+    for seq, size in enumerate(sizes, start=1):
+        chunks.append(Chunk("acme", "j1", seq, offset, bytes([seq]) * size))
+        offset += size
+    other = Chunk("acme", "j1", 1, 0, b"v2" * 10, version=2)
+    await commit(store, jobs=[make_job()], chunks=[*reversed(chunks), other])
+    expected_first = {0: 1, 2: 1, 3: 2, 4: 3, 8: 3, 9: 4, 10: 4, 11: 5, 14: 5}
+    for at, seq in expected_first.items():
+        assert await store.read_output_at("acme", "j1", offset=at) == chunks[seq - 1 :], at
+    assert await store.read_output_at("acme", "j1", offset=4, limit=2) == chunks[2:4]
+    assert await store.read_output_at("acme", "j1", offset=15) == []
+    assert await store.read_output_at("acme", "j1", offset=2**62) == []
+    assert await store.read_output_at("acme", "j1", offset=12, version=2) == [other]
+    assert await store.read_output_at("acme", "j1", offset=0, version=3) == []
+    assert await store.read_output_at("acme", "nobody", offset=0) == []
 
 
 async def test_delete_removes_the_job_its_output_and_its_deliveries(store: Store) -> None:
@@ -479,7 +500,7 @@ async def test_opening_again_keeps_the_schema_and_the_data(fresh_sql_url: str) -
     await again.open()
     try:
         assert await again.get_job("acme", full_job().job_id) == full_job()
-        assert await _schema_versions(fresh_sql_url) == ALL_VERSIONS
+        assert await _schema_versions(fresh_sql_url) == SCHEMA_VERSIONS
     finally:
         await again.close()
 
@@ -488,7 +509,7 @@ async def test_concurrent_opens_of_a_new_database_all_succeed(fresh_sql_url: str
     stores = [open_store(fresh_sql_url) for _ in range(4)]
     await asyncio.gather(*(store.open() for store in stores))
     try:
-        assert await _schema_versions(fresh_sql_url) == ALL_VERSIONS
+        assert await _schema_versions(fresh_sql_url) == SCHEMA_VERSIONS
     finally:
         await asyncio.gather(*(store.close() for store in stores))
 
@@ -577,9 +598,6 @@ async def test_postgres_unreachable_is_unavailable(unused_tcp_port: int) -> None
     # Which store, never its password nor the driver's text (logged, not sent).
     where = f"postgresql 127.0.0.1:{unused_tcp_port}/test"
     assert raised.value.message == f"the store ({where}) is unavailable; retry shortly"
-
-
-ALL_VERSIONS = [number for number, _ in pending_migrations(SQLITE, 0)]
 
 
 async def _schema_versions(url: str) -> list[int]:

@@ -107,6 +107,13 @@ CALLS = [
         ),
     ),
     (
+        lambda c, ns: c.read_output_at(ns, "j1", offset=40, limit=5),
+        (
+            "read_output_at",
+            {"job_id": "j1", "offset": 40, "limit": 5, "max_bytes": OUTPUT_PAGE_BYTES},
+        ),
+    ),
+    (
         lambda c, ns: c.create_namespace(ns, NamespaceChanges(description="d")),
         ("create_namespace", {"changes": NamespaceChanges(description="d"), "actor": ""}),
     ),
