@@ -29,9 +29,12 @@ from storage.records import (
     Namespace,
     OutputFormat,
 )
+from storage.sql import SQLITE, pending_migrations
 from storage.sqlite import SqliteStore, path_of
 
 NOW = 1_700_000_000.125
+#: Every schema version, as a database opened by this code holds them.
+ALL_VERSIONS = [number for number, _ in pending_migrations(SQLITE, 0)]
 MiB = 1024 * 1024
 
 
@@ -59,6 +62,7 @@ def full_job() -> Job:
         webhook_url="https://hooks.example.com/x?y=1",
         webhook_events=("job.completed", "job.output"),
         ttl_s=86_400,
+        expires_at=NOW + 86_402.0000001,
         output_format=OutputFormat.BINARY,
         revision=42,
         output_seq=9,
@@ -428,7 +432,7 @@ async def test_opening_again_keeps_the_schema_and_the_data(fresh_sql_url: str) -
     await again.open()
     try:
         assert await again.get_job("acme", full_job().job_id) == full_job()
-        assert await _schema_versions(fresh_sql_url) == [1]
+        assert await _schema_versions(fresh_sql_url) == ALL_VERSIONS
     finally:
         await again.close()
 
@@ -437,7 +441,7 @@ async def test_concurrent_opens_of_a_new_database_all_succeed(fresh_sql_url: str
     stores = [open_store(fresh_sql_url) for _ in range(4)]
     await asyncio.gather(*(store.open() for store in stores))
     try:
-        assert await _schema_versions(fresh_sql_url) == [1]
+        assert await _schema_versions(fresh_sql_url) == ALL_VERSIONS
     finally:
         await asyncio.gather(*(store.close() for store in stores))
 
