@@ -93,7 +93,9 @@ async def test_a_deletion_that_fails_part_way_leaves_the_job_whole(fresh_sql_url
     try:
         doomed = job("j1", expires_at=NOW - 1, output_seq=1, output_size=3)
         chunk = Chunk("acme", "j1", 1, 0, b"out")
-        delivery = Delivery("d1", "acme", "j1", 0, "job.completed", "https://h.example/", b"{}", NOW)
+        delivery = Delivery(
+            "d1", "acme", "j1", 0, "job.completed", "https://h.example/", b"{}", NOW
+        )
         await store.commit(Batch(jobs=[doomed], chunks=[chunk], deliveries=[delivery]))
         _run(fresh_sql_url, _FAIL_DELIVERY_DELETES[_dialect(fresh_sql_url)])
         with pytest.raises(AosError):
