@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import datetime
 from typing import Any
 
 import pytest
+import ray
 
+from actors.routing import RAY_NAMESPACE, shard_for, shard_name
 from cluster.settings import Settings
 from tests.e2e.conftest import Tenant
 from tests.e2e.receiver import Receiver
@@ -113,3 +117,84 @@ def test_running_jobs_and_jobs_without_any_ttl_stay(tenant: Tenant, other_tenant
     assert other_tenant.http.get(f"{JOBS}/kept").json()["status"] == "Succeeded"
     output = other_tenant.http.get(f"{JOBS}/kept/output/raw")
     assert output.content == b"some output"
+
+
+def test_a_shard_killed_mid_sweep_leaves_each_job_whole_or_gone_and_loses_no_write(
+    tenant: Tenant, receiver: Receiver, settings: Settings
+) -> None:
+    count = 300  # three passes of the default batch (100), a few seconds of deleting
+    jobs = [
+        {"jobId": f"e{i}", "retentionPolicy": {"ttl": "3s"}, "webhookUrl": receiver.url + "/e"}
+        for i in range(count)
+    ]
+    assert tenant.http.post(f"{JOBS}:batch", json={"jobs": jobs}).status_code == 200
+    assert tenant.http.post(JOBS, json={"jobId": "writer"}).status_code == 201
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda j: _output_and_complete(tenant, j["jobId"]), jobs))
+
+    def left() -> int:
+        return _expired_left(settings, tenant.namespace)
+
+    wait_until(lambda: 0 < left() < count, timeout_s=30, what="the sweep to be under way")
+    shard = ray.get_actor(shard_name(shard_for(tenant.namespace, 2)), namespace=RAY_NAMESPACE)
+    ray.kill(shard, no_restart=False)
+    killed_at, left_at_kill = time.monotonic(), left()
+    acked = _appends_until_gone(tenant, left, settings)
+    took_s = time.monotonic() - killed_at
+    print(
+        f"\nkilled with {left_at_kill}/{count} left; all gone {took_s:.1f} s later, {acked} acked"
+    )
+    assert _orphans(settings, tenant.namespace) == (0, 0, 0, 0)
+    output = tenant.http.get(f"{JOBS}/writer/output/raw").content.decode()
+    assert output == "".join(f"{seq};" for seq in range(1, acked + 1))
+
+
+def _output_and_complete(tenant: Tenant, job_id: str) -> None:
+    for call in (
+        lambda: tenant.http.post(f"{JOBS}/{job_id}/output", content=b"x" * 1000),
+        lambda: tenant.http.post(f"{JOBS}/{job_id}/complete", json={"status": "Succeeded"}),
+    ):
+        assert call().status_code == 200
+
+
+def _appends_until_gone(tenant: Tenant, left: Callable[[], int], settings: Settings) -> int:
+    """Append to a running job of the namespace (retrying 503s with the same seq) until every
+    expired job is gone, checking at each step that no job is half deleted; the last seq
+    acknowledged."""
+    acked, deadline = 0, time.monotonic() + 90
+    while left() and time.monotonic() < deadline:
+        assert _orphans(settings, tenant.namespace) == (0, 0, 0, 0)
+        seq = acked + 1
+        response = tenant.http.post(
+            f"{JOBS}/writer/output", params={"seq": seq}, content=f"{seq};".encode()
+        )
+        if response.status_code == 200:
+            acked = seq
+        else:
+            assert response.status_code == 503, response.text
+            time.sleep(0.1)
+    assert left() == 0, "the restarted shard did not sweep the rest"
+    return acked
+
+
+def _expired_left(settings: Settings, namespace: str) -> int:
+    sql = "SELECT count(*) FROM jobs WHERE namespace = ? AND job_id LIKE 'e%'"
+    return int(_rows(settings, sql, namespace)[0][0])
+
+
+def _orphans(settings: Settings, namespace: str) -> tuple[int, ...]:
+    """In one snapshot: chunks, versions and deliveries whose job is gone, and finished jobs
+    with output whose chunks are gone. A half-deleted job would show in one of them."""
+    no_job = (
+        "NOT EXISTS (SELECT 1 FROM jobs j WHERE j.namespace = t.namespace AND j.job_id = t.job_id)"
+    )
+    parts = [
+        f"(SELECT count(*) FROM {table} t WHERE t.namespace = ? AND {no_job})"
+        for table in ("output_chunks", "output_versions", "webhook_deliveries")
+    ]
+    parts.append(
+        "(SELECT count(*) FROM jobs t WHERE t.namespace = ? AND t.output_seq > 0 AND NOT EXISTS"
+        " (SELECT 1 FROM output_chunks c WHERE c.namespace = t.namespace AND c.job_id = t.job_id))"
+    )
+    [row] = _rows(settings, "SELECT " + ", ".join(parts), *[namespace] * 4)
+    return tuple(row)
