@@ -27,6 +27,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "webhookUrl": job.webhook_url,
         "webhookEvents": list(job.webhook_events) if job.webhook_events is not None else None,
         "retentionPolicy": {"ttl": job.ttl_s} if job.ttl_s is not None else None,
+        # When the retention sweeper deletes the job; null while it runs, or if it is kept.
+        "expiresAt": iso(job.expires_at),
         "outputFormat": job.output_format.value,
         "createdAt": iso(job.created_at),
     }

@@ -26,6 +26,7 @@ from actors.limits import OUTPUT_PAGE_BYTES
 from actors.namespace_settings import NamespaceChanges
 from actors.namespaces import NamespaceBook, audit_entry
 from actors.purger import Purger
+from actors.retention import RETENTION_ACTOR, Sweeper, expires_at
 from actors.shard_types import (
     AppendAck,
     AppendManyResult,
@@ -35,6 +36,7 @@ from actors.shard_types import (
     Update,
 )
 from actors.tail import OutputTail
+from actors.timestamps import iso
 from actors.webhooks import ssrf
 from actors.webhooks.delivery import SendMany
 from actors.webhooks.shard_webhooks import ShardWebhooks
@@ -99,6 +101,14 @@ class Shard:
         )
         self._webhooks = ShardWebhooks(store, config, clock=clock, send=send)
         self._purger = Purger(store, config.slot, self._jobs.deleting)
+        self.sweeper = Sweeper(
+            store,
+            slot=config.slot,
+            expire=self._expire,
+            clock=clock,
+            interval_s=config.retention_sweep_interval_s,
+            batch_size=config.retention_sweep_batch,
+        )
         self.epoch = 0
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -121,9 +131,11 @@ class Shard:
         self._committer.start()
         self._purger.start(self.epoch, await self._store.load_purges(self._config.slot))
         await self._webhooks.start(self._committer, hooks_for=self.namespaces.hooks)
+        self.sweeper.start()
 
     async def stop(self) -> None:
         await self._purger.stop()
+        await self.sweeper.stop()
         await self._webhooks.stop()
         if self._committer is not None:
             await self._committer.stop()
@@ -245,10 +257,27 @@ class Shard:
         """Delete a terminal job and all its output: gone to every reader once this returns;
         the output's bytes leave the store afterwards, in steps (`actors.purger`)."""
         live = await self._load(namespace, job_id)
+        await self._delete(live, audit_entry(self._clock(), namespace, actor, "job.delete", job_id))
+
+    async def _expire(self, found: Job) -> bool:
+        """Delete a job the retention sweeper found expired, as `delete` does, audited as the
+        sweeper's; False when, as this shard sees it now, the job is not expired."""
+        live = await self._load(found.namespace, found.job_id)
+        job, now = live.current, self._clock()
+        if job.expires_at is None or job.expires_at > now:
+            return False
+        detail = {"expiresAt": iso(job.expires_at)}
+        audit = audit_entry(now, job.namespace, RETENTION_ACTOR, "job.delete", job.job_id, detail)
+        await self._delete(live, audit)
+        return True
+
+    async def _delete(self, live: LiveJob, audit: AuditEntry) -> None:
+        """Delete a terminal job with its output, versions and deliveries, and record `audit`,
+        in one commit: a crash leaves the job whole or gone (its output's bytes leave the
+        store afterwards, in steps: `actors.purger`)."""
         if not live.current.status.terminal:
-            raise Conflict(f"job {job_id!r} is Running; cancel or complete it first")
+            raise Conflict(f"job {live.current.job_id!r} is Running; cancel or complete it first")
         key = live.current.key
-        audit = audit_entry(self._clock(), namespace, actor, "job.delete", job_id)
         future = self._require_committer().add(deleted=[key], audit=[audit])
         self._jobs.forget(key)
         self._webhooks.forget_job(*key)
@@ -499,7 +528,11 @@ class Shard:
         job = live.current
         self._check_running(job, "finish")
         now = self._clock()
-        finished = job.evolve(status=status, error=error, completed_at=now, updated_at=now)
+        default_ttl_s = self.namespaces.cached_settings(job.namespace).retention_ttl_s
+        expiry = expires_at(now, ttl_s=job.ttl_s, default_ttl_s=default_ttl_s)
+        finished = job.evolve(
+            status=status, error=error, completed_at=now, updated_at=now, expires_at=expiry
+        )
         detail = {"status": status.value}
         audit = audit_entry(now, job.namespace, actor, action, job.job_id, detail)
         return await self._change(live, finished, audit=[audit])

@@ -33,6 +33,9 @@ class ShardConfig:
     webhook_coalesce_s: float = 0.5
     webhook_max_in_flight: int = 4000
     webhook_max_payload_bytes: int = 1024 * 1024
+    #: The retention sweeper: a pass every this many seconds, at most this many jobs a pass.
+    retention_sweep_interval_s: float = 5.0
+    retention_sweep_batch: int = 100
 
     @property
     def allowed_networks(self) -> tuple[Network, ...]:

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     webhook_coalesce_s: float = Field(default=0.5, ge=0, le=60)
     webhook_per_host_limit: int = Field(default=64, ge=1)
 
+    # retention
+    #: Each shard deletes its expired jobs in passes: one every this many seconds...
+    retention_sweep_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    #: ...each of at most this many jobs (so at most batch / interval jobs a second a shard).
+    retention_sweep_batch: int = Field(default=100, ge=1, le=10_000)
+
     def local_folder(self) -> Path:
         """Where this process keeps its files: the SQLite file's folder, else `data_dir`."""
         if self.storage_url.startswith("sqlite:///"):
@@ -80,6 +86,8 @@ class Settings(BaseSettings):
             "tail_bytes_total": self.tail_bytes_total,
             "webhook_allowed_networks": self.webhook_allowed_networks,
             "webhook_coalesce_s": self.webhook_coalesce_s,
+            "retention_sweep_interval_s": self.retention_sweep_interval_s,
+            "retention_sweep_batch": self.retention_sweep_batch,
         }
 
     def ingress_environment(self) -> dict[str, str]:

@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from storage.records import ApiKey, Batch, Chunk, Delivery, Job, JobQuery, Namespace
+from storage.records import (
+    ApiKey,
+    Batch,
+    Chunk,
+    Delivery,
+    ExpiryCursor,
+    Job,
+    JobQuery,
+    Namespace,
+)
 
 
 @runtime_checkable
@@ -35,6 +44,14 @@ class Store(Protocol):
 
     async def load_shard(self, slot: int) -> list[Job]:
         """The non-terminal jobs of `slot`."""
+
+    async def expired_jobs(
+        self, slot: int, *, now: float, after: ExpiryCursor | None = None, limit: int = 100
+    ) -> list[Job]:
+        """The terminal jobs of `slot` whose `expires_at` is at or before `now`, the earliest
+        first (ordered by expires_at, namespace, job_id), only those after `after` when
+        given, at most `limit`. Served by an index: its cost follows the jobs it returns,
+        not the jobs the slot holds."""
 
     async def get_job(self, namespace: str, job_id: str) -> Job | None: ...
 

@@ -14,6 +14,7 @@ from storage.records import (
     Chunk,
     Delivery,
     DeliveryStatus,
+    ExpiryCursor,
     Job,
     JobQuery,
     Namespace,
@@ -85,6 +86,18 @@ class MemoryStore:
             for job in jobs.values()
             if job.slot == slot and not job.status.terminal
         ]
+
+    async def expired_jobs(
+        self, slot: int, *, now: float, after: ExpiryCursor | None = None, limit: int = 100
+    ) -> list[Job]:
+        found = [
+            job
+            for jobs in self.jobs.values()
+            for job in jobs.values()
+            if job.slot == slot and job.status.terminal and _expired(job, now, after)
+        ]
+        found.sort(key=_expiry_position)
+        return found[: max(0, limit)]
 
     async def get_job(self, namespace: str, job_id: str) -> Job | None:
         jobs = self.jobs.get(namespace)
@@ -213,6 +226,16 @@ def _matches(job: Job, query: JobQuery) -> bool:
         and (query.created_to is None or job.created_at < query.created_to)
         and (query.before is None or (job.created_at, job.job_id) < query.before)
     )
+
+
+def _expired(job: Job, now: float, after: ExpiryCursor | None) -> bool:
+    if job.expires_at is None or job.expires_at > now:
+        return False
+    return after is None or _expiry_position(job) > after
+
+
+def _expiry_position(job: Job) -> ExpiryCursor:
+    return (job.expires_at or 0.0, job.namespace, job.job_id)
 
 
 def _ordered(deliveries: Iterable[Delivery]) -> list[Delivery]:

@@ -70,6 +70,10 @@ class Job:
     webhook_url: str | None = None
     webhook_events: tuple[str, ...] | None = None
     ttl_s: int | None = None
+    #: When the retention sweeper deletes the job (epoch seconds): set when it finishes,
+    #: from its own `ttl_s` or its namespace's default (`actors.retention`); None while it
+    #: runs, and for a job kept until it is deleted.
+    expires_at: float | None = None
     output_format: OutputFormat = OutputFormat.TEXT
     revision: int = 1
     output_seq: int = 0
@@ -160,6 +164,11 @@ class AuditEntry:
     action: str
     target: str
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+#: Where an expired-jobs scan stands: the (expires_at, namespace, job_id) of the last job
+#: looked at (`Store.expired_jobs` returns the jobs after it).
+ExpiryCursor = tuple[float, str, str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from storage.records import (
     Chunk,
     Delivery,
     DeliveryStatus,
+    ExpiryCursor,
     Job,
     JobQuery,
     JobStatus,
@@ -156,6 +157,14 @@ _MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             # offsets grow with seq; the index also holds seq, so the look-up needs no row.
             """CREATE INDEX output_chunks_by_offset
                 ON output_chunks (namespace, job_id, version, "offset", seq)""",
+            "ALTER TABLE jobs ADD COLUMN expires_at {double}",
+            # Jobs finished before retention was enforced expire by their own TTL, counted
+            # from their completion as for every job since (actors/retention.py).
+            """UPDATE jobs SET expires_at = completed_at + ttl_s
+                WHERE status <> 'Running' AND completed_at IS NOT NULL AND ttl_s IS NOT NULL""",
+            # Partial: only jobs that will expire; the sweeper reads a slot's in order.
+            "CREATE INDEX jobs_expiring_by_slot ON jobs (slot, expires_at)"
+            " WHERE expires_at IS NOT NULL",
         ),
     ),
 ]
@@ -245,6 +254,12 @@ _DELIVERIES = f"SELECT {_select(DELIVERY_COLUMNS)} FROM webhook_deliveries"
 GET_JOB = f"{_JOBS} WHERE namespace = ? AND job_id = ?"
 # The literal status matches the partial index's predicate, so the planner can use it.
 LOAD_SHARD = f"{_JOBS} WHERE slot = ? AND status = 'Running'"
+# `expires_at <= ?` implies the partial index's predicate, so the planner can use it.
+EXPIRED_JOBS = (
+    f"{_JOBS} WHERE slot = ? AND expires_at <= ? AND status <> 'Running'{{after}}"
+    " ORDER BY expires_at, namespace, job_id LIMIT ?"
+)
+EXPIRED_AFTER = " AND (expires_at, namespace, job_id) > (?, ?, ?)"
 # A deleted job's chunks are gone to readers at once, though they are removed in steps.
 _NEXT_CHUNKS = (
     "FROM output_chunks WHERE namespace = ? AND job_id = ? AND version = ? AND seq > ?"
@@ -317,6 +332,13 @@ class SqlStore(ABC):
 
     async def load_shard(self, slot: int) -> list[Job]:
         return [self._job(row) for row in await self._fetch(LOAD_SHARD, (slot,))]
+
+    async def expired_jobs(
+        self, slot: int, *, now: float, after: ExpiryCursor | None = None, limit: int = 100
+    ) -> list[Job]:
+        sql = EXPIRED_JOBS.format(after="" if after is None else EXPIRED_AFTER)
+        params = (slot, now, *(after or ()), max(0, limit))
+        return [self._job(row) for row in await self._fetch(sql, params)]
 
     async def get_job(self, namespace: str, job_id: str) -> Job | None:
         rows = await self._fetch(GET_JOB, (namespace, job_id))

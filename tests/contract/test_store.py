@@ -33,6 +33,8 @@ from storage.sql import SQLITE, pending_migrations
 from storage.sqlite import SqliteStore, path_of
 
 NOW = 1_700_000_000.125
+#: Every schema version, as a database opened by this code holds them.
+ALL_VERSIONS = [number for number, _ in pending_migrations(SQLITE, 0)]
 MiB = 1024 * 1024
 #: Every migration's number: a new database has them all.
 SCHEMA_VERSIONS = [number for number, _ in pending_migrations(SQLITE, 0)]
@@ -62,6 +64,7 @@ def full_job() -> Job:
         webhook_url="https://hooks.example.com/x?y=1",
         webhook_events=("job.completed", "job.output"),
         ttl_s=86_400,
+        expires_at=NOW + 86_402.0000001,
         output_format=OutputFormat.BINARY,
         revision=42,
         output_seq=9,

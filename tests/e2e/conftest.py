@@ -34,6 +34,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         heartbeat_s=1.0,
         webhook_allowed_networks="127.0.0.0/8",
         webhook_coalesce_s=1.0,
+        # Expired jobs go within a fraction of a second (tests/e2e/test_retention.py).
+        retention_sweep_interval_s=0.2,
     )
 
 

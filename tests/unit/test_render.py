@@ -47,6 +47,7 @@ def finished_job() -> Job:
         webhook_url="https://hooks.example.com/x",
         webhook_events=("job.completed",),
         ttl_s=3600,
+        expires_at=T0 + 3630.25,
         output_format=OutputFormat.JSON,
         revision=7,
         output_seq=3,
@@ -78,6 +79,7 @@ def test_job_json_is_the_status_plus_the_jobs_settings():
         "webhookUrl": "https://hooks.example.com/x",
         "webhookEvents": ["job.completed"],
         "retentionPolicy": {"ttl": 3600},
+        "expiresAt": "2026-01-01T01:00:30.250Z",
         "outputFormat": "json",
         "createdAt": "2026-01-01T00:00:00.000Z",
     }
@@ -88,7 +90,7 @@ def test_a_new_jobs_unset_fields_render_as_null():
     assert body["status"] == "Running" and body["revision"] == 1
     assert body["estimatedCompletion"] is None and body["completedAt"] is None
     assert body["webhookUrl"] is None and body["webhookEvents"] is None
-    assert body["retentionPolicy"] is None
+    assert body["retentionPolicy"] is None and body["expiresAt"] is None
     assert body["metadata"] == {"title": None, "description": None, "tags": []}
     assert body["outputFormat"] == "text"
 
