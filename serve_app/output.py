@@ -56,8 +56,12 @@ async def output(
     """The whole output as one JSON value (text, or base64 for binary jobs), in the coding
     `Accept-Encoding` prefers (`serve_app.encoding`; 406 if it refuses all, identity too)."""
     job = await _job_version(deps, ns, job_id, version)
-    if job.output_size > deps.config.max_inline_output_bytes:
-        raise TooLarge(f"the output is {job.output_size} bytes; stream it from /output/raw instead")
+    limit = deps.config.max_inline_output_bytes
+    if job.output_size > limit:
+        raise TooLarge(
+            f"the output is {job.output_size} bytes, over the {limit} bytes /output returns"
+            f" inline; stream it from /api/v1/jobs/{job.job_id}/output/raw (Range works there)"
+        )
     data = b"".join([chunk.data async for chunk in deps.shards.output(job)])
     document = {
         "output": output_text(job.output_format, data),

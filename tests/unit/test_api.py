@@ -583,6 +583,23 @@ async def test_an_append_over_the_limit_is_413_and_one_at_the_limit_is_kept_in_c
     assert raw.content == b"y" * MAX_APPEND_BYTES
 
 
+async def test_an_output_too_big_to_inline_is_413_naming_the_limit_and_raw(
+    store, local_shard
+) -> None:
+    shards = ShardClient(num_shards=1, shards=[local_shard].__getitem__, store=store)
+    async with http(make_app(store, shards, max_inline_output_bytes=100)) as api:
+        acme = await new_tenant(api, "acme")
+        await submit(api, acme, jobId="j1")
+        await api.post(f"{JOBS}/j1/output", content=b"x" * 100, headers=acme)
+        assert (await api.get(f"{JOBS}/j1/output", headers=acme)).json()["size"] == 100
+        await api.post(f"{JOBS}/j1/output", content=b"y", headers=acme)
+        reads_before = store.reads
+        message = error_of(await api.get(f"{JOBS}/j1/output", headers=acme), 413)["message"]
+        assert "101 bytes" in message and "100 bytes" in message
+        assert "/api/v1/jobs/j1/output/raw" in message
+        assert store.reads == reads_before  # refused before reading any output
+
+
 async def test_an_append_over_the_chunk_size_is_cut_at_character_boundaries(store, local_shard):
     """Each chunk of a text append must be UTF-8 on its own: cuts never split a character."""
     shards = ShardClient(
