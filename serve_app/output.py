@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from actors.limits import MAX_INT64, check_chunk_size, parse_decimal
 from actors.render import output_text
+from actors.resume import ResumePoint, resume_after
 from actors.timestamps import iso
 from serve_app.deps import D, Ns
 from serve_app.openapi import COMMON, responses
@@ -68,7 +69,7 @@ async def output(
     }
 
 
-@router.get("/{job_id}/output/raw")
+@router.get("/{job_id}/output/raw", responses=responses(409))
 async def raw(
     job_id: str,
     ns: Ns,
@@ -76,8 +77,10 @@ async def raw(
     after: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
     version: Annotated[int, Query(ge=1, le=MAX_INT64)] = 1,
 ) -> StreamingResponse:
-    """The output bytes written so far (after chunk `after`), streamed page by page."""
+    """The output bytes written so far (after chunk `after`), streamed page by page; 409
+    for an `after` past the output (`actors.resume`: it is not from this job)."""
     job = await _job_version(deps, ns, job_id, version)
+    resume_after(job, ResumePoint(after))
     headers = {"X-Output-Seq": str(job.output_seq), "X-Job-Status": job.status.value}
     if after == 0:
         headers["Content-Length"] = str(job.output_size)
