@@ -13,6 +13,7 @@ from typing import Any
 
 from actors.render import event_json
 from actors.shard_types import Update
+from storage.errors import Conflict
 from storage.records import Chunk, Job
 
 #: The most chunks one store read returns while replaying (its bytes are bounded by the
@@ -47,7 +48,9 @@ async def job_events(
 ) -> AsyncIterator[Event]:
     """Output after `after_seq`, then status/progress changes, then `end` once terminal.
 
-    Yields a HEARTBEAT when nothing happened for `heartbeat_s`.
+    Yields a HEARTBEAT when nothing happened for `heartbeat_s`. `after_seq` must lie in
+    `job`'s output (`actors.resume.resume_after`). Raises `Conflict` when the job is
+    deleted and submitted again meanwhile: the new job's output is not this one's.
     """
     pos = after_seq
     sent_status, sent_progress = None, None
@@ -65,6 +68,8 @@ async def job_events(
             yield Event(EventKind.END, job)
             return
         update = await watch(job.revision, pos, heartbeat_s)
+        if update.job.created_at != job.created_at:  # its output starts again at seq 1
+            raise Conflict(f"job {job.job_id!r} was deleted and submitted again while read")
         if update.job.revision == job.revision and update.job.output_seq <= pos:
             yield Event(EventKind.HEARTBEAT, job)
         job = update.job

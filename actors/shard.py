@@ -48,6 +48,7 @@ from storage.errors import (
     Invalid,
     NotFound,
     Overloaded,
+    StoreUnavailable,
 )
 from storage.records import (
     ApiKey,
@@ -64,6 +65,10 @@ T = TypeVar("T")
 
 #: How long a submit waits for a job of the same id to finish being deleted (503 after).
 MAX_DELETE_WAIT_S = 10.0
+#: Rounds of deciding a submit again after another request's creation of its job failed to
+#: commit. Each round costs a failed commit; past them the store is failing: retry later.
+MAX_SUBMIT_ROUNDS = 4
+CREATION_RETRY_AFTER_S = 1.0
 
 
 class Shard:
@@ -179,15 +184,23 @@ class Shard:
         commit. An item's error is its own (`Unstorable` for data the store refused); a
         shard-wide one (`Fenced`, `Overloaded`, `StoreUnavailable`) fails the items it
         reaches.
+
+        An item whose job another request is creating right now is answered once that job
+        is durable (200, or 409 for another request); when its commit fails the item is
+        decided again (`_submit_round`), as if it had come just after: never 404 for a job
+        it would create itself, never an answer that a failed commit takes back.
         """
-        keys = [(item.namespace, _job_id(item)) for item in items]
+        items = [_with_job_id(item) for item in items]  # the same ids in every round
         errors = await self._precheck(items)
-        await self._until_deleted(keys)
-        wanted = [key for key, error in zip(keys, errors, strict=True) if error is None]
-        loaded = await self._load_many(wanted)
-        # From here to the awaits below nothing yields: the jobs loaded stay as seen.
-        waits = self._decide(items, keys, errors, loaded)
-        return [await self._outcome(wait) for wait in waits]
+        results = [None if error is None else SubmitResult(error=error) for error in errors]
+        for _ in range(MAX_SUBMIT_ROUNDS):
+            todo = [i for i, result in enumerate(results) if result is None]
+            if not todo:
+                break
+            outcomes = await self._submit_round([items[i] for i in todo])
+            for i, outcome in zip(todo, outcomes, strict=True):
+                results[i] = outcome
+        return [result or _creation_failing() for result in results]
 
     async def append(
         self, namespace: str, *, job_id: str, chunks: Sequence[bytes], seq: int | None = None
@@ -464,31 +477,39 @@ class Shard:
         except AosError as exc:
             return exc
 
+    async def _submit_round(self, items: Sequence[SubmitItem]) -> list[SubmitResult | None]:
+        """Each item's outcome, as its job is now; None to decide it again: it waited for
+        another request's creation of its job, which did not commit."""
+        keys = [(item.namespace, _id_of(item)) for item in items]
+        await self._until_deleted(keys)
+        loaded = await self._load_many(keys)
+        # From here to the awaits below nothing yields: the jobs loaded stay as seen.
+        waits = self._decide(items, keys, loaded)
+        return [await self._outcome(wait) for wait in waits]
+
     def _decide(
         self,
         items: Sequence[SubmitItem],
         keys: list[Key],
-        errors: list[AosError | None],
         loaded: dict[Key, LiveJob | AosError | None],
     ) -> list[_Wait]:
         """Each item's outcome, or what to wait for: a new job's add (every add is made
-        here, before any is awaited: one group commit), or an existing job's commit."""
+        here, before any is awaited: one group commit), or an existing job's first commit
+        (then 200, or 409 for another request)."""
         waits: list[_Wait] = []
         created: dict[Key, _Wait] = {}
-        for item, key, error in zip(items, keys, errors, strict=True):
-            found = error or self._jobs.get(key) or loaded[key]
+        for item, key in zip(items, keys, strict=True):
+            found = self._jobs.get(key) or loaded[key]
             if isinstance(found, AosError):
                 waits.append(_Wait(error=found))
             elif found is None:
                 wait = created[key] = self._create(item, key)
                 waits.append(wait)
-            elif found.current.request_hash != item.spec.fingerprint():
-                conflict = Conflict(f"job {key[1]!r} exists with a different request")
-                waits.append(_Wait(error=conflict))
-            elif key in created:  # the same job twice in this batch: the first creates it
-                waits.append(replace(created[key], created=False))
+            elif key in created and found.current.request_hash == item.spec.fingerprint():
+                waits.append(replace(created[key], created=False))  # the first creates it
             else:
-                waits.append(_Wait(live=found))
+                same = found.current.request_hash == item.spec.fingerprint()
+                waits.append(_Wait(live=found, conflict=not same))
         return waits
 
     def _create(self, item: SubmitItem, key: Key) -> _Wait:
@@ -511,16 +532,29 @@ class Shard:
         self._jobs.add(job, committed=False)
         return _Wait(job=job, future=future, created=True)
 
-    async def _outcome(self, wait: _Wait) -> SubmitResult:
+    async def _outcome(self, wait: _Wait) -> SubmitResult | None:
         try:
             if wait.future is not None:
                 await durable(wait.future)
                 return SubmitResult(wait.job, wait.created)
             if wait.live is not None:
-                return SubmitResult(await self._durable(wait.live), False)
+                return await self._existing(wait.live, conflict=wait.conflict)
         except AosError as exc:
             return SubmitResult(error=exc)
         return SubmitResult(error=wait.error)
+
+    async def _existing(self, live: LiveJob, *, conflict: bool) -> SubmitResult | None:
+        """A submit of a job that exists: once it is durable, 200 (`created` False) or
+        `Conflict`; None when its first commit, in flight, failed (the job is not)."""
+        if live.committed is None:
+            await self._require_committer().barrier()
+        job = live.committed
+        if job is None:
+            return None
+        if conflict:
+            message = f"job {job.job_id!r} exists with a different request"
+            return SubmitResult(error=Conflict(message))
+        return SubmitResult(job, False)
 
     async def _finish(
         self, live: LiveJob, status: JobStatus, error: str | None, *, action: str, actor: str = ""
@@ -632,9 +666,15 @@ class Shard:
         return await self._jobs.load(namespace, job_id)
 
     async def _durable(self, live: LiveJob) -> Job:
-        """The committed view; waits for an in-flight first commit of a new job."""
-        if live.committed is None:
+        """The committed view; waits for an in-flight first commit of a new job. When that
+        commit failed, the job is the one another submit made since, if any: a reader holds
+        `live` across the wait, and the table may hold a newer one by then."""
+        while live.committed is None:
             await self._require_committer().barrier()
+            newer = self._jobs.get(live.current.key)
+            if newer is None or newer is live:
+                break
+            live = newer
         if live.committed is None:
             raise NotFound(f"job {live.current.job_id!r} not found")
         return live.committed
@@ -674,6 +714,8 @@ class _Wait:
     future: asyncio.Future[None] | None = None
     created: bool = False
     live: LiveJob | None = None
+    #: `live` exists with another request: 409 once it is durable.
+    conflict: bool = False
     error: AosError | None = None
 
 
@@ -684,9 +726,20 @@ async def _concurrently(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
     return list(await asyncio.gather(*calls))
 
 
-def _job_id(item: SubmitItem) -> str:
-    """The item's job id; a new one when it has none (`ShardClient` gives one before)."""
-    return item.job_id if item.job_id is not None else new_job_id()
+def _with_job_id(item: SubmitItem) -> SubmitItem:
+    """The item, with a new job id when it has none (`ShardClient` gives one before)."""
+    return item if item.job_id is not None else replace(item, job_id=new_job_id())
+
+
+def _id_of(item: SubmitItem) -> str:
+    if item.job_id is None:
+        raise RuntimeError("a submit item reached its round without a job id")
+    return item.job_id
+
+
+def _creation_failing() -> SubmitResult:
+    message = "the job's creation by concurrent requests keeps failing to commit; retry shortly"
+    return SubmitResult(error=StoreUnavailable(message, retry_after_s=CREATION_RETRY_AFTER_S))
 
 
 def _job_of(result: SubmitResult) -> Job:

@@ -37,6 +37,7 @@ from actors.limits import (
 )
 from actors.namespace_settings import NamespaceChanges
 from actors.pieces import Pieces
+from actors.resume import ResumePoint, resume_after
 from actors.routing import RAY_NAMESPACE, shard_for, shard_name
 from actors.shard_types import AppendAck, AppendManyResult, SubmitItem, SubmitResult, Update
 from storage.base import Store
@@ -396,12 +397,21 @@ class ShardClient:
         return replay(read, after_seq=after_seq, until_seq=job.output_seq)
 
     async def events(
-        self, namespace: str, job_id: str, *, after_seq: int = 0, heartbeat_s: float = 15.0
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        after_seq: int | ResumePoint = 0,
+        heartbeat_s: float = 15.0,
     ) -> AsyncIterator[Event]:
         """The job's events: output after `after_seq` (replayed, then live), status and
         progress changes, `end` once it is finished; a heartbeat after `heartbeat_s` of
-        quiet. Raises `NotFound` here, before the first event, for a job that is not."""
+        quiet. Raises here, before the first event: `NotFound` for a job that is not,
+        `Conflict` for a resume point outside its output (`actors.resume`: a seq past its
+        end, an event id of an earlier job of this id)."""
         job = await self.get(namespace, job_id)
+        point = after_seq if isinstance(after_seq, ResumePoint) else ResumePoint(after_seq)
+        after_seq = resume_after(job, point)
 
         async def watch(revision: int, pos: int, timeout_s: float) -> Update:
             return await self.watch(

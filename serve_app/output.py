@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from actors.limits import MAX_INT64, check_append_size, parse_decimal
 from actors.pieces import Pieces
 from actors.render import output_text
+from actors.resume import ResumePoint, resume_after
 from actors.timestamps import iso
 from serve_app.deps import D, Ns
 from serve_app.download import not_acceptable, raw_response
@@ -75,7 +76,7 @@ async def output(
     return await encoded_json(document, request.headers.get("accept-encoding"))
 
 
-@router.get("/{job_id}/output/raw", responses=responses(406, 416))
+@router.get("/{job_id}/output/raw", responses=responses(406, 409, 416))
 async def raw(
     job_id: str,
     request: Request,
@@ -86,8 +87,9 @@ async def raw(
 ) -> Response:
     """The output bytes written so far, streamed page by page: `Range` (206, 416),
     `If-Range`, `ETag`, `Accept-Encoding`; `?after=` for the chunks after a seq
-    (`serve_app.download`)."""
+    (`serve_app.download`), 409 past the output (`actors.resume`: not from this job)."""
     job = await _job_version(deps, ns, job_id, version)
+    resume_after(job, ResumePoint(after))
     return raw_response(request, deps.shards, job, version=version, after=after)
 
 

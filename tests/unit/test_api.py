@@ -162,10 +162,15 @@ async def test_a_webhook_url_into_a_private_network_is_refused(api, acme):
 async def test_get_returns_the_job_with_its_revision_as_a_strong_etag(api, acme):
     await submit(api, acme, jobId="j1")
     first = await api.get(f"{JOBS}/j1", headers=acme)
-    assert first.status_code == 200 and first.headers["etag"] == '"1"'
+    revision, incarnation = first.headers["etag"].strip('"').split("-")
+    assert first.status_code == 200 and revision == "1"
     await api.post(f"{JOBS}/j1/output", content=b"x", headers=acme)
     second = await api.get(f"{JOBS}/j1", headers=acme)
-    assert second.headers["etag"] == '"2"' and second.json()["outputSeq"] == 1
+    assert second.headers["etag"] == f'"2-{incarnation}"' and second.json()["outputSeq"] == 1
+    same = await api.get(
+        f"{JOBS}/j1", headers=acme | {"If-None-Match": f'"x", W/"2-{incarnation}"'}
+    )
+    assert same.status_code == 304 and same.headers["etag"] == second.headers["etag"]
 
 
 async def test_status_is_304_when_if_none_match_names_the_current_revision(api, acme):
@@ -190,13 +195,14 @@ async def test_a_long_poll_answers_as_soon_as_the_job_changes(api, acme, watched
     appended = await api.post(f"{JOBS}/j1/output", content=b"live", headers=acme)
     assert appended.status_code == 200
     answer = await asyncio.wait_for(poll, WAIT_S)
-    assert answer.status_code == 200 and answer.headers["etag"] == '"2"'
+    assert answer.status_code == 200 and answer.headers["etag"].startswith('"2-')
     assert answer.json()["outputSeq"] == 1
 
 
 async def test_a_long_poll_without_a_change_is_304_when_the_wait_ends(api, acme):
     await submit(api, acme, jobId="j1")
-    response = await api.get(f"{JOBS}/j1/status?wait=0.05", headers=acme | {"If-None-Match": '"1"'})
+    etag = (await api.get(f"{JOBS}/j1/status", headers=acme)).headers["etag"]
+    response = await api.get(f"{JOBS}/j1/status?wait=0.05", headers=acme | {"If-None-Match": etag})
     assert response.status_code == 304
 
 
@@ -205,7 +211,8 @@ async def test_a_long_poll_waits_no_longer_than_the_configured_maximum(store, lo
     async with http(app) as api:
         acme = await new_tenant(api, "acme")
         await submit(api, acme, jobId="j1")
-        poll = api.get(f"{JOBS}/j1/status?wait=600", headers=acme | {"If-None-Match": '"1"'})
+        etag = (await api.get(f"{JOBS}/j1/status", headers=acme)).headers["etag"]
+        poll = api.get(f"{JOBS}/j1/status?wait=600", headers=acme | {"If-None-Match": etag})
         assert (await asyncio.wait_for(poll, WAIT_S)).status_code == 304
 
 
@@ -340,9 +347,10 @@ async def test_the_stream_of_a_finished_job_replays_output_then_status_and_end(a
     assert response.headers["cache-control"] == "no-cache"
     frames = sse_frames(response.text)
     assert frames[0] == {"retry": "3000"}
+    incarnation = frames[1]["id"].split("-")[1]
     assert [(f.get("id"), f["event"]) for f in frames[1:]] == [
-        ("1", "output"),
-        ("2", "output"),
+        (f"1-{incarnation}", "output"),
+        (f"2-{incarnation}", "output"),
         (None, "status"),
         (None, "progress"),
         (None, "end"),
@@ -363,7 +371,7 @@ async def test_a_stream_resumes_after_the_last_event_id_or_after(api, acme):
     async def outputs(path: str, headers: dict[str, str]) -> list[tuple[str, str]]:
         response = await api.get(path, headers=acme | headers)
         frames = [f for f in sse_frames(response.text) if f.get("event") == "output"]
-        return [(f["id"], json.loads(f["data"])["data"]) for f in frames]
+        return [(f["id"].split("-")[0], json.loads(f["data"])["data"]) for f in frames]
 
     assert await outputs(f"{JOBS}/j1/stream", {"Last-Event-ID": "1"}) == [
         ("2", "two"),
