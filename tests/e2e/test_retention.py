@@ -183,10 +183,13 @@ def _expired_left(settings: Settings, namespace: str) -> int:
 
 
 def _orphans(settings: Settings, namespace: str) -> tuple[int, ...]:
-    """In one snapshot: chunks, versions and deliveries whose job is gone, and finished jobs
-    with output whose chunks are gone. A half-deleted job would show in one of them."""
+    """In one snapshot: chunks, versions and deliveries whose job is gone (chunks of a job
+    being purged excepted: they are unreadable, and go in steps), and finished jobs with
+    output whose chunks are gone. A half-deleted job would show in one of them."""
     no_job = (
         "NOT EXISTS (SELECT 1 FROM jobs j WHERE j.namespace = t.namespace AND j.job_id = t.job_id)"
+        " AND NOT EXISTS (SELECT 1 FROM output_purges p"
+        " WHERE p.namespace = t.namespace AND p.job_id = t.job_id)"
     )
     parts = [
         f"(SELECT count(*) FROM {table} t WHERE t.namespace = ? AND {no_job})"
