@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from actors.commands import check_job_id, parse_status
 from actors.limits import MAX_INT64, MAX_TAG_CHARS, check_text, parse_decimal
 from actors.render import job_json, status_json
+from actors.shard_client import ShardClient
 from actors.timestamps import EARLIEST_S, END_S
 from serve_app.deps import Caller, D, Ns, submit_namespace
 from serve_app.durations import DateTime, to_epoch
@@ -41,7 +42,9 @@ async def submit(
     )
     location = f"/api/v1/jobs/{job.job_id}?namespace={ns}"
     return JSONResponse(
-        job_json(job), status_code=201 if created else 200, headers={"Location": location}
+        await job_record(deps.shards, job),
+        status_code=201 if created else 200,
+        headers={"Location": location},
     )
 
 
@@ -67,7 +70,7 @@ async def list_jobs(
     jobs = await deps.store.list_jobs(ns, query)
     page, more = jobs[:limit], len(jobs) > limit
     return {
-        "items": [job_json(job) for job in page],
+        "items": [await job_record(deps.shards, job) for job in page],
         "nextCursor": _encode_cursor(page[-1]) if more else None,
     }
 
@@ -75,7 +78,7 @@ async def list_jobs(
 @router.get("/{job_id}", responses=responses(404))
 async def get_job(job_id: str, ns: Ns, deps: D) -> JSONResponse:
     job = await deps.shards.get(ns, job_id)
-    return JSONResponse(job_json(job), headers={"ETag": _etag(job)})
+    return JSONResponse(await job_record(deps.shards, job), headers={"ETag": _etag(job)})
 
 
 @router.get("/{job_id}/status", responses=responses(304, 404))
@@ -118,6 +121,12 @@ async def cancel(job_id: str, ns: Ns, caller: Caller, deps: D) -> dict[str, Any]
 async def delete(job_id: str, ns: Ns, caller: Caller, deps: D) -> Response:
     await deps.shards.delete(ns, job_id, actor=caller.key_id)
     return Response(status_code=204)
+
+
+async def job_record(shards: ShardClient, job: Job) -> dict[str, Any]:
+    """The job as the API renders it, with every output version (one read for a job that
+    has more than one)."""
+    return job_json(job, await shards.earlier_versions(job))
 
 
 def _etag(job: Job) -> str:

@@ -27,11 +27,13 @@ async def stream(
     deps: D,
     after: Annotated[int | None, Query(ge=0, le=MAX_INT64)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
+    version: Annotated[int | None, Query(ge=1, le=MAX_INT64)] = None,
 ) -> StreamingResponse:
-    """Output (id = seq), status, progress, then `end`; comments keep idle streams alive."""
+    """Output of a version (`?version=N`, default: the latest; id = seq), status, progress,
+    then `end` once that version is complete; comments keep idle streams alive."""
     after_seq = _resume_point(after, last_event_id)
-    events = await deps.shards.events(  # a missing job is a 404 before the stream starts
-        ns, job_id, after_seq=after_seq, heartbeat_s=deps.config.heartbeat_s
+    events = await deps.shards.events(  # a missing job or version is a 404 before the stream
+        ns, job_id, after_seq=after_seq, heartbeat_s=deps.config.heartbeat_s, version=version
     )
 
     async def body() -> AsyncIterator[str]:

@@ -62,8 +62,12 @@ def _body(delivery) -> dict:
 
 
 def _reader(store: MemoryStore) -> body.ReadChunks:
-    async def read(namespace: str, job_id: str, after_seq: int, limit: int) -> list[Chunk]:
-        return await store.read_output(namespace, job_id, after_seq=after_seq, limit=limit)
+    async def read(
+        namespace: str, job_id: str, version: int, after_seq: int, limit: int
+    ) -> list[Chunk]:
+        return await store.read_output(
+            namespace, job_id, version=version, after_seq=after_seq, limit=limit
+        )
 
     return read
 
@@ -155,6 +159,7 @@ async def test_a_sent_window_is_the_body_receivers_get(clock, store):
             "status": "Running",
             "progress": 12.5,
             "estimatedCompletion": None,
+            "outputVersion": 1,
             "outputSeq": 2,
             "outputSize": 102,
             "revision": job.revision,
@@ -197,9 +202,12 @@ async def test_rendering_reads_every_chunk_when_reads_return_short_pages(outbox,
         job, delivery = await _append(outbox, store, job, data)
     limits = []
 
-    async def two_at_a_time(namespace: str, job_id: str, after_seq: int, limit: int):
+    async def two_at_a_time(namespace: str, job_id: str, version: int, after_seq: int, limit: int):
         limits.append(limit)
-        return (await store.read_output(namespace, job_id, after_seq=after_seq, limit=2))[:limit]
+        page = await store.read_output(
+            namespace, job_id, version=version, after_seq=after_seq, limit=2
+        )
+        return page[:limit]
 
     sent = json.loads(await body.render(delivery, two_at_a_time))
     assert "".join(c["data"] for c in sent["data"]["chunks"]) == "abcde"
