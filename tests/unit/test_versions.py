@@ -297,3 +297,15 @@ def test_a_running_jobs_latest_version_has_no_digest_or_completion_yet():
     done = replace(job, status=JobStatus.SUCCEEDED, completed_at=T0 + 1)
     assert done.current_version.sha256 == "ab" and done.current_version.completed_at == T0 + 1
     assert done.current_version.created_at == T0
+
+
+async def test_a_rerun_expired_job_is_running_and_not_swept(shard, shards, store, clock):
+    await shards.submit("acme", JobSpec(ttl_s=10), job_id="j1")
+    await shards.complete("acme", "j1", DONE)
+    clock.advance(60)  # expired, not swept yet
+    assert [j.job_id for j in await store.expired_jobs(0, now=clock())] == ["j1"]
+    await shards.start_version("acme", "j1")
+    assert await shard.sweeper.sweep() == 0
+    job = await shards.get("acme", "j1")
+    assert job.status is JobStatus.RUNNING and job.expires_at is None
+    assert await store.expired_jobs(0, now=clock()) == []
