@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from actors.limits import MAX_INT64
 from actors.render import event_json
 from actors.shard_types import Update
 from storage.errors import Conflict
@@ -44,9 +45,17 @@ class Event:
 
 
 async def job_events(
-    job: Job, *, watch: Watch, read: Read, after_seq: int = 0, heartbeat_s: float = 15.0
+    job: Job,
+    *,
+    watch: Watch,
+    read: Read,
+    after_seq: int = 0,
+    heartbeat_s: float = 15.0,
+    version: int = 1,
 ) -> AsyncIterator[Event]:
-    """Output after `after_seq`, then status/progress changes, then `end` once terminal.
+    """Output of `version` (`read` reads it) after `after_seq`, then status/progress
+    changes, then `end` once that version is complete: the job finished with it, or a
+    later version started (then the rest of it is read from the store).
 
     Yields a HEARTBEAT when nothing happened for `heartbeat_s`. `after_seq` must lie in
     `job`'s output (`actors.resume.resume_after`). Raises `Conflict` when the job is
@@ -55,7 +64,9 @@ async def job_events(
     pos = after_seq
     sent_status, sent_progress = None, None
     while True:
-        async for chunk in replay(read, after_seq=pos, until_seq=job.output_seq):
+        latest = job.output_version == version
+        until = job.output_seq if latest else MAX_INT64  # an earlier version: all of it
+        async for chunk in replay(read, after_seq=pos, until_seq=until):
             yield Event(EventKind.OUTPUT, job, chunk)
             pos = chunk.seq
         if job.status != sent_status:
@@ -64,7 +75,7 @@ async def job_events(
         if (job.progress, job.estimated_completion) != sent_progress:
             sent_progress = (job.progress, job.estimated_completion)
             yield Event(EventKind.PROGRESS, job)
-        if job.status.terminal and pos >= job.output_seq:
+        if not latest or (job.status.terminal and pos >= job.output_seq):
             yield Event(EventKind.END, job)
             return
         update = await watch(job.revision, pos, heartbeat_s)
@@ -74,7 +85,7 @@ async def job_events(
             yield Event(EventKind.HEARTBEAT, job)
         job = update.job
         for chunk in update.chunks:
-            if chunk.seq == pos + 1 and chunk.seq <= job.output_seq:
+            if chunk.version == version and chunk.seq == pos + 1 and chunk.seq <= job.output_seq:
                 yield Event(EventKind.OUTPUT, job, chunk)
                 pos = chunk.seq
 

@@ -33,6 +33,11 @@ MAX_APPEND_BYTES = 64 * 1024 * 1024
 #: holds the chunks that start within this many bytes of its first one: at most this plus
 #: one chunk. A reader's buffer is about one page, however slowly it reads.
 OUTPUT_PAGE_BYTES = 4 * 1024 * 1024
+#: A job has at most this many output versions (`POST .../versions`; its record lists each).
+MAX_OUTPUT_VERSIONS = 100
+#: One output version of a json job holds at most this many bytes: completing it checks that
+#: they are one JSON document (about 40 MB/s), so the check has a bounded cost.
+MAX_JSON_OUTPUT_BYTES = 64 * 1024 * 1024
 #: One `append_many` call (a round of a pipelined producer) carries at most this many chunks
 #: and bytes (or one chunk of the deployment's largest size, if that is more).
 MAX_APPEND_MANY_CHUNKS = 1024

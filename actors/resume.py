@@ -1,15 +1,18 @@
 """Where a reader resumes a job's output: SSE event ids, `?after=`, and the rule that a resume
 point must lie in the output of this very job, as committed.
 
-A job id can be deleted and submitted again: the new job's output starts again at seq 1.
-Each job is therefore one *incarnation*, named by a token of its creation time, and an
-event id carries it with the seq: `<seq>-<incarnation>`, e.g. `7-1a2b3c4d5e`. A bare seq
-(`?after=7`, or the seq of a webhook body or an append's ack) is taken as this job's.
+A job id can be deleted and submitted again, and a job can start a new output version (a
+re-run): either way its output starts again at seq 1. The output a seq belongs to is
+therefore one *incarnation*: the job's creation time (a token) and the version number, and
+an event id carries it with the seq: `<seq>-<incarnation>`, e.g. `7-1a2b3c4d5ev2`. A bare
+seq (`?after=7`, or the seq of a webhook body or an append's ack) is taken as the output
+being read.
 
-`resume_after(job, point)` refuses (`Conflict`) every point a client cannot have reached in
-this job's committed output: a seq past its end, or an id of another incarnation. Resuming
-there would silently skip output the client never saw (a stream resumed "after 5" on a job
-at seq 2 would deliver 6 and lose 3 to 5), so the client is told instead, before any event.
+`resume_after(job, version, point)` refuses (`Conflict`) every point a client cannot have
+reached in that version's committed output: a seq past its end, or an id of another
+incarnation. Resuming there would silently skip output the client never saw (a stream
+resumed "after 5" on a job at seq 2 would deliver 6 and lose 3 to 5), so the client is
+told instead, before any event.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from dataclasses import dataclass
 
 from actors.limits import MAX_INT64
 from storage.errors import Conflict, Invalid
-from storage.records import Job
+from storage.records import Job, OutputVersion
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-_POINT = re.compile(r"([0-9]{1,19})(?:-([0-9a-z]{1,16}))?")
+_POINT = re.compile(r"([0-9]{1,19})(?:-([0-9a-z]{1,16}v[0-9]{1,19}))?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +36,14 @@ class ResumePoint:
     incarnation: str | None = None
 
 
-def incarnation(job: Job) -> str:
-    """The job's incarnation token: its creation time in microseconds, base 36. Two jobs of
-    one id are never created in the same microsecond (a delete commits between them)."""
+def incarnation(job: Job, version: int) -> str:
+    """Output `version` of `job`: `<job token>v<version>`."""
+    return f"{job_token(job)}v{version}"
+
+
+def job_token(job: Job) -> str:
+    """The job's creation time in microseconds, base 36: two jobs of one id are never
+    created in the same microsecond (a delete commits between them)."""
     micros = round(job.created_at * 1_000_000)
     token = ""
     while True:
@@ -45,9 +53,9 @@ def incarnation(job: Job) -> str:
             return token
 
 
-def event_id(job: Job, seq: int) -> str:
-    """The SSE `id` of output `seq` of `job`."""
-    return f"{seq}-{incarnation(job)}"
+def event_id(job: Job, version: int, seq: int) -> str:
+    """The SSE `id` of output `seq` of `version` of `job`."""
+    return f"{seq}-{incarnation(job, version)}"
 
 
 def parse_resume_point(text: str, *, what: str) -> ResumePoint:
@@ -60,18 +68,21 @@ def parse_resume_point(text: str, *, what: str) -> ResumePoint:
     return ResumePoint(seq, found[2])
 
 
-def resume_after(job: Job, point: ResumePoint) -> int:
-    """The seq to resume after: `point.seq`, when `point` lies in `job`'s committed output;
-    `Conflict` when it does not (another incarnation's id, or a seq past the output)."""
-    if point.incarnation is not None and point.incarnation != incarnation(job):
+def resume_after(job: Job, version: OutputVersion, point: ResumePoint) -> int:
+    """The seq to resume after: `point.seq`, when `point` lies in the committed output of
+    `version` of `job`; `Conflict` when it does not (an id of another incarnation: another
+    version, or an earlier job of this id; or a seq past the output)."""
+    expected = incarnation(job, version.version)
+    if point.incarnation is not None and point.incarnation != expected:
         raise Conflict(
-            f"event id {point.seq}-{point.incarnation} is from an earlier job {job.job_id!r}"
-            " (deleted and submitted again since): resume from the start, without it"
+            f"event id {point.seq}-{point.incarnation} is not from output version"
+            f" {version.version} of job {job.job_id!r} ({expected}): it is from another"
+            " version, or from an earlier job of this id; resume from the start, without it"
         )
-    if point.seq > job.output_seq:
+    if point.seq > version.last_seq:
         raise Conflict(
-            f"resume point {point.seq} is past the output of job {job.job_id!r}, which ends"
-            f" at seq {job.output_seq}: it is not from this job; resume from a seq up to"
-            f" {job.output_seq}"
+            f"resume point {point.seq} is past output version {version.version} of job"
+            f" {job.job_id!r}, which ends at seq {version.last_seq}: it is not from this"
+            f" output; resume from a seq up to {version.last_seq}"
         )
     return point.seq

@@ -22,11 +22,12 @@ from typing import Any, TypeVar
 from actors.commands import Completion, JobSpec, ProgressUpdate, check_encoding, new_job_id
 from actors.committer import GroupCommitter, durable
 from actors.job_table import JobTable, Key, LiveJob
-from actors.limits import OUTPUT_PAGE_BYTES
+from actors.limits import MAX_JSON_OUTPUT_BYTES, OUTPUT_PAGE_BYTES, check_size
 from actors.namespace_settings import NamespaceChanges
 from actors.namespaces import NamespaceBook, audit_entry
 from actors.purger import Purger
 from actors.retention import RETENTION_ACTOR, Sweeper, expires_at
+from actors.sealing import Sealer, needs_json_check
 from actors.shard_types import (
     AppendAck,
     AppendManyResult,
@@ -37,6 +38,7 @@ from actors.shard_types import (
 )
 from actors.tail import OutputTail
 from actors.timestamps import iso
+from actors.versions import check_appendable, check_latest, next_version, open_and_empty
 from actors.webhooks import ssrf
 from actors.webhooks.delivery import SendMany
 from actors.webhooks.shard_webhooks import ShardWebhooks
@@ -59,6 +61,8 @@ from storage.records import (
     Job,
     JobStatus,
     Namespace,
+    OutputFormat,
+    OutputVersion,
 )
 
 T = TypeVar("T")
@@ -106,6 +110,11 @@ class Shard:
         )
         self._webhooks = ShardWebhooks(store, config, clock=clock, send=send)
         self._purger = Purger(store, config.slot, self._jobs.deleting)
+        self._sealer = Sealer(
+            store,
+            barrier=lambda: self._require_committer().barrier(),
+            load=self._load,
+        )
         self.sweeper = Sweeper(
             store,
             slot=config.slot,
@@ -203,21 +212,28 @@ class Shard:
         return [result or _creation_failing() for result in results]
 
     async def append(
-        self, namespace: str, *, job_id: str, chunks: Sequence[bytes], seq: int | None = None
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        chunks: Sequence[bytes],
+        seq: int | None = None,
+        version: int | None = None,
     ) -> AppendAck:
         """Add one append of output, stored as `chunks` (consecutive seqs, one commit): all of
         them or, on any error, none. With `seq` (the first chunk's), a retried append is
-        acknowledged, not repeated."""
+        acknowledged, not repeated. `version` (default: the latest) must be the latest
+        output version, not yet complete (`Conflict`; `NotFound` when there is none such)."""
         acks: list[AppendAck] = []
         live = await self._load(namespace, job_id)
         if seq is not None:
-            live = await self._acknowledge_written(live, chunks, seq, acks)
-        refused = await self._append_new(live, chunks[len(acks) :], acks, whole=True)
+            live = await self._acknowledge_written(live, chunks, seq, acks, version)
+        refused = await self._append_new(live, chunks[len(acks) :], acks, version, whole=True)
         if refused is not None:
             raise refused
-        return AppendAck(
-            acks[-1].seq, acks[0].offset, sum(ack.size for ack in acks), chunks=len(acks)
-        )
+        size = sum(ack.size for ack in acks)
+        last = acks[-1]
+        return AppendAck(last.seq, acks[0].offset, size, chunks=len(acks), version=last.version)
 
     async def append_many(
         self,
@@ -226,24 +242,25 @@ class Shard:
         job_id: str,
         chunks: Sequence[bytes],
         first_seq: int | None = None,
+        version: int | None = None,
     ) -> AppendManyResult:
         """Append `chunks` in order, the new ones in one group commit (one transaction).
 
         Without `first_seq` they go after the job's current end. With it, chunk i has seq
         `first_seq + i`, as `append(seq=...)`: a chunk already written is acknowledged again
         when its bytes are the same (`Conflict` when not), a seq past the next one is a gap
-        (`Conflict`). Each new chunk is checked as `append` checks it (the job runs, UTF-8 for
-        text and json jobs). The first chunk that fails stops the call: the chunks before it
-        are acknowledged (durable), it and the ones after it are not written, and its error
-        is returned with the acks, never raised. A commit that fails fails all the new
-        chunks alike: nothing of them is written.
+        (`Conflict`). Each new chunk is checked as `append` checks it (the job runs, the
+        version is the latest, UTF-8 for text and json jobs). The first chunk that fails
+        stops the call: the chunks before it are acknowledged (durable), it and the ones
+        after it are not written, and its error is returned with the acks, never raised. A
+        commit that fails fails all the new chunks alike: nothing of them is written.
         """
         acks: list[AppendAck] = []
         try:
             live = await self._load(namespace, job_id)
             if first_seq is not None:
-                live = await self._acknowledge_written(live, chunks, first_seq, acks)
-            refused = await self._append_new(live, chunks[len(acks) :], acks)
+                live = await self._acknowledge_written(live, chunks, first_seq, acks, version)
+            refused = await self._append_new(live, chunks[len(acks) :], acks, version)
         except AosError as exc:
             return AppendManyResult(tuple(acks), exc)
         return AppendManyResult(tuple(acks), refused)
@@ -271,6 +288,32 @@ class Shard:
         the output's bytes leave the store afterwards, in steps (`actors.purger`)."""
         live = await self._load(namespace, job_id)
         await self._delete(live, audit_entry(self._clock(), namespace, actor, "job.delete", job_id))
+
+    async def start_version(
+        self, namespace: str, *, job_id: str, actor: str = ""
+    ) -> tuple[Job, bool]:
+        """Start the job's next output version (a re-run): `(job, True)`. The latest version
+        is completed first (its SHA-256, its `completed_at`: the job's completion, or now);
+        a finished job runs again (Running, no expiry, progress 0); appends go to the new,
+        empty version from now on. When the latest version is still empty and open, it is
+        the one a re-run writes to, and none is started: `(job, False)` (a retried request
+        lands here). `Conflict` past `MAX_OUTPUT_VERSIONS`."""
+        live = await self._load(namespace, job_id)
+        if not open_and_empty(live.current):
+            live, sha256 = await self._sealer.seal(live)
+            if not open_and_empty(live.current):  # another request started one meanwhile
+                return await self._rerun(live, sha256, actor), True
+        await self._require_committer().barrier()
+        return await self.get(namespace, job_id=job_id), False
+
+    async def _rerun(self, live: LiveJob, sha256: str, actor: str) -> Job:
+        """Complete the latest version (of SHA-256 `sha256`) and start the next one."""
+        job = live.current
+        now = self._clock()
+        done, rerun = next_version(job, sha256=sha256, now=now)
+        detail = {"version": rerun.output_version}
+        audit = audit_entry(now, job.namespace, actor, "job.version", job.job_id, detail)
+        return await self._change(live, rerun, versions=[done], audit=[audit])
 
     async def _expire(self, found: Job) -> bool:
         """Delete a job the retention sweeper found expired, as `delete` does, audited as the
@@ -353,22 +396,28 @@ class Shard:
             if self._jobs.get(live.current.key) is not live:  # deleted or dropped after a failure
                 live = await self._load(namespace, job_id)
         job = await self._durable(live)
-        return Update(job, self._tail.after(job.key, after_seq))
+        return Update(job, self._tail.after(job.key, after_seq, version=job.output_version))
 
     async def read_output(
         self,
         namespace: str,
         *,
         job_id: str,
+        version: int,
         after_seq: int = 0,
         limit: int = 256,
         max_bytes: int = OUTPUT_PAGE_BYTES,
     ) -> list[Chunk]:
-        """Committed output after `after_seq`, from the store (the one source for replay): a
-        page of at most `limit` chunks and about `max_bytes` (`Store.read_output`)."""
+        """Committed output of `version` after `after_seq`, from the store (the one source for
+        replay): a page of at most `limit` chunks and about `max_bytes` (`Store.read_output`)."""
         await self.get(namespace, job_id=job_id)
         return await self._store.read_output(
-            namespace, job_id, after_seq=after_seq, limit=limit, max_bytes=max_bytes
+            namespace,
+            job_id,
+            version=version,
+            after_seq=after_seq,
+            limit=limit,
+            max_bytes=max_bytes,
         )
 
     async def read_output_at(
@@ -376,15 +425,22 @@ class Shard:
         namespace: str,
         *,
         job_id: str,
+        version: int,
         offset: int,
         limit: int = 256,
         max_bytes: int = OUTPUT_PAGE_BYTES,
     ) -> list[Chunk]:
-        """Committed output from the chunk holding byte `offset` (`Store.read_output_at`)."""
+        """Committed output of `version` from the chunk holding byte `offset`
+        (`Store.read_output_at`)."""
         await self.get(namespace, job_id=job_id)
         return await self._store.read_output_at(
-            namespace, job_id, offset=offset, limit=limit, max_bytes=max_bytes
+            namespace, job_id, version=version, offset=offset, limit=limit, max_bytes=max_bytes
         )
+
+    async def list_versions(self, namespace: str, *, job_id: str) -> list[OutputVersion]:
+        """The job's completed earlier output versions (`Store.list_versions`)."""
+        await self.get(namespace, job_id=job_id)
+        return await self._store.list_versions(namespace, job_id)
 
     # -- namespaces and webhooks --------------------------------------------------------------
 
@@ -559,13 +615,24 @@ class Shard:
     async def _finish(
         self, live: LiveJob, status: JobStatus, error: str | None, *, action: str, actor: str = ""
     ) -> Job:
+        """Finish the job and complete its latest output version: its SHA-256, and for a json
+        job completed as Succeeded, the check that it is one JSON document (`Invalid`, the
+        job left Running)."""
+        self._check_running(live.current, "finish")
+        check_json = needs_json_check(live.current, succeeded=status is JobStatus.SUCCEEDED)
+        live, sha256 = await self._sealer.seal(live, check_json=check_json)
         job = live.current
         self._check_running(job, "finish")
         now = self._clock()
         default_ttl_s = self.namespaces.cached_settings(job.namespace).retention_ttl_s
         expiry = expires_at(now, ttl_s=job.ttl_s, default_ttl_s=default_ttl_s)
         finished = job.evolve(
-            status=status, error=error, completed_at=now, updated_at=now, expires_at=expiry
+            status=status,
+            error=error,
+            completed_at=now,
+            updated_at=now,
+            expires_at=expiry,
+            output_sha256=sha256,
         )
         detail = {"status": status.value}
         audit = audit_entry(now, job.namespace, actor, action, job.job_id, detail)
@@ -577,6 +644,7 @@ class Shard:
         job: Job,
         *,
         chunks: list[Chunk] | None = None,
+        versions: list[OutputVersion] | None = None,
         audit: list[AuditEntry] | None = None,
     ) -> Job:
         self._check_writable()
@@ -585,31 +653,44 @@ class Shard:
         # add() may refuse (Overloaded): it runs before any state changes.
         try:
             future = self._require_committer().add(
-                jobs=[job], chunks=chunks or (), deliveries=deliveries, audit=audit or ()
+                jobs=[job],
+                chunks=chunks or (),
+                versions=versions or (),
+                deliveries=deliveries,
+                audit=audit or (),
             )
         except Overloaded:
             self._webhooks.failed(deliveries)
             raise
-        live.current = job
+        live.apply(job, chunks or ())
         await durable(future)
         return job
 
     async def _append_new(
-        self, live: LiveJob, chunks: Sequence[bytes], acks: list[AppendAck], *, whole: bool = False
+        self,
+        live: LiveJob,
+        chunks: Sequence[bytes],
+        acks: list[AppendAck],
+        version: int | None,
+        *,
+        whole: bool = False,
     ) -> AosError | None:
-        """Append `chunks` after the job's current end, up to the first one refused (none of
-        them if `whole`), in one add; extend `acks`. The refused chunk's error, or None."""
+        """Append `chunks` after the end of the job's latest version (which `version` must
+        be, when given), up to the first one refused (none of them if `whole`), in one add;
+        extend `acks`. The refused chunk's error, or None."""
         job = live.current
         new: list[Chunk] = []
         refused: AosError | None = None
         try:
             for data in chunks:
-                self._check_running(job, "append output to")
+                check_appendable(job, version)
                 check_encoding(job.output_format, data)
                 offset = new[-1].end if new else job.output_size
-                new.append(
-                    Chunk(job.namespace, job.job_id, job.output_seq + len(new) + 1, offset, data)
-                )
+                if job.output_format is OutputFormat.JSON:
+                    what = f"a json job's output (version {job.output_version})"
+                    check_size(what, offset + len(data), MAX_JSON_OUTPUT_BYTES, "bytes")
+                seq = job.output_seq + len(new) + 1
+                new.append(Chunk(job.namespace, job.job_id, seq, offset, data, job.output_version))
         except AosError as exc:
             refused = exc
         if new and not (whole and refused):
@@ -618,17 +699,24 @@ class Shard:
                 output_seq=last.seq, output_size=last.end, updated_at=self._clock()
             )
             await self._change(live, changed, chunks=new)
-            acks.extend(AppendAck(c.seq, c.offset, len(c.data)) for c in new)
+            acks.extend(AppendAck(c.seq, c.offset, len(c.data), version=c.version) for c in new)
         return refused
 
     async def _acknowledge_written(
-        self, live: LiveJob, chunks: Sequence[bytes], first_seq: int, acks: list[AppendAck]
+        self,
+        live: LiveJob,
+        chunks: Sequence[bytes],
+        first_seq: int,
+        acks: list[AppendAck],
+        version: int | None,
     ) -> LiveJob:
         """Acknowledge the leading chunks (chunk i has seq `first_seq + i`) that are already
-        written with the same bytes, into `acks`; `Conflict` for other bytes or a gap.
-        Returns the job as it is now, with the rest of `chunks` to go after its end."""
+        written with the same bytes to the latest output version (`version`, when given),
+        into `acks`; `Conflict` for other bytes or a gap. Returns the job as it is now, with
+        the rest of `chunks` to go after its end."""
         while len(acks) < len(chunks):
             job = live.current
+            check_latest(job, version)
             seq = first_seq + len(acks)
             if seq > job.output_seq + 1:
                 raise Conflict(f"seq {seq} would leave a gap: the next seq is {job.output_seq + 1}")
@@ -639,9 +727,14 @@ class Shard:
             for chunk, data in zip(written, chunks[len(acks) :], strict=False):
                 if chunk.data != data:
                     raise Conflict(f"seq {chunk.seq} was already written with different data")
-                acks.append(AppendAck(chunk.seq, chunk.offset, len(chunk.data)))
-            # The reads may have let other writes in, or a failed commit drop the job.
+                acks.append(
+                    AppendAck(chunk.seq, chunk.offset, len(chunk.data), version=chunk.version)
+                )
+            # The reads may have let other writes in (a new version), or a failed commit drop
+            # the job.
             live = await self._load(job.namespace, job.job_id)
+            if live.current.output_version != job.output_version:
+                raise Conflict(f"output version {job.output_version} was completed meanwhile")
             if not written and live.current.output_seq >= seq:
                 raise Conflict(f"seq {seq} was already written with different data")
         return live
@@ -651,14 +744,15 @@ class Shard:
         them still in flight (a producer resuming right after a disconnect); fewer when that
         commit failed."""
         job = await self._durable(live)
-        if job.output_seq < seq + count - 1:
+        version = live.current.output_version
+        if (job.output_version, job.output_seq) < (version, seq + count - 1):
             await self._require_committer().barrier()
         last = seq + count - 1
-        held = [c for c in self._tail.after(job.key, seq - 1) if c.seq <= last]
+        held = [c for c in self._tail.after(job.key, seq - 1, version=version) if c.seq <= last]
         if held:
             return held
         return await self._store.read_output(
-            job.namespace, job.job_id, after_seq=seq - 1, limit=count
+            job.namespace, job.job_id, version=version, after_seq=seq - 1, limit=count
         )
 
     async def _load(self, namespace: str, job_id: str) -> LiveJob:

@@ -24,6 +24,7 @@ from actors.commands import (
     check_job_id,
     check_namespace,
     check_seq,
+    check_version,
     new_job_id,
 )
 from actors.feed import Event, job_events, replay
@@ -42,7 +43,7 @@ from actors.routing import RAY_NAMESPACE, shard_for, shard_name
 from actors.shard_types import AppendAck, AppendManyResult, SubmitItem, SubmitResult, Update
 from storage.base import Store
 from storage.errors import AosError, NotFound, ShardUnavailable
-from storage.records import ApiKey, Chunk, Delivery, Job, Namespace
+from storage.records import ApiKey, Chunk, Delivery, Job, Namespace, OutputVersion
 
 SHARD_RESTART_RETRY_AFTER_S = 1.0
 
@@ -55,7 +56,13 @@ class ShardApi(Protocol):
     ) -> tuple[Job, bool]: ...
     async def submit_many(self, items: Sequence[SubmitItem]) -> list[SubmitResult]: ...
     async def append(
-        self, namespace: str, *, job_id: str, chunks: Sequence[bytes], seq: int | None = None
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        chunks: Sequence[bytes],
+        seq: int | None = None,
+        version: int | None = None,
     ) -> AppendAck: ...
     async def append_many(
         self,
@@ -64,11 +71,16 @@ class ShardApi(Protocol):
         job_id: str,
         chunks: Sequence[bytes],
         first_seq: int | None = None,
+        version: int | None = None,
     ) -> AppendManyResult: ...
     async def set_progress(self, namespace: str, *, job_id: str, update: ProgressUpdate) -> Job: ...
     async def complete(self, namespace: str, *, job_id: str, completion: Completion) -> Job: ...
     async def cancel(self, namespace: str, *, job_id: str, actor: str = "") -> Job: ...
     async def delete(self, namespace: str, *, job_id: str, actor: str = "") -> None: ...
+    async def start_version(
+        self, namespace: str, *, job_id: str, actor: str = ""
+    ) -> tuple[Job, bool]: ...
+    async def list_versions(self, namespace: str, *, job_id: str) -> list[OutputVersion]: ...
     async def get(self, namespace: str, *, job_id: str) -> Job: ...
     async def watch(
         self,
@@ -84,6 +96,7 @@ class ShardApi(Protocol):
         namespace: str,
         *,
         job_id: str,
+        version: int,
         after_seq: int = 0,
         limit: int = 256,
         max_bytes: int = OUTPUT_PAGE_BYTES,
@@ -93,6 +106,7 @@ class ShardApi(Protocol):
         namespace: str,
         *,
         job_id: str,
+        version: int,
         offset: int,
         limit: int = 256,
         max_bytes: int = OUTPUT_PAGE_BYTES,
@@ -224,12 +238,20 @@ class ShardClient:
             return [SubmitResult(error=exc)] * len(items)
 
     async def append(
-        self, namespace: str, job_id: str, data: bytes | Pieces, *, seq: int | None = None
+        self,
+        namespace: str,
+        job_id: str,
+        data: bytes | Pieces,
+        *,
+        seq: int | None = None,
+        version: int | None = None,
     ) -> AppendAck:
         """Append `data` (1 byte .. `MAX_APPEND_BYTES`, or `Pieces` already cut), stored as
         chunks of at most `max_chunk_bytes` with consecutive seqs, all or none; with `seq`
         (the first chunk's) a retry is idempotent. The ack's `seq` is the last chunk's: a
-        producer numbering its appends sends the next one with `seq=ack.seq + 1`."""
+        producer numbering its appends sends the next one with `seq=ack.seq + 1`. `version`
+        (default: the latest) must be the latest output version, still open: `Conflict`
+        when it is complete, `NotFound` when there is no such version."""
         shard = self.owner(namespace)
         if not isinstance(data, Pieces):
             data = Pieces.of(data, self.max_chunk_bytes)
@@ -237,7 +259,13 @@ class ShardClient:
         if seq is not None:
             check_seq(seq)
             check_seq(seq + len(chunks) - 1)
-        return await shard.append(namespace, job_id=check_job_id(job_id), chunks=chunks, seq=seq)
+        return await shard.append(
+            namespace,
+            job_id=check_job_id(job_id),
+            chunks=chunks,
+            seq=seq,
+            version=check_version(version),
+        )
 
     def pieces(self) -> Pieces:
         """An empty `Pieces` that cuts an append's bytes as they arrive, for `append`."""
@@ -250,9 +278,11 @@ class ShardClient:
         chunks: Sequence[bytes],
         *,
         first_seq: int | None = None,
+        version: int | None = None,
     ) -> AppendManyResult:
         """Append `chunks` in order, the new ones in one group commit; with `first_seq`, chunk
-        i has seq `first_seq + i` and a retry is idempotent (`Shard.append_many`).
+        i has seq `first_seq + i` and a retry is idempotent; to output `version` (default:
+        the latest), as `append` (`Shard.append_many`).
 
         At most `MAX_APPEND_MANY_CHUNKS` chunks and `max_many_bytes` bytes a call (`TooLarge`,
         nothing sent). A chunk this client refuses (empty, over `max_chunk_bytes`) ends the
@@ -261,6 +291,7 @@ class ShardClient:
         `ShardUnavailable` (the call's outcome is unknown: retry with `first_seq`).
         """
         shard, job_id = self.owner(namespace), check_job_id(job_id)
+        check_version(version)
         check_size("an append_many call", len(chunks), MAX_APPEND_MANY_CHUNKS, "chunks")
         if first_seq is not None:
             check_seq(first_seq)
@@ -277,7 +308,7 @@ class ShardClient:
         if not checked:
             return AppendManyResult((), refused)
         result = await shard.append_many(
-            namespace, job_id=job_id, chunks=checked, first_seq=first_seq
+            namespace, job_id=job_id, chunks=checked, first_seq=first_seq, version=version
         )
         if result.error is None and refused is not None:
             return AppendManyResult(result.acks, refused)
@@ -300,6 +331,44 @@ class ShardClient:
 
     async def delete(self, namespace: str, job_id: str, *, actor: str = "") -> None:
         await self.owner(namespace).delete(namespace, job_id=check_job_id(job_id), actor=actor)
+
+    async def start_version(
+        self, namespace: str, job_id: str, *, actor: str = ""
+    ) -> tuple[Job, bool]:
+        """Start the job's next output version (a re-run; `Shard.start_version`): `(job,
+        created)`; `created` False when the latest version was still empty and open, and
+        is the one to write to (a retried request)."""
+        return await self.owner(namespace).start_version(
+            namespace, job_id=check_job_id(job_id), actor=actor
+        )
+
+    async def earlier_versions(self, job: Job) -> list[OutputVersion]:
+        """The output versions of `job` (as fetched) before its latest, in order, complete;
+        no read while it has one."""
+        if job.output_version == 1:
+            return []
+        if self._store is not None:
+            earlier = await self._store.list_versions(job.namespace, job.job_id)
+        else:
+            shard = self.owner(job.namespace)
+            earlier = await shard.list_versions(job.namespace, job_id=job.job_id)
+        return [version for version in earlier if version.version < job.output_version]
+
+    async def versions(self, job: Job) -> list[OutputVersion]:
+        """Every output version of `job` (as fetched), in order: the earlier ones, complete,
+        then its latest (`Job.current_version`)."""
+        return [*await self.earlier_versions(job), job.current_version]
+
+    async def version(self, job: Job, number: int | None = None) -> OutputVersion:
+        """Output version `number` of `job` (as fetched; None: its latest); `NotFound` when
+        the job has no such version."""
+        if number is None or number == job.output_version:
+            return job.current_version
+        if number < job.output_version:
+            for version in await self.versions(job):
+                if version.version == number:
+                    return version
+        raise NotFound(f"job {job.job_id!r} has no output version {number}")
 
     async def get(self, namespace: str, job_id: str) -> Job:
         """The job as committed. From the store when this client has one, sparing the shard
@@ -336,65 +405,66 @@ class ShardClient:
         namespace: str,
         job_id: str,
         *,
+        version: int,
         after_seq: int = 0,
         limit: int = 256,
         max_bytes: int = OUTPUT_PAGE_BYTES,
     ) -> list[Chunk]:
-        """A page of committed chunks with seq > `after_seq`, in order: at most `limit`, and
-        about `max_bytes` (`Store.read_output`). From the store when this client has one: the
-        output is immutable once committed."""
+        """A page of committed chunks of output `version` with seq > `after_seq`, in order:
+        at most `limit`, and about `max_bytes` (`Store.read_output`). From the store when
+        this client has one: the output is immutable once committed."""
         shard, job_id = self.owner(namespace), check_job_id(job_id)
+        page = {"after_seq": after_seq, "limit": limit, "max_bytes": max_bytes}
         if self._store is not None:
-            return await self._store.read_output(
-                namespace, job_id, after_seq=after_seq, limit=limit, max_bytes=max_bytes
-            )
-        return await shard.read_output(
-            namespace, job_id=job_id, after_seq=after_seq, limit=limit, max_bytes=max_bytes
-        )
+            return await self._store.read_output(namespace, job_id, version=version, **page)
+        return await shard.read_output(namespace, job_id=job_id, version=version, **page)
 
     async def read_output_at(
         self,
         namespace: str,
         job_id: str,
         *,
+        version: int,
         offset: int,
         limit: int = 256,
         max_bytes: int = OUTPUT_PAGE_BYTES,
     ) -> list[Chunk]:
-        """A page of committed chunks from the one holding byte `offset`, in order, as
-        `read_output` pages (an index look-up, not a scan: `Store.read_output_at`)."""
+        """A page of committed chunks of output `version` from the one holding byte `offset`,
+        in order, as `read_output` pages (an index look-up, not a scan:
+        `Store.read_output_at`)."""
         shard, job_id = self.owner(namespace), check_job_id(job_id)
+        page = {"offset": offset, "limit": limit, "max_bytes": max_bytes}
         if self._store is not None:
-            return await self._store.read_output_at(
-                namespace, job_id, offset=offset, limit=limit, max_bytes=max_bytes
-            )
-        return await shard.read_output_at(
-            namespace, job_id=job_id, offset=offset, limit=limit, max_bytes=max_bytes
-        )
+            return await self._store.read_output_at(namespace, job_id, version=version, **page)
+        return await shard.read_output_at(namespace, job_id=job_id, version=version, **page)
 
     def output(
-        self, job: Job, *, after_seq: int = 0, span: tuple[int, int] | None = None
+        self, version: OutputVersion, *, after_seq: int = 0, span: tuple[int, int] | None = None
     ) -> AsyncIterator[Chunk]:
-        """The committed chunks of `job` (as fetched) after `after_seq`, page by page; with
-        `span` (its first byte, the byte past its last), from the chunk holding the first
-        byte instead (an index look-up: a Range request), the first page no bigger than the
-        span needs."""
+        """The committed chunks of output `version` (as fetched: up to its `last_seq`) after
+        `after_seq`, page by page; with `span` (its first byte, the byte past its last), from
+        the chunk holding the first byte instead (an index look-up: a Range request), the
+        first page no bigger than the span needs."""
         pending = span
+        namespace, job_id, number = version.namespace, version.job_id, version.version
 
         async def read(pos: int, limit: int) -> list[Chunk]:
             nonlocal pending
             if pending is not None:
                 (start, stop), pending = pending, None
                 return await self.read_output_at(
-                    job.namespace,
-                    job.job_id,
+                    namespace,
+                    job_id,
+                    version=number,
                     offset=start,
                     limit=limit,
                     max_bytes=min(OUTPUT_PAGE_BYTES, max(1, stop - start)),
                 )
-            return await self.read_output(job.namespace, job.job_id, after_seq=pos, limit=limit)
+            return await self.read_output(
+                namespace, job_id, version=number, after_seq=pos, limit=limit
+            )
 
-        return replay(read, after_seq=after_seq, until_seq=job.output_seq)
+        return replay(read, after_seq=after_seq, until_seq=version.last_seq)
 
     async def events(
         self,
@@ -403,15 +473,18 @@ class ShardClient:
         *,
         after_seq: int | ResumePoint = 0,
         heartbeat_s: float = 15.0,
+        version: int | None = None,
     ) -> AsyncIterator[Event]:
-        """The job's events: output after `after_seq` (replayed, then live), status and
-        progress changes, `end` once it is finished; a heartbeat after `heartbeat_s` of
-        quiet. Raises here, before the first event: `NotFound` for a job that is not,
-        `Conflict` for a resume point outside its output (`actors.resume`: a seq past its
-        end, an event id of an earlier job of this id)."""
+        """The job's events: output of `version` (default: the latest when called) after
+        `after_seq` (replayed, then live), status and progress changes, `end` once that
+        version is complete; a heartbeat after `heartbeat_s` of quiet. Raises here, before
+        the first event: `NotFound` for a job or a version that is not, `Conflict` for a
+        resume point outside that output (`actors.resume`: a seq past its end, an event id
+        of another version or of an earlier job of this id)."""
         job = await self.get(namespace, job_id)
+        view = await self.version(job, check_version(version))
         point = after_seq if isinstance(after_seq, ResumePoint) else ResumePoint(after_seq)
-        after_seq = resume_after(job, point)
+        after_seq, number = resume_after(job, view, point), view.version
 
         async def watch(revision: int, pos: int, timeout_s: float) -> Update:
             return await self.watch(
@@ -419,9 +492,18 @@ class ShardClient:
             )
 
         async def read(pos: int, limit: int) -> list[Chunk]:
-            return await self.read_output(namespace, job_id, after_seq=pos, limit=limit)
+            return await self.read_output(
+                namespace, job_id, version=number, after_seq=pos, limit=limit
+            )
 
-        return job_events(job, watch=watch, read=read, after_seq=after_seq, heartbeat_s=heartbeat_s)
+        return job_events(
+            job,
+            watch=watch,
+            read=read,
+            after_seq=after_seq,
+            heartbeat_s=heartbeat_s,
+            version=number,
+        )
 
     # -- namespaces, keys, deliveries -------------------------------------------------------
 

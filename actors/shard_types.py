@@ -45,13 +45,15 @@ class ShardConfig:
 @pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class AppendAck:
-    """An append, durable: its (last) seq, its first byte's offset, its size in bytes, and the
-    chunks it was stored as (seqs `seq - chunks + 1` .. `seq`)."""
+    """An append, durable: its (last) seq, its first byte's offset, its size in bytes, the
+    chunks it was stored as (seqs `seq - chunks + 1` .. `seq`) and the output version it
+    went to."""
 
     seq: int
     offset: int
     size: int
     chunks: int = 1
+    version: int = 1
 
 
 @pickled_by_fields

@@ -13,8 +13,9 @@ chunks after a seq, as headers and a body streamed from the store page by page.
 - `?after=N` (N >= 1) answers the chunks after seq N: a cursor in chunks, not bytes, so
   Range and If-Range are ignored there and it says `Accept-Ranges: none`; it has no ETag.
 
-The size is the committed output's when the job was read: a running job's range covers
-what was committed then. `HEAD` answers the same headers without reading the output.
+The answer is of one output version (`?version=`, default the latest); its size is the
+committed output's when the job was read: a running job's range covers what was committed
+then. `HEAD` answers the same headers without reading the output.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from serve_app.ranges import (
     resolve,
     unsatisfied_range,
 )
-from storage.records import Job, OutputFormat
+from storage.records import Job, OutputFormat, OutputVersion
 
 MEDIA_TYPES = {
     OutputFormat.TEXT: "text/plain; charset=utf-8",
@@ -45,18 +46,20 @@ MEDIA_TYPES = {
 
 
 def raw_response(
-    request: Request, shards: ShardClient, job: Job, *, version: int, after: int
+    request: Request, shards: ShardClient, job: Job, *, version: OutputVersion, after: int
 ) -> Response:
-    """The answer to a GET or HEAD of the raw output (the module's docstring says which)."""
+    """The answer to a GET or HEAD of output `version` of `job` (the module's docstring says
+    which)."""
     headers = {
-        "X-Output-Seq": str(job.output_seq),
+        "X-Output-Seq": str(version.last_seq),
+        "X-Output-Version": str(version.version),
         "X-Job-Status": job.status.value,
         "Vary": "Accept-Encoding",
         "Accept-Ranges": "none" if after else "bytes",
     }
     accept_encoding = request.headers.get("accept-encoding")
     if after:
-        return _whole(request, shards, job, headers, accept_encoding, after=after)
+        return _whole(request, shards, job, version, headers, accept_encoding, after=after)
     etag = headers["ETag"] = entity_tag(job, version)
     spec = parse_range(request.headers.get("range"))
     if (
@@ -64,25 +67,25 @@ def raw_response(
         and if_range_allows(request.headers.get("if-range"), etag)
         and identity_acceptable(accept_encoding)
     ):
-        span = resolve(spec, job.output_size)
+        span = resolve(spec, version.size)
         if span is None:
-            return _unsatisfiable(job.output_size, headers)
-        return _partial(request, shards, job, span, headers)
-    return _whole(request, shards, job, headers, accept_encoding, version=version)
+            return _unsatisfiable(version.size, headers)
+        return _partial(request, shards, job, version, span, headers)
+    return _whole(request, shards, job, version, headers, accept_encoding)
 
 
 def _whole(
     request: Request,
     shards: ShardClient,
     job: Job,
+    version: OutputVersion,
     headers: dict[str, str],
     accept_encoding: str | None,
     *,
-    version: int = 1,
     after: int = 0,
 ) -> Response:
     """200: the output (after chunk `after`) in the negotiated coding, or 406."""
-    size = None if after else job.output_size
+    size = None if after else version.size
     try:
         coding = negotiate(accept_encoding, size_hint=size)
     except NotAcceptable:
@@ -96,7 +99,7 @@ def _whole(
             headers["ETag"] = entity_tag(job, version, coding.value)
 
     async def body() -> AsyncIterator[bytes]:
-        async for chunk in shards.output(job, after_seq=after):
+        async for chunk in shards.output(version, after_seq=after):
             yield chunk.data
 
     return _streamed(request, 200, encode_stream(body(), coding), job, headers)
@@ -109,14 +112,19 @@ def not_acceptable(headers: dict[str, str]) -> Response:
 
 
 def _partial(
-    request: Request, shards: ShardClient, job: Job, span: Span, headers: dict[str, str]
+    request: Request,
+    shards: ShardClient,
+    job: Job,
+    version: OutputVersion,
+    span: Span,
+    headers: dict[str, str],
 ) -> Response:
     """206: the bytes of `span`, read from the chunk holding its first byte."""
     headers["Content-Range"] = span.content_range()
     headers["Content-Length"] = str(span.length)
 
     async def body() -> AsyncIterator[bytes]:
-        async for chunk in shards.output(job, span=(span.start, span.end + 1)):
+        async for chunk in shards.output(version, span=(span.start, span.end + 1)):
             low = max(span.start - chunk.offset, 0)
             high = min(span.end + 1 - chunk.offset, len(chunk.data))
             if high > low:

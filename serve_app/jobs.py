@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse
 from actors.commands import check_job_id, parse_status
 from actors.limits import MAX_TAG_CHARS, check_text
 from actors.render import job_json, status_json
-from actors.resume import incarnation
+from actors.resume import job_token
+from actors.shard_client import ShardClient
 from actors.timestamps import EARLIEST_S, END_S
 from serve_app.deps import Caller, D, Ns, submit_namespace
 from serve_app.durations import DateTime, to_epoch
@@ -48,7 +49,9 @@ async def submit(
     )
     location = f"/api/v1/jobs/{job.job_id}?namespace={ns}"
     return JSONResponse(
-        job_json(job), status_code=201 if created else 200, headers={"Location": location}
+        await job_record(deps.shards, job),
+        status_code=201 if created else 200,
+        headers={"Location": location},
     )
 
 
@@ -74,7 +77,7 @@ async def list_jobs(
     jobs = await deps.store.list_jobs(ns, query)
     page, more = jobs[:limit], len(jobs) > limit
     return {
-        "items": [job_json(job) for job in page],
+        "items": [await job_record(deps.shards, job) for job in page],
         "nextCursor": _encode_cursor(page[-1]) if more else None,
     }
 
@@ -85,7 +88,7 @@ async def get_job(job_id: str, ns: Ns, deps: D, condition: Condition) -> Respons
     tag = etag(job)
     if condition is not None and condition.matches(tag):
         return Response(status_code=304, headers={"ETag": str(tag)})
-    return JSONResponse(job_json(job), headers={"ETag": str(tag)})
+    return JSONResponse(await job_record(deps.shards, job), headers={"ETag": str(tag)})
 
 
 @router.get("/{job_id}/status", responses=responses(304, 404))
@@ -133,7 +136,13 @@ def etag(job: Job) -> EntityTag:
     """The job's revision and incarnation as a strong entity tag (RFC 9110 §8.8.3), e.g.
     `"3-1a2b3c4d5e"`: it changes with every change of the job, and a job deleted and
     submitted again never reuses one (its revisions start again at 1)."""
-    return EntityTag(f"{job.revision}-{incarnation(job)}")
+    return EntityTag(f"{job.revision}-{job_token(job)}")
+
+
+async def job_record(shards: ShardClient, job: Job) -> dict[str, Any]:
+    """The job as the API renders it, with every output version (one read for a job that
+    has more than one)."""
+    return job_json(job, await shards.earlier_versions(job))
 
 
 async def _held(deps: D, ns: str, job: Job, condition: IfNoneMatch, wait_s: float) -> Job:

@@ -1,12 +1,19 @@
-"""Output endpoints: the producer's append, the seed's JSON shape, and the raw byte stream."""
+"""Output endpoints: the producer's append, the seed's JSON shape, and the raw byte stream.
+
+Each takes `?version=N` (an output version of the job, `POST .../versions`; default: the
+latest): a version the job does not have is 404, one that is not a positive integer 422.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
+from actors.json_document import document_error
 from actors.limits import MAX_INT64, check_append_size, parse_decimal
 from actors.pieces import Pieces
 from actors.render import output_text
@@ -16,8 +23,11 @@ from serve_app.deps import D, Ns
 from serve_app.download import not_acceptable, raw_response
 from serve_app.encoding import Coding, NotAcceptable, encode_bytes, negotiate
 from serve_app.openapi import COMMON, responses
-from storage.errors import NotFound, TooLarge
-from storage.records import Job
+from storage.errors import TooLarge
+from storage.records import OutputFormat
+
+#: `?version=N`: an output version of the job; the latest when not given.
+Version = Annotated[int | None, Query(ge=1, le=MAX_INT64)]
 
 router = APIRouter(prefix="/api/v1/jobs", responses=responses(*COMMON, 404))
 
@@ -37,13 +47,21 @@ async def append(
     ns: Ns,
     deps: D,
     seq: Annotated[int | None, Query(ge=1, le=MAX_INT64)] = None,
+    version: Version = None,
 ) -> dict[str, Any]:
     """Append the raw request body (up to `MAX_APPEND_BYTES`, 64 MiB), stored as chunks of at
     most the deployment's chunk size with consecutive seqs, all or none; `?seq=N` (the first
-    chunk's) makes retries safe. The answer's `seq` is the last chunk's, `chunks` their count."""
+    chunk's) makes retries safe. The answer's `seq` is the last chunk's, `chunks` their count.
+    `?version=N` must be the latest version, still open (409 when it is complete)."""
     pieces = await _read_pieces(request, deps.shards.pieces())
-    ack = await deps.shards.append(ns, job_id, pieces, seq=seq)
-    return {"seq": ack.seq, "offset": ack.offset, "size": ack.size, "chunks": ack.chunks}
+    ack = await deps.shards.append(ns, job_id, pieces, seq=seq, version=version)
+    return {
+        "seq": ack.seq,
+        "offset": ack.offset,
+        "size": ack.size,
+        "chunks": ack.chunks,
+        "version": ack.version,
+    }
 
 
 @router.get("/{job_id}/output", response_model=None, responses=responses(406))
@@ -52,28 +70,35 @@ async def output(
     request: Request,
     ns: Ns,
     deps: D,
-    version: Annotated[int, Query(ge=1, le=MAX_INT64)] = 1,
+    version: Version = None,
 ) -> Response:
-    """The whole output as one JSON value (text, or base64 for binary jobs), in the coding
-    `Accept-Encoding` prefers (`serve_app.encoding`; 406 if it refuses all, identity too)."""
-    job = await _job_version(deps, ns, job_id, version)
+    """The whole output of a version as one JSON value: text, base64 for binary jobs, the
+    document itself for json jobs (while it is not one document, `output` is null and `text`
+    holds it), in the coding `Accept-Encoding` prefers (`serve_app.encoding`; 406 if it
+    refuses all, identity too). Over the inline limit: 413, before reading any output."""
+    job = await deps.shards.get(ns, job_id)
+    view = await deps.shards.version(job, version)
     limit = deps.config.max_inline_output_bytes
-    if job.output_size > limit:
+    if view.size > limit:
         raise TooLarge(
-            f"the output is {job.output_size} bytes, over the {limit} bytes /output returns"
+            f"the output is {view.size} bytes, over the {limit} bytes /output returns"
             f" inline; stream it from /api/v1/jobs/{job.job_id}/output/raw (Range works there)"
         )
-    data = b"".join([chunk.data async for chunk in deps.shards.output(job)])
-    document = {
-        "output": output_text(job.output_format, data),
+    data = b"".join([chunk.data async for chunk in deps.shards.output(view)])
+    fields = {
         "format": job.output_format.value,
-        "size": job.output_size,
-        "completedAt": iso(job.completed_at),
+        "size": view.size,
+        "completedAt": iso(view.completed_at),
         "status": job.status.value,
-        "seq": job.output_seq,
-        "version": version,
+        "seq": view.last_seq,
+        "version": view.version,
+        "sha256": view.sha256,
     }
-    return await encoded_json(document, request.headers.get("accept-encoding"))
+    accept_encoding = request.headers.get("accept-encoding")
+    if job.output_format is not OutputFormat.JSON:
+        document = {"output": output_text(job.output_format, data), **fields}
+        return await encoded_body(_json_bytes(document), accept_encoding)
+    return await encoded_body(await _json_document(data, fields), accept_encoding)
 
 
 @router.get("/{job_id}/output/raw", responses=responses(406, 409, 416))
@@ -83,30 +108,41 @@ async def raw(
     ns: Ns,
     deps: D,
     after: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
-    version: Annotated[int, Query(ge=1, le=MAX_INT64)] = 1,
+    version: Version = None,
 ) -> Response:
-    """The output bytes written so far, streamed page by page: `Range` (206, 416),
-    `If-Range`, `ETag`, `Accept-Encoding`; `?after=` for the chunks after a seq
-    (`serve_app.download`), 409 past the output (`actors.resume`: not from this job)."""
-    job = await _job_version(deps, ns, job_id, version)
-    resume_after(job, ResumePoint(after))
-    return raw_response(request, deps.shards, job, version=version, after=after)
+    """The output bytes of a version written so far, streamed page by page: `Range` (206,
+    416), `If-Range`, `ETag`, `Accept-Encoding`; `?after=` for the chunks after a seq
+    (`serve_app.download`), 409 past the output (`actors.resume`: not from it)."""
+    job = await deps.shards.get(ns, job_id)
+    view = await deps.shards.version(job, version)
+    resume_after(job, view, ResumePoint(after))
+    return raw_response(request, deps.shards, job, version=view, after=after)
 
 
 # HEAD: the same headers, no body (HTTP's own meaning of HEAD, so not listed on its own).
 router.add_api_route("/{job_id}/output/raw", raw, methods=["HEAD"], include_in_schema=False)
 
 
-async def _job_version(deps: D, ns: str, job_id: str, version: int) -> Job:
-    job = await deps.shards.get(ns, job_id)
-    if version != 1:  # one version per job until versioned outputs land (DESIGN-NOTES.md)
-        raise NotFound(f"job {job_id!r} has no output version {version}")
-    return job
+async def _json_document(data: bytes, fields: dict[str, Any]) -> bytes:
+    """The answer for a json job: `data`, checked to be one JSON document, goes in as it is
+    (never parsed into objects: memory is the bytes); when it is not one document (yet),
+    `output` is null and `text` holds it."""
+    if await document_error(_one(data)) is not None:
+        return _json_bytes({"output": None, "text": data.decode("utf-8", "replace"), **fields})
+    return b'{"output":' + data + b"," + _json_bytes(fields)[1:]
 
 
-async def encoded_json(document: dict[str, Any], accept_encoding: str | None) -> Response:
-    """`document` as JSON in the coding `accept_encoding` prefers (`Vary: Accept-Encoding`)."""
-    body = bytes(JSONResponse(document).body)
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def _json_bytes(document: dict[str, Any]) -> bytes:
+    """As Starlette's JSONResponse renders it."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def encoded_body(body: bytes, accept_encoding: str | None) -> Response:
+    """A JSON `body` in the coding `accept_encoding` prefers (`Vary: Accept-Encoding`)."""
     headers = {"Vary": "Accept-Encoding"}
     try:
         coding = negotiate(accept_encoding, size_hint=len(body))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from storage.records import Job
+from storage.records import Job, OutputVersion
 
 RANGE_UNIT = "bytes"
 #: A position longer than this many digits is past any output (and never fed to `int`,
@@ -108,15 +108,15 @@ def unsatisfied_range(size: int) -> str:
     return f"{RANGE_UNIT} */{size}"
 
 
-def entity_tag(job: Job, version: int, coding: str | None = None) -> str:
-    """The strong `ETag` of the output `version` of `job` as committed (RFC 9110 §8.8.3).
+def entity_tag(job: Job, version: OutputVersion, coding: str | None = None) -> str:
+    """The strong `ETag` of output `version` of `job` as committed (RFC 9110 §8.8.3).
 
     The bytes of a version only grow, one append at a time, so its last seq names them,
     and `created_at` tells this job from a deleted one of the same id. A content coding
     is another representation, so its name is appended (the encoders are deterministic).
     """
     incarnation = format(round(job.created_at * 1_000_000), "x")
-    tag = f"v{version}.{job.output_seq}.{incarnation}"
+    tag = f"v{version.version}.{version.last_seq}.{incarnation}"
     return f'"{tag}-{coding}"' if coding else f'"{tag}"'
 
 

@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from actors import resume
 from actors.feed import Event, EventKind
+from actors.limits import MAX_INT64
 from actors.resume import ResumePoint
 from serve_app.deps import D, Ns
 from serve_app.openapi import COMMON, responses
@@ -31,14 +32,17 @@ async def stream(
         Query(description="Resume after this output event id (`<seq>-<incarnation>`) or seq."),
     ] = None,
     last_event_id: Annotated[str | None, Header()] = None,
+    version: Annotated[int | None, Query(ge=1, le=MAX_INT64)] = None,
 ) -> StreamingResponse:
-    """Output (id = `<seq>-<incarnation>`), status, progress, then `end`; comments keep idle
-    streams alive. A resume point outside the job's output is 409 (`actors.resume`)."""
-    events = await deps.shards.events(  # a missing job is a 404 before the stream starts
+    """Output of a version (`?version=N`, default: the latest; id = `<seq>-<incarnation>`),
+    status, progress, then `end` once that version is complete; comments keep idle streams
+    alive. A resume point outside that output is 409 (`actors.resume`)."""
+    events = await deps.shards.events(  # a missing job or version is a 404 before the stream
         ns,
         job_id,
         after_seq=_resume_point(after, last_event_id),
         heartbeat_s=deps.config.heartbeat_s,
+        version=version,
     )
 
     async def body() -> AsyncIterator[str]:
@@ -58,7 +62,7 @@ def format_event(event: Event) -> str:
     if event.kind is EventKind.HEARTBEAT:
         return ": keepalive\n\n"
     chunk = event.chunk
-    event_id = resume.event_id(event.job, chunk.seq) if chunk is not None else None
+    event_id = resume.event_id(event.job, chunk.version, chunk.seq) if chunk else None
     return _frame(event.kind.value, event.data(), event_id=event_id)
 
 

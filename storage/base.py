@@ -18,6 +18,7 @@ from storage.records import (
     Job,
     JobQuery,
     Namespace,
+    OutputVersion,
 )
 
 
@@ -75,6 +76,10 @@ class Store(Protocol):
         """Chunks with seq > after_seq, in seq order: at most `limit`, and with `max_bytes`
         only those that start within `max_bytes` of the first one's offset (so a page holds
         at most `max_bytes` plus one chunk; never fewer than one chunk)."""
+
+    async def list_versions(self, namespace: str, job_id: str) -> list[OutputVersion]:
+        """The output versions of a job that a later version completed (`Batch.versions`),
+        in version order; the latest version is the job's own (`Job.current_version`)."""
 
     async def load_purges(self, slot: int) -> list[tuple[str, str]]:
         """The (namespace, job_id) of the jobs of `slot` deleted whose output is still being

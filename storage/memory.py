@@ -18,6 +18,7 @@ from storage.records import (
     Job,
     JobQuery,
     Namespace,
+    OutputVersion,
 )
 
 _JobKey = tuple[str, str]
@@ -38,6 +39,8 @@ class MemoryStore:
         self.output: dict[_JobKey, dict[int, dict[int, Chunk]]] = defaultdict(
             lambda: defaultdict(dict)
         )
+        #: (namespace, job_id) -> version -> the version, once a later one completed it.
+        self.versions: dict[_JobKey, dict[int, OutputVersion]] = defaultdict(dict)
         self.deliveries: dict[str, Delivery] = {}
         self.namespaces: dict[str, Namespace] = {}
         self.api_keys: dict[str, ApiKey] = {}
@@ -66,6 +69,8 @@ class MemoryStore:
             # setdefault: a retried commit's chunk is a no-op, like ON CONFLICT DO NOTHING.
             versions = self.output[(chunk.namespace, chunk.job_id)]
             versions[chunk.version].setdefault(chunk.seq, chunk)
+        for done in batch.versions:
+            self.versions[(done.namespace, done.job_id)].setdefault(done.version, done)
         self.deliveries.update((d.delivery_id, d) for d in batch.deliveries)
         self.namespaces.update((ns.name, ns) for ns in batch.namespaces)
         self.api_keys.update((key.key_id, key) for key in batch.api_keys)
@@ -130,6 +135,10 @@ class MemoryStore:
         if max_bytes is not None and page:
             page = [c for c in page if c.offset - page[0].offset < max_bytes]
         return page
+
+    async def list_versions(self, namespace: str, job_id: str) -> list[OutputVersion]:
+        versions = self.versions.get((namespace, job_id), {})
+        return [versions[number] for number in sorted(versions)]
 
     async def load_purges(self, slot: int) -> list[tuple[str, str]]:
         return [key for key, owner in self.purges.items() if owner == slot]
@@ -213,6 +222,7 @@ class MemoryStore:
     def _delete(self, key: _JobKey) -> None:
         namespace, job_id = key
         self.jobs.get(namespace, {}).pop(job_id, None)
+        self.versions.pop(key, None)
         doomed = [i for i, d in self.deliveries.items() if (d.namespace, d.job_id) == key]
         for delivery_id in doomed:
             del self.deliveries[delivery_id]

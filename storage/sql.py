@@ -25,6 +25,7 @@ from storage.records import (
     JobStatus,
     Namespace,
     OutputFormat,
+    OutputVersion,
 )
 
 Row = Sequence[Any]
@@ -61,7 +62,6 @@ class Dialect:
     bigint: str
     boolean: str
     identity: str
-    greatest: str
     #: `jobs.tags` contains the one tag in the JSON array bound to `?`.
     tag_filter: str
 
@@ -73,7 +73,6 @@ SQLITE = Dialect(
     bigint="INTEGER",
     boolean="INTEGER",
     identity="INTEGER PRIMARY KEY",
-    greatest="max",
     tag_filter=(
         "EXISTS (SELECT 1 FROM json_each(jobs.tags) AS t WHERE t.value = json_extract(?, '$[0]'))"
     ),
@@ -86,7 +85,6 @@ POSTGRES = Dialect(
     bigint="BIGINT",
     boolean="BOOLEAN",
     identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
-    greatest="GREATEST",
     tag_filter="tags @> ?",
 )
 
@@ -165,6 +163,17 @@ _MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             # Partial: only jobs that will expire; the sweeper reads a slot's in order.
             "CREATE INDEX jobs_expiring_by_slot ON jobs (slot, expires_at)"
             " WHERE expires_at IS NOT NULL",
+            # Output versions: the job row holds its latest version (number, start, and the
+            # SHA-256 of its bytes once complete); output_versions holds the versions a later
+            # one completed, written once. Its rows so far were each job's version 1, the
+            # latest, kept up to date by every append: the job row says the same.
+            "ALTER TABLE jobs ADD COLUMN output_version INTEGER NOT NULL DEFAULT 1",
+            "ALTER TABLE jobs ADD COLUMN output_version_at {double}",
+            "ALTER TABLE jobs ADD COLUMN output_sha256 TEXT",
+            "DELETE FROM output_versions",
+            "ALTER TABLE output_versions ADD COLUMN created_at {double}",
+            "ALTER TABLE output_versions ADD COLUMN completed_at {double}",
+            "ALTER TABLE output_versions ADD COLUMN sha256 TEXT",
         ),
     ),
 ]
@@ -215,11 +224,10 @@ UPSERT_DELIVERY = _upsert("webhook_deliveries", DELIVERY_COLUMNS, ("delivery_id"
 UPSERT_NAMESPACE = _upsert("namespaces", NAMESPACE_COLUMNS, ("name",))
 UPSERT_API_KEY = _upsert("api_keys", API_KEY_COLUMNS, ("key_id",))
 INSERT_AUDIT = _insert("audit_log", AUDIT_COLUMNS)
-UPSERT_VERSION = (
-    "INSERT INTO output_versions (namespace, job_id, version, last_seq, size, updated_at)"
-    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, job_id, version) DO UPDATE SET"
-    " last_seq = {greatest}(output_versions.last_seq, excluded.last_seq),"
-    " size = {greatest}(output_versions.size, excluded.size), updated_at = excluded.updated_at"
+VERSION_COLUMNS = _columns(OutputVersion)
+#: A completed version is written once; a retried commit's row is a no-op.
+INSERT_VERSION = (
+    _insert("output_versions", (*VERSION_COLUMNS, "updated_at")) + " ON CONFLICT DO NOTHING"
 )
 #: A job's delete commits at once; its output goes later, in steps (`purge_output`).
 DELETE_JOB = tuple(
@@ -275,6 +283,10 @@ PROBE_OUTPUT = f'SELECT seq, "offset" {_NEXT_CHUNKS}'
 SEQ_AT_OFFSET = (
     "SELECT seq FROM output_chunks WHERE namespace = ? AND job_id = ? AND version = ?"
     ' AND "offset" <= ? ORDER BY "offset" DESC LIMIT 1'
+)
+LIST_VERSIONS = (
+    f"SELECT {_select(VERSION_COLUMNS)} FROM output_versions"
+    " WHERE namespace = ? AND job_id = ? ORDER BY version"
 )
 GET_NAMESPACE = f"SELECT {_select(NAMESPACE_COLUMNS)} FROM namespaces WHERE name = ?"
 GET_API_KEY = f"SELECT {_select(API_KEY_COLUMNS)} FROM api_keys WHERE key_id = ?"
@@ -396,6 +408,10 @@ class SqlStore(ABC):
             return await asyncio.to_thread(_chunks, rows)  # decompressing takes a while
         return _chunks(rows)
 
+    async def list_versions(self, namespace: str, job_id: str) -> list[OutputVersion]:
+        rows = await self._fetch(LIST_VERSIONS, (namespace, job_id))
+        return [OutputVersion(*row) for row in rows]
+
     async def load_purges(self, slot: int) -> list[tuple[str, str]]:
         return [
             (namespace, job_id) for namespace, job_id in await self._fetch(LOAD_PURGES, (slot,))
@@ -476,11 +492,12 @@ class SqlStore(ABC):
         """The statements of one commit: upserts and inserts first, then deletes."""
         dump = self._dump_json
         deleted: list[Params] = [list(key) for key in batch.deleted]
-        purges: list[Params] = [(*key, batch.slot, time.time()) for key in batch.deleted]
+        now = time.time()
+        purges: list[Params] = [(*key, batch.slot, now) for key in batch.deleted]
         steps: list[Step] = [
             (UPSERT_JOB, [self._job_params(job) for job in batch.jobs]),
             (INSERT_CHUNK, [_chunk_params(chunk) for chunk in batch.chunks]),
-            (UPSERT_VERSION.format(greatest=self.dialect.greatest), _versions(batch.chunks)),
+            (INSERT_VERSION, [(*_params(v, VERSION_COLUMNS, {}), now) for v in batch.versions]),
             (UPSERT_DELIVERY, [self._delivery_params(d) for d in batch.deliveries]),
             (
                 UPSERT_NAMESPACE,
@@ -566,14 +583,3 @@ def _chunks(rows: Sequence[Row]) -> list[Chunk]:
         Chunk(namespace, job_id, seq, offset, unpack(bytes(stored), encoding), version)
         for namespace, job_id, seq, offset, stored, version, encoding in rows
     ]
-
-
-def _versions(chunks: list[Chunk]) -> list[Params]:
-    """One output_versions row per (job, version) a batch writes to: its highest seq and end."""
-    tops: dict[tuple[str, str, int], tuple[int, int]] = {}
-    for chunk in chunks:
-        key = (chunk.namespace, chunk.job_id, chunk.version)
-        seq, size = tops.get(key, (0, 0))
-        tops[key] = (max(seq, chunk.seq), max(size, chunk.end))
-    now = time.time()
-    return [(*key, seq, size, now) for key, (seq, size) in tops.items()]

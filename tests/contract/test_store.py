@@ -7,6 +7,7 @@ import os
 import sqlite3
 from collections.abc import Awaitable, Callable
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -28,6 +29,7 @@ from storage.records import (
     JobStatus,
     Namespace,
     OutputFormat,
+    OutputVersion,
 )
 from storage.sql import SQLITE, pending_migrations
 from storage.sqlite import SqliteStore, path_of
@@ -70,6 +72,9 @@ def full_job() -> Job:
         output_seq=9,
         output_size=123_456_789_012,
         request_hash="sha256:abc",
+        output_version=7,
+        output_version_at=NOW + 1.0000001,
+        output_sha256="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
     )
 
 
@@ -274,16 +279,53 @@ async def test_read_output_at_starts_at_the_chunk_holding_the_byte(store: Store)
     assert await store.read_output_at("acme", "nobody", offset=0) == []
 
 
+def done_version(version: int, job_id: str = "j1", namespace: str = "acme") -> OutputVersion:
+    """Output `version` of a job, completed by a later one."""
+    return OutputVersion(
+        namespace,
+        job_id,
+        version,
+        last_seq=version * 10,
+        size=2**40 + version,
+        created_at=NOW + version,
+        completed_at=NOW + version + 0.5000001,
+        sha256=f"{version:064x}",
+    )
+
+
+async def test_completed_versions_are_listed_in_order_per_job(store: Store) -> None:
+    mine = [done_version(v) for v in (3, 1, 2)]
+    theirs = [done_version(1, "j2"), done_version(1, namespace="globex")]
+    await commit(store, jobs=[make_job(output_version=4)], versions=mine[:2] + theirs)
+    await commit(store, versions=[mine[2]])
+    assert await store.list_versions("acme", "j1") == sorted(mine, key=lambda v: v.version)
+    assert await store.list_versions("acme", "j2") == [theirs[0]]
+    assert await store.list_versions("globex", "j1") == [theirs[1]]
+    assert await store.list_versions("acme", "nobody") == []
+
+
+async def test_a_completed_version_is_written_once(store: Store) -> None:
+    """A retried commit writes it again as it was: the first stays."""
+    first = done_version(1)
+    await commit(store, jobs=[make_job(output_version=2)], versions=[first])
+    await commit(store, versions=[first])
+    await commit(store, versions=[replace(first, sha256="0" * 64)])
+    assert await store.list_versions("acme", "j1") == [first]
+
+
 async def test_delete_removes_the_job_its_output_and_its_deliveries(store: Store) -> None:
     keep = make_job("keep")
     await commit(
         store,
         jobs=[make_job(), keep],
         chunks=[chunk(1), chunk(2, version=2), chunk(1, job_id="keep")],
+        versions=[done_version(1), done_version(1, job_id="keep")],
         deliveries=[make_delivery("d1"), make_delivery("d2", job_id="keep")],
     )
     await commit(store, deleted=[("acme", "j1")])
     assert await store.get_job("acme", "j1") is None
+    assert await store.list_versions("acme", "j1") == []
+    assert await store.list_versions("acme", "keep") == [done_version(1, job_id="keep")]
     assert await store.read_output("acme", "j1") == []
     assert await store.read_output("acme", "j1", version=2) == []
     assert await store.list_deliveries("acme", "j1") == []

@@ -86,7 +86,8 @@ def test_producer_seq_makes_a_retried_append_safe(tenant):
     url = "/api/v1/jobs/job-1/output"
     first = tenant.http.post(url, params={"seq": 1}, content=b"once")
     retry = tenant.http.post(url, params={"seq": 1}, content=b"once")
-    assert first.json() == retry.json() == {"seq": 1, "offset": 0, "size": 4, "chunks": 1}
+    acked = {"seq": 1, "offset": 0, "size": 4, "chunks": 1, "version": 1}
+    assert first.json() == retry.json() == acked
     assert tenant.http.post(url, params={"seq": 1}, content=b"other").status_code == 409
     assert tenant.http.post(url, params={"seq": 9}, content=b"gap").status_code == 409
     assert tenant.http.get("/api/v1/jobs/job-1/output").json()["output"] == "once"

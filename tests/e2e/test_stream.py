@@ -63,7 +63,12 @@ def test_a_terminal_job_replays_its_output_then_ends(tenant):
     with tenant.http.stream("GET", "/api/v1/jobs/job-1/stream") as r:
         got = until_end(r)
     assert [f["data"]["data"] for f in got if f.get("event") == "output"] == ["x", "y", "z"]
-    assert got[-1]["data"] == {"status": "Failed", "outputSeq": 3, "error": "oom"}
+    assert got[-1]["data"] == {
+        "status": "Failed",
+        "outputVersion": 1,
+        "outputSeq": 3,
+        "error": "oom",
+    }
 
 
 def test_last_event_id_resumes_exactly_after_that_event_from_the_store(tenant):

@@ -286,14 +286,14 @@ async def test_a_missing_job_is_404(api, acme):
 async def test_an_append_retried_with_its_seq_is_acknowledged_once(api, acme):
     await submit(api, acme, jobId="j1")
     first = await api.post(f"{JOBS}/j1/output?seq=1", content=b"abc", headers=acme)
-    assert first.json() == {"seq": 1, "offset": 0, "size": 3, "chunks": 1}
+    assert first.json() == {"seq": 1, "offset": 0, "size": 3, "chunks": 1, "version": 1}
     again = await api.post(f"{JOBS}/j1/output?seq=1", content=b"abc", headers=acme)
     assert again.json() == first.json()
     error_of(await api.post(f"{JOBS}/j1/output?seq=1", content=b"xyz", headers=acme), 409)
     error_of(await api.post(f"{JOBS}/j1/output?seq=3", content=b"gap", headers=acme), 409)
     error_of(await api.post(f"{JOBS}/j1/output?seq=0", content=b"x", headers=acme), 422)
     nxt = await api.post(f"{JOBS}/j1/output", content=b"de", headers=acme)
-    assert nxt.json() == {"seq": 2, "offset": 3, "size": 2, "chunks": 1}
+    assert nxt.json() == {"seq": 2, "offset": 3, "size": 2, "chunks": 1, "version": 1}
     assert (await api.get(f"{JOBS}/j1/output", headers=acme)).json()["output"] == "abcde"
 
 
@@ -310,6 +310,7 @@ async def test_output_is_served_whole_as_json_and_as_raw_bytes(api, acme):
         "status": "Running",
         "seq": 2,
         "version": 1,
+        "sha256": None,
     }
     raw = await api.get(f"{JOBS}/j1/output/raw", headers=acme)
     assert raw.status_code == 200 and raw.content == b"hello world"
@@ -358,7 +359,7 @@ async def test_the_stream_of_a_finished_job_replays_output_then_status_and_end(a
     data = [json.loads(f["data"]) for f in frames[1:]]
     assert [d["data"] for d in data[:2]] == ["one", "two"]
     assert data[1] == {"seq": 2, "offset": 3, "size": 3, "data": "two", "encoding": "utf-8"}
-    assert data[2] == {"status": "Succeeded", "outputSeq": 2, "error": None}
+    assert data[2] == {"status": "Succeeded", "outputVersion": 1, "outputSeq": 2, "error": None}
     assert data[4] == data[2]
 
 
@@ -586,7 +587,13 @@ async def test_an_append_over_the_limit_is_413_and_one_at_the_limit_is_kept_in_c
     assert "at most 67108864 bytes" in error_of(over, 413)["message"]
     at = await api.post(f"{JOBS}/j1/output", content=b"y" * MAX_APPEND_BYTES, headers=acme)
     count = MAX_APPEND_BYTES // MAX_CHUNK_BYTES
-    assert at.json() == {"seq": count, "offset": 0, "size": MAX_APPEND_BYTES, "chunks": count}
+    assert at.json() == {
+        "seq": count,
+        "offset": 0,
+        "size": MAX_APPEND_BYTES,
+        "chunks": count,
+        "version": 1,
+    }
     raw = await api.get(f"{JOBS}/j1/output/raw", headers=acme)
     assert raw.content == b"y" * MAX_APPEND_BYTES
 

@@ -248,7 +248,7 @@ async def test_a_client_without_the_store_reads_a_span_through_the_shard(countin
     try:
         client = ShardClient.in_process([shard])
         job = await client.get("acme", "j1")
-        chunks = [chunk async for chunk in client.output(job, span=(12, 45))]
+        chunks = [chunk async for chunk in client.output(job.current_version, span=(12, 45))]
         assert chunks[0].seq == 2 and chunks[0].offset <= 12 < chunks[0].end
         assert b"".join(c.data for c in chunks)[12 - chunks[0].offset :][:33] == WHOLE[12:45]
     finally:

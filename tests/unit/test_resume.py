@@ -25,6 +25,7 @@ from tests.unit.fakes import WAIT_S, Watched
 from tests.unit.test_api import JOBS, error_of, http, make_app, new_tenant, sse_frames, submit
 
 JOB = Job("acme", "j1", slot=0, created_at=1_764_460_000.123456, updated_at=0.0, output_seq=2)
+V1 = JOB.current_version
 
 
 @pytest.fixture
@@ -46,16 +47,23 @@ async def acme(api: httpx.AsyncClient) -> dict[str, str]:
     return await new_tenant(api, "acme")
 
 
-def test_an_event_id_is_the_seq_and_the_jobs_incarnation():
-    assert event_id(JOB, 2) == f"2-{incarnation(JOB)}"
-    assert parse_resume_point(event_id(JOB, 2), what="id") == ResumePoint(2, incarnation(JOB))
-    assert resume_after(JOB, parse_resume_point(event_id(JOB, 2), what="id")) == 2
+def test_an_event_id_is_the_seq_and_the_incarnation_of_its_output():
+    assert event_id(JOB, 1, 2) == f"2-{incarnation(JOB, 1)}"
+    point = parse_resume_point(event_id(JOB, 1, 2), what="id")
+    assert point == ResumePoint(2, incarnation(JOB, 1))
+    assert resume_after(JOB, V1, point) == 2
 
 
-def test_incarnations_of_one_job_id_differ_and_a_job_keeps_its_own():
+def test_incarnations_of_one_job_id_and_of_its_versions_differ_and_a_job_keeps_its_own():
     again = replace(JOB, created_at=JOB.created_at + 0.000001)
-    assert incarnation(again) != incarnation(JOB)
-    assert incarnation(replace(JOB, revision=9, output_seq=5)) == incarnation(JOB)
+    assert incarnation(again, 1) != incarnation(JOB, 1) != incarnation(JOB, 2)
+    assert incarnation(replace(JOB, revision=9, output_seq=5), 1) == incarnation(JOB, 1)
+
+
+def test_an_id_of_another_output_version_is_refused():
+    """Version 2 of a re-run starts again at seq 1: version 1's "after 1" is not its."""
+    with pytest.raises(Conflict, match="another version"):
+        resume_after(JOB, V1, parse_resume_point(event_id(JOB, 2, 1), what="id"))
 
 
 @pytest.mark.parametrize("text", ["0", "2", " 2 ", "007", str(2**63 - 1)])
@@ -63,7 +71,7 @@ def test_a_bare_seq_up_to_the_output_end_is_this_jobs(text):
     point = parse_resume_point(text, what="id")
     assert point.incarnation is None
     if point.seq <= JOB.output_seq:
-        assert resume_after(JOB, point) == point.seq
+        assert resume_after(JOB, V1, point) == point.seq
 
 
 @pytest.mark.parametrize(
@@ -76,16 +84,16 @@ def test_a_malformed_resume_point_is_invalid(text):
 
 def test_a_seq_past_the_output_is_refused_not_skipped_to():
     """The fault: "after 5" on a job at seq 2 would have skipped 3 to 5 once they came."""
-    with pytest.raises(Conflict, match="past the output"):
-        resume_after(JOB, ResumePoint(5))
-    with pytest.raises(Conflict, match="past the output"):
-        resume_after(JOB, ResumePoint(3, incarnation(JOB)))
+    with pytest.raises(Conflict, match="past output version 1"):
+        resume_after(JOB, V1, ResumePoint(5))
+    with pytest.raises(Conflict, match="past output version 1"):
+        resume_after(JOB, V1, ResumePoint(3, incarnation(JOB, 1)))
 
 
 def test_an_id_of_an_earlier_incarnation_is_refused_even_within_the_output():
     earlier = replace(JOB, created_at=JOB.created_at - 60)
     with pytest.raises(Conflict, match="earlier job"):
-        resume_after(JOB, parse_resume_point(event_id(earlier, 1), what="id"))
+        resume_after(JOB, V1, parse_resume_point(event_id(earlier, 1, 1), what="id"))
 
 
 async def test_the_feed_ends_when_the_job_is_deleted_and_submitted_again_while_read():
@@ -139,7 +147,7 @@ async def test_events_resumed_at_the_last_id_get_every_chunk_after_it(shards):
     for part in (b"1", b"2"):
         await shards.append("acme", "j1", part)
     job = await shards.get("acme", "j1")
-    point = parse_resume_point(event_id(job, 2), what="id")
+    point = parse_resume_point(event_id(job, 1, 2), what="id")
     events = await shards.events("acme", "j1", after_seq=point, heartbeat_s=WAIT_S)
 
     async def outputs() -> list[int]:

@@ -37,7 +37,7 @@ class RecordingShard:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-        self.replies: dict[str, Any] = {"append_many": AppendManyResult()}
+        self.replies: dict[str, Any] = {"append_many": AppendManyResult(), "list_versions": []}
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -78,11 +78,14 @@ CALLS = [
     ),
     (
         lambda c, ns: c.append(ns, "j1", b"abc", seq=3),
-        ("append", {"job_id": "j1", "chunks": [b"abc"], "seq": 3}),
+        ("append", {"job_id": "j1", "chunks": [b"abc"], "seq": 3, "version": None}),
     ),
     (
-        lambda c, ns: c.append_many(ns, "j1", [b"ab", b"c"], first_seq=2),
-        ("append_many", {"job_id": "j1", "chunks": [b"ab", b"c"], "first_seq": 2}),
+        lambda c, ns: c.append_many(ns, "j1", [b"ab", b"c"], first_seq=2, version=2),
+        (
+            "append_many",
+            {"job_id": "j1", "chunks": [b"ab", b"c"], "first_seq": 2, "version": 2},
+        ),
     ),
     (
         lambda c, ns: c.set_progress(ns, "j1", ProgressUpdate(progress=5)),
@@ -96,21 +99,41 @@ CALLS = [
     (lambda c, ns: c.delete(ns, "j1", actor="me"), ("delete", {"job_id": "j1", "actor": "me"})),
     (lambda c, ns: c.get(ns, "j1"), ("get", {"job_id": "j1"})),
     (
+        lambda c, ns: c.start_version(ns, "j1", actor="me"),
+        ("start_version", {"job_id": "j1", "actor": "me"}),
+    ),
+    (
+        lambda c, ns: c.earlier_versions(Job(ns, "j1", 0, 0.0, 0.0, output_version=2)),
+        ("list_versions", {"job_id": "j1"}),
+    ),
+    (
         lambda c, ns: c.watch(ns, "j1", revision=2, after_seq=1, timeout_s=3.0),
         ("watch", {"job_id": "j1", "revision": 2, "after_seq": 1, "timeout_s": 3.0}),
     ),
     (
-        lambda c, ns: c.read_output(ns, "j1", after_seq=4, limit=5),
+        lambda c, ns: c.read_output(ns, "j1", version=2, after_seq=4, limit=5),
         (
             "read_output",
-            {"job_id": "j1", "after_seq": 4, "limit": 5, "max_bytes": OUTPUT_PAGE_BYTES},
+            {
+                "job_id": "j1",
+                "version": 2,
+                "after_seq": 4,
+                "limit": 5,
+                "max_bytes": OUTPUT_PAGE_BYTES,
+            },
         ),
     ),
     (
-        lambda c, ns: c.read_output_at(ns, "j1", offset=40, limit=5),
+        lambda c, ns: c.read_output_at(ns, "j1", version=1, offset=40, limit=5),
         (
             "read_output_at",
-            {"job_id": "j1", "offset": 40, "limit": 5, "max_bytes": OUTPUT_PAGE_BYTES},
+            {
+                "job_id": "j1",
+                "version": 1,
+                "offset": 40,
+                "limit": 5,
+                "max_bytes": OUTPUT_PAGE_BYTES,
+            },
         ),
     ),
     (
@@ -192,7 +215,10 @@ async def test_ping_all_pings_every_shard():
         (lambda c: c.watch("acme", "../j1"), Invalid),
         (lambda c: c.rotate_webhook_secret("acme", grace_s=-1), Invalid),
         (lambda c: c.create_namespace("-acme", NamespaceChanges()), Invalid),
-        (lambda c: c.read_output("acme", "a/b"), Invalid),
+        (lambda c: c.read_output("acme", "a/b", version=1), Invalid),
+        (lambda c: c.append("acme", "j1", b"x", version=0), Invalid),
+        (lambda c: c.append_many("acme", "j1", [b"x"], version=-1), Invalid),
+        (lambda c: c.start_version("acme", "j 1"), Invalid),
     ],
 )
 async def test_a_bad_name_or_value_is_refused_before_any_shard_is_called(call, error):
@@ -252,6 +278,7 @@ class ChunkSource:
         namespace: str,
         job_id: str,
         *,
+        version: int = 1,
         after_seq: int = 0,
         limit: int = 256,
         max_bytes: int | None = None,
@@ -269,7 +296,9 @@ async def test_output_reads_page_by_page_up_to_the_jobs_last_seq():
     source = ChunkSource(1200)  # the store may hold more than the job (as fetched) has seen
     fleet = Fleet()
     fleet.shards[shard_for("acme", NUM_SHARDS)] = source
-    chunks = [c async for c in fleet.client.output(job_with_output(1100), after_seq=10)]
+    chunks = [
+        c async for c in fleet.client.output(job_with_output(1100).current_version, after_seq=10)
+    ]
     assert [c.seq for c in chunks] == list(range(11, 1101))
     assert len(source.pages) > 1
     positions = [after for after, _ in source.pages]
@@ -282,7 +311,7 @@ async def test_output_is_served_by_the_store_when_the_client_has_one():
     store = ChunkSource(5)
     fleet = Fleet()
     client = ShardClient(num_shards=NUM_SHARDS, shards=fleet._find, store=store)
-    chunks = [c async for c in client.output(job_with_output(5))]
+    chunks = [c async for c in client.output(job_with_output(5).current_version)]
     assert [c.seq for c in chunks] == [1, 2, 3, 4, 5]
     assert store.pages and fleet.calls() == [[]] * NUM_SHARDS
 
