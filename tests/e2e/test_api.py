@@ -198,4 +198,5 @@ def test_bad_input_gets_a_json_error_with_the_right_status(tenant, method, path,
 def test_an_append_just_over_the_chunk_size_is_kept_in_two_chunks(tenant, service):
     _submit(tenant)
     r = tenant.http.post("/api/v1/jobs/job-1/output", content=b"x" * (4 * 1024 * 1024 + 1))
-    assert r.json() == {"seq": 2, "offset": 0, "size": 4 * 1024 * 1024 + 1, "chunks": 2}
+    ack = {"seq": 2, "offset": 0, "size": 4 * 1024 * 1024 + 1, "chunks": 2, "version": 1}
+    assert r.json() == ack

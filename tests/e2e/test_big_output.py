@@ -27,7 +27,7 @@ def test_an_append_over_the_chunk_size_is_stored_in_chunks_and_read_back_whole(t
     body = _utf8_prefix(_text(2 * MAX_CHUNK_BYTES + 12345))
     ack = tenant.http.post("/api/v1/jobs/big/output?seq=1", content=body, timeout=60)
     assert ack.status_code == 200, ack.text
-    assert ack.json() == {"seq": 3, "offset": 0, "size": len(body), "chunks": 3}
+    assert ack.json() == {"seq": 3, "offset": 0, "size": len(body), "chunks": 3, "version": 1}
     retried = tenant.http.post("/api/v1/jobs/big/output?seq=1", content=body, timeout=60)
     assert retried.json() == ack.json()  # acknowledged whole, not written twice
     tail = tenant.http.post("/api/v1/jobs/big/output?seq=4", content=b"end\n")

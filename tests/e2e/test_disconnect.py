@@ -80,6 +80,7 @@ def test_a_client_hanging_up_mid_append_fails_no_other_writer_and_tears_nothing(
         "offset": status["outputSize"],
         "size": 5,
         "chunks": 1,
+        "version": 1,
     }
     acked[later.json()["seq"]] = (status["outputSize"], "later")
     _complete(tenant)

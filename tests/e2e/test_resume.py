@@ -33,7 +33,7 @@ def test_last_event_id_past_the_output_is_409_not_a_silent_skip(tenant):
     _job_at_seq_2(tenant)
     refused = tenant.http.get(STREAM, headers={"Last-Event-ID": "5"})
     assert refused.status_code == 409 and _error(refused)["code"] == "conflict"
-    assert "past the output" in _error(refused)["message"]
+    assert "past output version 1" in _error(refused)["message"]
     assert tenant.http.get(STREAM, params={"after": 5}).status_code == 409
     assert tenant.http.get("/api/v1/jobs/job-1/output/raw", params={"after": 5}).status_code == 409
     _append(tenant, "3", "4", "5", "6")
