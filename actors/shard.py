@@ -223,7 +223,10 @@ class Shard:
         """Add one append of output, stored as `chunks` (consecutive seqs, one commit): all of
         them or, on any error, none. With `seq` (the first chunk's), a retried append is
         acknowledged, not repeated. `version` (default: the latest) must be the latest
-        output version, not yet complete (`Conflict`; `NotFound` when there is none such)."""
+        output version, not yet complete (`Conflict`; `NotFound` when there is none such).
+        A big append's chunks may come as Ray's zero-copy buffers (`ShardClient.append`):
+        they are kept as bytes."""
+        chunks = [chunk if type(chunk) is bytes else bytes(chunk) for chunk in chunks]
         acks: list[AppendAck] = []
         live = await self._load(namespace, job_id)
         if seq is not None:

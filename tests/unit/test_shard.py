@@ -12,7 +12,7 @@ from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.limits import MAX_APPEND_BYTES
 from actors.namespace_settings import NamespaceChanges
 from actors.shard import Shard, ShardConfig
-from actors.shard_client import ShardClient
+from actors.shard_client import OUT_OF_BAND_BYTES, ShardClient
 from storage.errors import (
     BadRequest,
     Conflict,
@@ -182,6 +182,19 @@ async def test_oversized_and_empty_chunks_are_refused(store):
     with pytest.raises(Invalid):
         await shards.append("acme", "j1", b"")
     await shard.stop()
+
+
+async def test_a_big_append_crosses_as_buffers_and_is_kept_as_bytes(shards, store):
+    """Over OUT_OF_BAND_BYTES the client hands the shard pickle buffers (Ray sends them
+    without a pickled copy); the shard stores bytes, whatever it was given."""
+    await shards.submit("acme", JobSpec(output_format=OutputFormat.BINARY), job_id="j1")
+    body = bytes(range(256)) * (OUT_OF_BAND_BYTES // 256 + 1)
+    ack = await shards.append("acme", "j1", body)
+    chunks = await store.read_output("acme", "j1")
+    assert ack.size == len(body) and b"".join(c.data for c in chunks) == body
+    assert {type(c.data) for c in chunks} == {bytes}
+    assert store.output[("acme", "j1")][1][1].data == chunks[0].data  # as the shard kept it
+    assert type(store.output[("acme", "j1")][1][1].data) is bytes
 
 
 async def test_text_jobs_need_utf8_and_binary_jobs_take_any_bytes(shards):
