@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import ray
 
 from actors.limits import MAX_CHUNK_BYTES
+from actors.routing import RAY_NAMESPACE, shard_for, shard_name
+from tests.e2e.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 IDENTITY = {"Accept-Encoding": "identity"}
@@ -66,3 +71,47 @@ def _output_events(stream: httpx.Response) -> list[dict]:
         elif line.startswith("data: ") and kind == "end":
             return events
     return events
+
+
+@pytest.mark.parametrize("delay_s", [0.2, 0.8])
+def test_a_shard_killed_during_a_big_append_leaves_it_whole_or_absent(tenant, delay_s):
+    """The append is one commit of many chunks: after a kill -9 of its shard the output
+    holds all of it or none of it, never some chunks; acknowledged means kept; and the
+    producer's retry with the same seq completes it exactly once."""
+    job = f"crash-{int(delay_s * 10)}"
+    assert tenant.http.post("/api/v1/jobs", json={"jobId": job}).status_code == 201
+    assert tenant.http.post(f"/api/v1/jobs/{job}/output?seq=1", content=b"head\n").is_success
+    body = _utf8_prefix(_text(8 * MAX_CHUNK_BYTES))
+    with ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(_post, tenant, f"/api/v1/jobs/{job}/output?seq=2", body)
+        time.sleep(delay_s)
+        shard = ray.get_actor(shard_name(shard_for(tenant.namespace, 2)), namespace=RAY_NAMESPACE)
+        ray.kill(shard, no_restart=False)
+        answer = sent.result()
+    size = wait_until(lambda: _output_size(tenant, job), timeout_s=60, what="the shard back")
+    assert size in (5, 5 + len(body)), size  # whole or absent, never a part
+    if answer == 200:
+        assert size == 5 + len(body)  # acknowledged: kept
+    retried = _retry(lambda: _post(tenant, f"/api/v1/jobs/{job}/output?seq=2", body))
+    assert retried == 200
+    raw = tenant.http.get(f"/api/v1/jobs/{job}/output/raw", headers=IDENTITY, timeout=60)
+    assert raw.content == b"head\n" + body
+
+
+def _post(tenant, path: str, body: bytes) -> int | None:
+    try:
+        return tenant.http.post(path, content=body, timeout=60).status_code
+    except httpx.HTTPError:
+        return None  # the connection was cut: the outcome is unknown to the producer
+
+
+def _output_size(tenant, job: str) -> int | None:
+    response = tenant.http.get(f"/api/v1/jobs/{job}")
+    return response.json()["outputSize"] if response.status_code == 200 else None
+
+
+def _retry(call, timeout_s: float = 60) -> int | None:
+    deadline = time.monotonic() + timeout_s
+    while (status := call()) != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return status
