@@ -15,14 +15,14 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from actors.commands import Completion, JobSpec, ProgressUpdate, check_encoding, new_job_id
+from actors.appends import Appends
+from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.committer import GroupCommitter, durable
 from actors.job_table import JobTable, Key, LiveJob
-from actors.limits import MAX_JSON_OUTPUT_BYTES, OUTPUT_PAGE_BYTES, check_size
+from actors.limits import OUTPUT_PAGE_BYTES
 from actors.namespace_settings import NamespaceChanges
 from actors.namespaces import NamespaceBook, audit_entry
 from actors.purger import Purger
@@ -36,10 +36,10 @@ from actors.shard_types import (
     SubmitResult,
     Update,
 )
+from actors.submits import Submits, job_of
 from actors.tail import OutputTail
 from actors.timestamps import iso
-from actors.versions import check_appendable, check_latest, next_version, open_and_empty
-from actors.webhooks import ssrf
+from actors.versions import next_version, open_and_empty
 from actors.webhooks.delivery import SendMany
 from actors.webhooks.shard_webhooks import ShardWebhooks
 from storage.base import Store
@@ -50,7 +50,6 @@ from storage.errors import (
     Invalid,
     NotFound,
     Overloaded,
-    StoreUnavailable,
 )
 from storage.records import (
     ApiKey,
@@ -61,7 +60,6 @@ from storage.records import (
     Job,
     JobStatus,
     Namespace,
-    OutputFormat,
     OutputVersion,
 )
 
@@ -69,10 +67,6 @@ T = TypeVar("T")
 
 #: How long a submit waits for a job of the same id to finish being deleted (503 after).
 MAX_DELETE_WAIT_S = 10.0
-#: Rounds of deciding a submit again after another request's creation of its job failed to
-#: commit. Each round costs a failed commit; past them the store is failing: retry later.
-MAX_SUBMIT_ROUNDS = 4
-CREATION_RETRY_AFTER_S = 1.0
 
 
 class Shard:
@@ -110,6 +104,25 @@ class Shard:
         )
         self._webhooks = ShardWebhooks(store, config, clock=clock, send=send)
         self._purger = Purger(store, config.slot, self._jobs.deleting)
+        self._appends = Appends(
+            store=store,
+            tail=self._tail,
+            clock=clock,
+            load=self._load,
+            change=self._change,
+            durable=self._durable,
+            committer=self._require_committer,
+        )
+        self._submits = Submits(
+            jobs=self._jobs,
+            namespaces=self.namespaces,
+            webhooks=self._webhooks,
+            config=config,
+            clock=clock,
+            committer=self._require_committer,
+            check_writable=self._check_writable,
+            until_deleted=self._until_deleted,
+        )
         self._sealer = Sealer(
             store,
             barrier=lambda: self._require_committer().barrier(),
@@ -181,35 +194,12 @@ class Shard:
         [result] = await self.submit_many([SubmitItem(namespace, job_id, spec, actor)])
         if result.error is not None:
             raise result.error
-        return _job_of(result), result.created
+        return job_of(result), result.created
 
     async def submit_many(self, items: Sequence[SubmitItem]) -> list[SubmitResult]:
-        """Create jobs, each as `submit` would; one result per item, in order.
-
-        Every item gets `submit`'s checks (its namespace is this shard's and exists, its
-        webhook host is public, the same id with the same request again is `created`
-        False, with another request `Conflict`; an id twice in `items` is the same). All
-        new jobs are handed to the group commit before any is awaited, so they share one
-        commit. An item's error is its own (`Unstorable` for data the store refused); a
-        shard-wide one (`Fenced`, `Overloaded`, `StoreUnavailable`) fails the items it
-        reaches.
-
-        An item whose job another request is creating right now is answered once that job
-        is durable (200, or 409 for another request); when its commit fails the item is
-        decided again (`_submit_round`), as if it had come just after: never 404 for a job
-        it would create itself, never an answer that a failed commit takes back.
-        """
-        items = [_with_job_id(item) for item in items]  # the same ids in every round
-        errors = await self._precheck(items)
-        results = [None if error is None else SubmitResult(error=error) for error in errors]
-        for _ in range(MAX_SUBMIT_ROUNDS):
-            todo = [i for i, result in enumerate(results) if result is None]
-            if not todo:
-                break
-            outcomes = await self._submit_round([items[i] for i in todo])
-            for i, outcome in zip(todo, outcomes, strict=True):
-                results[i] = outcome
-        return [result or _creation_failing() for result in results]
+        """Create jobs, each as `submit` would; one result per item, in order
+        (`actors.submits.Submits.submit_many`)."""
+        return await self._submits.submit_many(items)
 
     async def append(
         self,
@@ -220,23 +210,10 @@ class Shard:
         seq: int | None = None,
         version: int | None = None,
     ) -> AppendAck:
-        """Add one append of output, stored as `chunks` (consecutive seqs, one commit): all of
-        them or, on any error, none. With `seq` (the first chunk's), a retried append is
-        acknowledged, not repeated. `version` (default: the latest) must be the latest
-        output version, not yet complete (`Conflict`; `NotFound` when there is none such).
-        A big append's chunks may come as Ray's zero-copy buffers (`ShardClient.append`):
-        they are kept as bytes."""
-        chunks = [chunk if type(chunk) is bytes else bytes(chunk) for chunk in chunks]
-        acks: list[AppendAck] = []
-        live = await self._load(namespace, job_id)
-        if seq is not None:
-            live = await self._acknowledge_written(live, chunks, seq, acks, version)
-        refused = await self._append_new(live, chunks[len(acks) :], acks, version, whole=True)
-        if refused is not None:
-            raise refused
-        size = sum(ack.size for ack in acks)
-        last = acks[-1]
-        return AppendAck(last.seq, acks[0].offset, size, chunks=len(acks), version=last.version)
+        """Add one append of output, all of its chunks or none (`actors.appends`)."""
+        return await self._appends.append(
+            namespace, job_id=job_id, chunks=chunks, seq=seq, version=version
+        )
 
     async def append_many(
         self,
@@ -247,26 +224,10 @@ class Shard:
         first_seq: int | None = None,
         version: int | None = None,
     ) -> AppendManyResult:
-        """Append `chunks` in order, the new ones in one group commit (one transaction).
-
-        Without `first_seq` they go after the job's current end. With it, chunk i has seq
-        `first_seq + i`, as `append(seq=...)`: a chunk already written is acknowledged again
-        when its bytes are the same (`Conflict` when not), a seq past the next one is a gap
-        (`Conflict`). Each new chunk is checked as `append` checks it (the job runs, the
-        version is the latest, UTF-8 for text and json jobs). The first chunk that fails
-        stops the call: the chunks before it are acknowledged (durable), it and the ones
-        after it are not written, and its error is returned with the acks, never raised. A
-        commit that fails fails all the new chunks alike: nothing of them is written.
-        """
-        acks: list[AppendAck] = []
-        try:
-            live = await self._load(namespace, job_id)
-            if first_seq is not None:
-                live = await self._acknowledge_written(live, chunks, first_seq, acks, version)
-            refused = await self._append_new(live, chunks[len(acks) :], acks, version)
-        except AosError as exc:
-            return AppendManyResult(tuple(acks), exc)
-        return AppendManyResult(tuple(acks), refused)
+        """Append `chunks` in order, up to the first one refused (`actors.appends`)."""
+        return await self._appends.append_many(
+            namespace, job_id=job_id, chunks=chunks, first_seq=first_seq, version=version
+        )
 
     async def set_progress(self, namespace: str, *, job_id: str, update: ProgressUpdate) -> Job:
         live = await self._load(namespace, job_id)
@@ -482,139 +443,6 @@ class Shard:
 
     # -- internals ----------------------------------------------------------------------------
 
-    async def _precheck(self, items: Sequence[SubmitItem]) -> list[AosError | None]:
-        """What a submit checks before it looks at its job: the namespace is this shard's and
-        exists, the webhook host resolves to public addresses. Each namespace and URL once;
-        the URLs concurrently (DNS)."""
-        refused: dict[str, AosError] = {}
-        for namespace in {item.namespace for item in items}:
-            try:
-                await self.namespaces.get(namespace)
-            except AosError as exc:
-                refused[namespace] = exc
-        urls = list(
-            {
-                item.spec.webhook_url
-                for item in items
-                if item.spec.webhook_url is not None and item.namespace not in refused
-            }
-        )
-        checked = await _concurrently([self._check_webhook(url) for url in urls])
-        url_refused = {url: error for url, error in zip(urls, checked, strict=True) if error}
-        return [
-            refused.get(item.namespace) or url_refused.get(item.spec.webhook_url or "")
-            for item in items
-        ]
-
-    async def _check_webhook(self, url: str) -> AosError | None:
-        try:
-            await ssrf.resolve_and_check(url, allowed=self._allowed)
-        except AosError as exc:
-            return exc
-        return None
-
-    async def _load_many(self, keys: Sequence[Key]) -> dict[Key, LiveJob | AosError | None]:
-        """Each job as it is now: loaded (from the store if need be: one read per namespace,
-        the namespaces concurrently), None when there is none, or the error reading it."""
-        ids: dict[str, list[str]] = {}
-        for namespace, job_id in keys:
-            ids.setdefault(namespace, []).append(job_id)
-        found: dict[Key, LiveJob | AosError | None] = dict.fromkeys(keys)
-        loads = await _concurrently([self._load_namespace(ns, some) for ns, some in ids.items()])
-        for (namespace, some), loaded in zip(ids.items(), loads, strict=True):
-            if isinstance(loaded, AosError):
-                found.update(((namespace, job_id), loaded) for job_id in some)
-            else:
-                found.update(((namespace, job_id), live) for job_id, live in loaded.items())
-        return found
-
-    async def _load_namespace(
-        self, namespace: str, job_ids: list[str]
-    ) -> dict[str, LiveJob] | AosError:
-        try:
-            return await self._jobs.load_many(namespace, job_ids)
-        except AosError as exc:
-            return exc
-
-    async def _submit_round(self, items: Sequence[SubmitItem]) -> list[SubmitResult | None]:
-        """Each item's outcome, as its job is now; None to decide it again: it waited for
-        another request's creation of its job, which did not commit."""
-        keys = [(item.namespace, _id_of(item)) for item in items]
-        await self._until_deleted(keys)
-        loaded = await self._load_many(keys)
-        # From here to the awaits below nothing yields: the jobs loaded stay as seen.
-        waits = self._decide(items, keys, loaded)
-        return [await self._outcome(wait) for wait in waits]
-
-    def _decide(
-        self,
-        items: Sequence[SubmitItem],
-        keys: list[Key],
-        loaded: dict[Key, LiveJob | AosError | None],
-    ) -> list[_Wait]:
-        """Each item's outcome, or what to wait for: a new job's add (every add is made
-        here, before any is awaited: one group commit), or an existing job's first commit
-        (then 200, or 409 for another request)."""
-        waits: list[_Wait] = []
-        created: dict[Key, _Wait] = {}
-        for item, key in zip(items, keys, strict=True):
-            found = self._jobs.get(key) or loaded[key]
-            if isinstance(found, AosError):
-                waits.append(_Wait(error=found))
-            elif found is None:
-                wait = created[key] = self._create(item, key)
-                waits.append(wait)
-            elif key in created and found.current.request_hash == item.spec.fingerprint():
-                waits.append(replace(created[key], created=False))  # the first creates it
-            else:
-                same = found.current.request_hash == item.spec.fingerprint()
-                waits.append(_Wait(live=found, conflict=not same))
-        return waits
-
-    def _create(self, item: SubmitItem, key: Key) -> _Wait:
-        """Hand a new job to the group commit (not awaited) and hold it in memory."""
-        try:
-            self._check_writable()
-        except Fenced as exc:
-            return _Wait(error=exc)
-        namespace, job_id = key
-        now = self._clock()
-        job = item.spec.new_job(namespace, job_id, slot=self._config.slot, now=now)
-        hooks = self.namespaces.cached_hooks(namespace)
-        deliveries = self._webhooks.on_change(None, job, (), hooks)
-        audit = audit_entry(now, namespace, item.actor, "job.submit", job_id)
-        try:
-            future = self._require_committer().add(jobs=[job], deliveries=deliveries, audit=[audit])
-        except Overloaded as exc:
-            self._webhooks.failed(deliveries)
-            return _Wait(error=exc)
-        self._jobs.add(job, committed=False)
-        return _Wait(job=job, future=future, created=True)
-
-    async def _outcome(self, wait: _Wait) -> SubmitResult | None:
-        try:
-            if wait.future is not None:
-                await durable(wait.future)
-                return SubmitResult(wait.job, wait.created)
-            if wait.live is not None:
-                return await self._existing(wait.live, conflict=wait.conflict)
-        except AosError as exc:
-            return SubmitResult(error=exc)
-        return SubmitResult(error=wait.error)
-
-    async def _existing(self, live: LiveJob, *, conflict: bool) -> SubmitResult | None:
-        """A submit of a job that exists: once it is durable, 200 (`created` False) or
-        `Conflict`; None when its first commit, in flight, failed (the job is not)."""
-        if live.committed is None:
-            await self._require_committer().barrier()
-        job = live.committed
-        if job is None:
-            return None
-        if conflict:
-            message = f"job {job.job_id!r} exists with a different request"
-            return SubmitResult(error=Conflict(message))
-        return SubmitResult(job, False)
-
     async def _finish(
         self, live: LiveJob, status: JobStatus, error: str | None, *, action: str, actor: str = ""
     ) -> Job:
@@ -669,95 +497,6 @@ class Shard:
         await durable(future)
         return job
 
-    async def _append_new(
-        self,
-        live: LiveJob,
-        chunks: Sequence[bytes],
-        acks: list[AppendAck],
-        version: int | None,
-        *,
-        whole: bool = False,
-    ) -> AosError | None:
-        """Append `chunks` after the end of the job's latest version (which `version` must
-        be, when given), up to the first one refused (none of them if `whole`), in one add;
-        extend `acks`. The refused chunk's error, or None."""
-        job = live.current
-        new: list[Chunk] = []
-        refused: AosError | None = None
-        try:
-            for data in chunks:
-                check_appendable(job, version)
-                check_encoding(job.output_format, data)
-                offset = new[-1].end if new else job.output_size
-                if job.output_format is OutputFormat.JSON:
-                    what = f"a json job's output (version {job.output_version})"
-                    check_size(what, offset + len(data), MAX_JSON_OUTPUT_BYTES, "bytes")
-                seq = job.output_seq + len(new) + 1
-                new.append(Chunk(job.namespace, job.job_id, seq, offset, data, job.output_version))
-        except AosError as exc:
-            refused = exc
-        if new and not (whole and refused):
-            last = new[-1]
-            changed = job.evolve(
-                output_seq=last.seq, output_size=last.end, updated_at=self._clock()
-            )
-            await self._change(live, changed, chunks=new)
-            acks.extend(AppendAck(c.seq, c.offset, len(c.data), version=c.version) for c in new)
-        return refused
-
-    async def _acknowledge_written(
-        self,
-        live: LiveJob,
-        chunks: Sequence[bytes],
-        first_seq: int,
-        acks: list[AppendAck],
-        version: int | None,
-    ) -> LiveJob:
-        """Acknowledge the leading chunks (chunk i has seq `first_seq + i`) that are already
-        written with the same bytes to the latest output version (`version`, when given),
-        into `acks`; `Conflict` for other bytes or a gap. Returns the job as it is now, with
-        the rest of `chunks` to go after its end."""
-        while len(acks) < len(chunks):
-            job = live.current
-            check_latest(job, version)
-            seq = first_seq + len(acks)
-            if seq > job.output_seq + 1:
-                raise Conflict(f"seq {seq} would leave a gap: the next seq is {job.output_seq + 1}")
-            if seq == job.output_seq + 1:
-                break
-            count = min(len(chunks) - len(acks), job.output_seq - seq + 1)
-            written = await self._written(live, seq, count)
-            for chunk, data in zip(written, chunks[len(acks) :], strict=False):
-                if chunk.data != data:
-                    raise Conflict(f"seq {chunk.seq} was already written with different data")
-                acks.append(
-                    AppendAck(chunk.seq, chunk.offset, len(chunk.data), version=chunk.version)
-                )
-            # The reads may have let other writes in (a new version), or a failed commit drop
-            # the job.
-            live = await self._load(job.namespace, job.job_id)
-            if live.current.output_version != job.output_version:
-                raise Conflict(f"output version {job.output_version} was completed meanwhile")
-            if not written and live.current.output_seq >= seq:
-                raise Conflict(f"seq {seq} was already written with different data")
-        return live
-
-    async def _written(self, live: LiveJob, seq: int, count: int) -> list[Chunk]:
-        """The committed chunks `seq` .. `seq + count - 1`, in order, waiting for a commit of
-        them still in flight (a producer resuming right after a disconnect); fewer when that
-        commit failed."""
-        job = await self._durable(live)
-        version = live.current.output_version
-        if (job.output_version, job.output_seq) < (version, seq + count - 1):
-            await self._require_committer().barrier()
-        last = seq + count - 1
-        held = [c for c in self._tail.after(job.key, seq - 1, version=version) if c.seq <= last]
-        if held:
-            return held
-        return await self._store.read_output(
-            job.namespace, job.job_id, version=version, after_seq=seq - 1, limit=count
-        )
-
     async def _load(self, namespace: str, job_id: str) -> LiveJob:
         await self.namespaces.get(namespace)  # also caches it: writes read its webhook settings
         return await self._jobs.load(namespace, job_id)
@@ -800,49 +539,6 @@ class Shard:
         if self._committer is None:
             raise RuntimeError("Shard.start() was not awaited")
         return self._committer
-
-
-@dataclass(frozen=True, slots=True)
-class _Wait:
-    """What one submit item waits for: its new job's add (`future`, `job`), an existing
-    job's commit (`live`), or nothing (`error`, its outcome)."""
-
-    job: Job | None = None
-    future: asyncio.Future[None] | None = None
-    created: bool = False
-    live: LiveJob | None = None
-    #: `live` exists with another request: 409 once it is durable.
-    conflict: bool = False
-    error: AosError | None = None
-
-
-async def _concurrently(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
-    """`asyncio.gather`, without its task when there is one call (a single submit)."""
-    if len(calls) == 1:
-        return [await calls[0]]
-    return list(await asyncio.gather(*calls))
-
-
-def _with_job_id(item: SubmitItem) -> SubmitItem:
-    """The item, with a new job id when it has none (`ShardClient` gives one before)."""
-    return item if item.job_id is not None else replace(item, job_id=new_job_id())
-
-
-def _id_of(item: SubmitItem) -> str:
-    if item.job_id is None:
-        raise RuntimeError("a submit item reached its round without a job id")
-    return item.job_id
-
-
-def _creation_failing() -> SubmitResult:
-    message = "the job's creation by concurrent requests keeps failing to commit; retry shortly"
-    return SubmitResult(error=StoreUnavailable(message, retry_after_s=CREATION_RETRY_AFTER_S))
-
-
-def _job_of(result: SubmitResult) -> Job:
-    if result.job is None:
-        raise RuntimeError("a submit result holds neither a job nor an error")
-    return result.job
 
 
 def _changed(job: Job, revision: int | None, after_seq: int | None) -> bool:
