@@ -445,7 +445,8 @@ class ShardClient:
         """The committed chunks of output `version` (as fetched: up to its `last_seq`) after
         `after_seq`, page by page; with `span` (its first byte, the byte past its last), from
         the chunk holding the first byte instead (an index look-up: a Range request), the
-        first page no bigger than the span needs."""
+        first page no bigger than the span needs. Output that ends before `last_seq` was
+        deleted while it was read: `NotFound` then, never a short answer that looks whole."""
         pending = span
         namespace, job_id, number = version.namespace, version.job_id, version.version
 
@@ -465,7 +466,8 @@ class ShardClient:
                 namespace, job_id, version=number, after_seq=pos, limit=limit
             )
 
-        return replay(read, after_seq=after_seq, until_seq=version.last_seq)
+        chunks = replay(read, after_seq=after_seq, until_seq=version.last_seq)
+        return _whole_or_raise(chunks, after_seq, version)
 
     async def events(
         self,
@@ -590,6 +592,23 @@ OUT_OF_BAND_BYTES = 1024 * 1024
 MAX_CALLS_IN_FLIGHT = 1
 
 _Call = tuple[str, tuple[Any, ...], dict[str, Any]]
+
+
+async def _whole_or_raise(
+    chunks: AsyncIterator[Chunk], after_seq: int, version: OutputVersion
+) -> AsyncIterator[Chunk]:
+    """`chunks` (those after `after_seq`), up to the version's `last_seq`; `NotFound` if they
+    end before it: committed output only goes away with its job, and a reader must not
+    take a cut stream for the whole (a compressed download would end with a valid end)."""
+    position = after_seq
+    async for chunk in chunks:
+        position = chunk.seq
+        yield chunk
+    if position < version.last_seq:
+        raise NotFound(
+            f"job {version.job_id!r} was deleted while its output was read"
+            f" (it ended at seq {position} of {version.last_seq})"
+        )
 
 
 def _out_of_band(chunks: list[bytes]) -> list[bytes]:

@@ -109,7 +109,7 @@ async def log_chunks(total: int) -> AsyncIterator[bytes]:
 async def read_range(client: ShardClient, job: Job, start: int, length: int) -> float:
     """Seconds to read bytes start..start+length-1 as the raw download's 206 does."""
     began, got, end = time.perf_counter(), 0, start + length - 1
-    async for chunk in client.output(job, span=(start, end + 1)):
+    async for chunk in client.output(job.current_version, span=(start, end + 1)):
         got += len(chunk.data[max(start - chunk.offset, 0) : end + 1 - chunk.offset])
         if chunk.end > end:
             break
@@ -120,7 +120,7 @@ async def read_range(client: ShardClient, job: Job, start: int, length: int) -> 
 async def scan_to(client: ShardClient, job: Job, start: int, length: int) -> float:
     """The baseline: the same range reached by reading every chunk from the first."""
     began, end = time.perf_counter(), start + length - 1
-    async for chunk in client.output(job):
+    async for chunk in client.output(job.current_version):
         if chunk.end > end:
             break
     return time.perf_counter() - began
@@ -151,13 +151,13 @@ async def encodings(client: ShardClient, store: SqliteStore, total: int) -> None
     job = await write_output(store, "text", log_chunks(total))
     size = job.output_size
     digest = hashlib.sha256()
-    async for chunk in client.output(job):
+    async for chunk in client.output(job.current_version):
         digest.update(chunk.data)
     print(f"  {size / 1e6:.0f} MB of log text in {job.output_seq} chunks of 64 KiB")
     rates = {}
     for coding in (Coding.IDENTITY, Coding.GZIP, Coding.ZSTD):
         began, sent, kept = time.perf_counter(), 0, []
-        pages = (chunk.data async for chunk in client.output(job))
+        pages = (chunk.data async for chunk in client.output(job.current_version))
         async for piece in encode_stream(pages, coding):
             sent += len(piece)
             if coding is not Coding.IDENTITY:

@@ -307,6 +307,21 @@ async def test_output_reads_page_by_page_up_to_the_jobs_last_seq():
     assert source.max_bytes == {OUTPUT_PAGE_BYTES}  # every page bounded in bytes too
 
 
+async def test_output_that_ends_before_the_versions_last_seq_raises_not_a_short_stream():
+    """Its job was deleted while it was read: a compressed download must not end with a
+    valid end of stream, as if whole."""
+    source = ChunkSource(5)
+    fleet = Fleet()
+    fleet.shards[shard_for("acme", NUM_SHARDS)] = source
+    seen = []
+    with pytest.raises(NotFound, match="deleted while its output was read"):
+        async for chunk in fleet.client.output(job_with_output(8).current_version):
+            seen.append(chunk.seq)
+    assert seen == [1, 2, 3, 4, 5]
+    whole = [c.seq async for c in fleet.client.output(job_with_output(5).current_version)]
+    assert whole == [1, 2, 3, 4, 5]
+
+
 async def test_output_is_served_by_the_store_when_the_client_has_one():
     store = ChunkSource(5)
     fleet = Fleet()
