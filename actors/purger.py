@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from actors.job_table import Key
 from storage.base import Store
@@ -21,7 +22,11 @@ from storage.errors import Fenced, StoreUnavailable
 log = logging.getLogger(__name__)
 
 #: About this many bytes of output go in one purge step (one transaction).
-PURGE_STEP_BYTES = 16 * 1024 * 1024
+PURGE_STEP_BYTES = 4 * 1024 * 1024
+#: After each step the purger waits at least this long, and at least as long as the step
+#: took: other writers (every shard of a SQLite file shares its one write lock) get the
+#: store at least half the time, so a big delete never starves them.
+MIN_PAUSE_S = 0.02
 #: A step the store could not take is tried again after this many seconds.
 RETRY_S = 1.0
 
@@ -79,6 +84,7 @@ class Purger:
     async def _purge(self, key: Key) -> None:
         fence = (self._slot, self._epoch)
         while True:
+            started = time.monotonic()
             try:
                 if await self._store.purge_output(*key, fence=fence, max_bytes=PURGE_STEP_BYTES):
                     return
@@ -86,3 +92,5 @@ class Purger:
                 raise
             except StoreUnavailable:
                 await asyncio.sleep(RETRY_S)
+                continue
+            await asyncio.sleep(max(MIN_PAUSE_S, time.monotonic() - started))

@@ -65,8 +65,9 @@ from storage.records import (
 
 T = TypeVar("T")
 
-#: How long a submit waits for a job of the same id to finish being deleted (503 after).
-MAX_DELETE_WAIT_S = 10.0
+#: How long a submit waits for a job of the same id to finish being deleted, then 503 with
+#: `Retry-After`: short, as a waiting submit holds the other writes coalesced with it.
+MAX_DELETE_WAIT_S = 0.25
 
 
 class Shard:

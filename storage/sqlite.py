@@ -45,6 +45,8 @@ _REFUSED: tuple[type[Exception], ...] = (
 
 BUSY_TIMEOUT_S = 30.0
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
+#: Free pages given back per purge step (4 KiB each: 16 MiB), so one step's vacuum is short.
+VACUUM_PAGES_PER_STEP = 4096
 _SYNCHRONOUS_FULL = 2
 _PREFIX = "sqlite:///"
 
@@ -182,14 +184,15 @@ class SqliteStore(SqlStore):
         await self._run(self._reclaim_sync, done)
 
     def _reclaim_sync(self, done: bool) -> None:
-        """Free pages go back to the file system (`auto_vacuum = INCREMENTAL`, set when the
-        database was made: older files reuse them instead), and at the end of a purge the
-        WAL, which the moved pages passed through, is emptied and cut to nothing."""
+        """Free pages go back to the file system, a bounded number a step (`auto_vacuum =
+        INCREMENTAL`, set when the database was made: older files reuse them instead); at
+        the end of a purge the WAL is checkpointed without waiting, and cut back to
+        `WAL_LIMIT_BYTES` when it next starts over (`journal_size_limit`)."""
         conn = self._live()
         # executescript steps it to the end; execute() frees one page per call.
-        conn.executescript("PRAGMA incremental_vacuum;")
-        if done:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES_PER_STEP});")
+        if done:  # PASSIVE: never waits for, nor holds up, other writers
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _live(self) -> sqlite3.Connection:
         if self._conn is None:

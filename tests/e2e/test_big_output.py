@@ -54,8 +54,10 @@ def test_a_deleted_jobs_id_is_reused_with_none_of_its_old_output(tenant):
     tenant.http.post("/api/v1/jobs/again/complete", json={"status": "Succeeded"})
     assert tenant.http.delete("/api/v1/jobs/again").status_code == 204
     assert tenant.http.get("/api/v1/jobs/again/output/raw").status_code == 404
-    # Created again at once: the submit waits for the old output's purge, then starts empty.
-    assert tenant.http.post("/api/v1/jobs", json={"jobId": "again"}).status_code == 201
+    # Created again at once: a submit waits briefly for the old output's purge, then 503
+    # with Retry-After until it is done (a client asks again); the new job starts empty.
+    again = _retry(lambda: tenant.http.post("/api/v1/jobs", json={"jobId": "again"}).status_code)
+    assert again == 201
     assert tenant.http.post("/api/v1/jobs/again/output", content=b"new\n").json()["seq"] == 1
     raw = tenant.http.get("/api/v1/jobs/again/output/raw", headers=IDENTITY)
     assert raw.content == b"new\n"
@@ -112,6 +114,6 @@ def _output_size(tenant, job: str) -> int | None:
 
 def _retry(call, timeout_s: float = 60) -> int | None:
     deadline = time.monotonic() + timeout_s
-    while (status := call()) != 200 and time.monotonic() < deadline:
+    while (status := call()) in (None, 503) and time.monotonic() < deadline:
         time.sleep(0.5)
     return status

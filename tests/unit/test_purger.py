@@ -8,11 +8,12 @@ import asyncio
 import pytest
 
 from actors import purger
+from actors import shard as shard_module
 from actors.commands import Completion, JobSpec
 from actors.namespace_settings import NamespaceChanges
 from actors.shard import Shard, ShardConfig
 from actors.shard_client import ShardClient
-from storage.errors import NotFound, StoreUnavailable
+from storage.errors import NotFound, Overloaded, StoreUnavailable
 from storage.memory import MemoryStore
 from storage.records import JobStatus
 from tests.unit.fakes import until
@@ -65,6 +66,7 @@ async def test_a_deleted_jobs_output_goes_in_steps_and_its_id_waits_for_the_last
     store: SlowPurges, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(purger, "PURGE_STEP_BYTES", 2500)  # 3 chunks of 1,000 bytes a step
+    monkeypatch.setattr(shard_module, "MAX_DELETE_WAIT_S", 30.0)
     shard, shards = await started(store)
     await finished_job(shards, "j1", chunks=10)
     store.gate.clear()
@@ -82,6 +84,22 @@ async def test_a_deleted_jobs_output_goes_in_steps_and_its_id_waits_for_the_last
     assert store.steps == 5  # four of 3, 3, 3 and 1 chunks, then the purge record
     assert ("acme", "j1") not in store.purges
     assert await store.read_output("acme", "j1") == []
+    await shard.stop()
+
+
+async def test_a_submit_of_an_id_still_purging_is_503_after_a_short_wait(store: SlowPurges) -> None:
+    """A waiting submit would hold the writes coalesced with it: it waits briefly, then
+    asks the client to come back (Retry-After)."""
+    shard, shards = await started(store)
+    await finished_job(shards, "j1", chunks=3)
+    store.gate.clear()
+    await shards.delete("acme", "j1")
+    with pytest.raises(Overloaded, match="still being deleted") as refused:
+        await shards.submit("acme", JobSpec(), job_id="j1")
+    assert refused.value.retry_after_s == 1.0
+    store.gate.set()
+    await until(lambda: not store.purges)
+    assert (await shards.submit("acme", JobSpec(), job_id="j1"))[1]
     await shard.stop()
 
 
