@@ -584,7 +584,9 @@ def _actor_shard(slot: int) -> ShardApi:
 #: The writes an `_ActorShard` coalesces: those made in one event-loop tick go to their shard
 #: in one actor call (`ShardActor.many`), and so into one group commit. A submit with a
 #: webhook URL (a DNS lookup first) and the slower calls go alone, keeping no one waiting.
-COALESCED = frozenset({"submit", "append", "set_progress", "complete", "cancel"})
+#: Not `complete`: it may take seconds (a json job's document check, a version's SHA-256
+#: read back after a restart), and a slow call holds every write coalesced with it.
+COALESCED = frozenset({"submit", "append", "set_progress", "cancel"})
 #: An append at least this big crosses Ray as out-of-band buffers (`_out_of_band`).
 OUT_OF_BAND_BYTES = 1024 * 1024
 

@@ -57,7 +57,7 @@ async def test_writes_of_one_tick_go_in_one_call_and_each_caller_gets_its_own_an
     shard = _ActorShard(handle)
     results = await asyncio.gather(
         shard.append("acme", job_id="a", chunks=[b"x"]),
-        shard.complete("acme", job_id="b", completion=None),
+        shard.cancel("acme", job_id="b", actor="me"),
         shard.append("acme", job_id="taken", chunks=[b"y"]),
         return_exceptions=True,
     )
@@ -65,11 +65,23 @@ async def test_writes_of_one_tick_go_in_one_call_and_each_caller_gets_its_own_an
     inner = handle.calls[0][1][0]
     assert [(name, kwargs["job_id"]) for name, _, kwargs in inner] == [
         ("append", "a"),
-        ("complete", "b"),
+        ("cancel", "b"),
         ("append", "taken"),
     ]
-    assert results[0] == ("append", "a") and results[1] == ("complete", "b")
+    assert results[0] == ("append", "a") and results[1] == ("cancel", "b")
     assert isinstance(results[2], Conflict)  # the error of that call only
+
+
+async def test_a_complete_goes_alone_never_holding_other_writes():
+    """A complete may take seconds (a json document check): coalesced, it would hold the
+    appends sent with it."""
+    handle = FakeHandle()
+    shard = _ActorShard(handle)
+    await asyncio.gather(
+        shard.append("acme", job_id="a", chunks=[b"x"]),
+        shard.complete("acme", job_id="b", completion=None),
+    )
+    assert sorted(name for name, _, _ in handle.calls) == ["append", "complete"]
 
 
 async def test_a_lone_write_is_sent_as_itself():
