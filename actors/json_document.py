@@ -37,6 +37,8 @@ async def document_error(pages: AsyncIterator[bytes]) -> str | None:
         parser.close()
     except ijson.JSONError as exc:
         return str(exc).splitlines()[0].strip() if str(exc) else "not JSON"
+    except UnicodeDecodeError:  # yajl refuses a lone low surrogate escape (it takes a high one)
+        return "a string holds a \\u escape of a lone surrogate (U+DC00..U+DFFF)"
     except (ValueError, SystemError):  # yajl's C backend: a number Python cannot convert
         return "a number has more than 4300 digits"
     return None

@@ -35,6 +35,7 @@ async def test_a_document_cut_anywhere_is_one_document(cut):
         (b"// comment\n1", "comment"),
         (b"\xef\xbb\xbf[1]", "invalid char"),
         (b"1" * 5000, "4300 digits"),
+        (b'"caf\\ude00"', "lone surrogate"),
     ],
 )
 async def test_anything_but_one_document_says_why_in_one_line(text, reason):
