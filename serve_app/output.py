@@ -7,7 +7,7 @@ latest): a version the job does not have is 404, one that is not a positive inte
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -53,8 +53,9 @@ async def append(
     most the deployment's chunk size with consecutive seqs, all or none; `?seq=N` (the first
     chunk's) makes retries safe. The answer's `seq` is the last chunk's, `chunks` their count.
     `?version=N` must be the latest version, still open (409 when it is complete)."""
-    pieces = await _read_pieces(request, deps.shards.pieces())
-    ack = await deps.shards.append(ns, job_id, pieces, seq=seq, version=version)
+    with deps.appends.hold() as take:
+        pieces = await _read_pieces(request, deps.shards.pieces(), take)
+        ack = await deps.shards.append(ns, job_id, pieces, seq=seq, version=version)
     return {
         "seq": ack.seq,
         "offset": ack.offset,
@@ -154,12 +155,16 @@ async def encoded_body(body: bytes, accept_encoding: str | None) -> Response:
     return Response(content, media_type="application/json", headers=headers)
 
 
-async def _read_pieces(request: Request, pieces: Pieces) -> Pieces:
+async def _read_pieces(request: Request, pieces: Pieces, take: Callable[[int], None]) -> Pieces:
     """The body, cut into chunks as it arrives; refused (`TooLarge`) as soon as it is known
-    to be over `MAX_APPEND_BYTES`."""
+    to be over `MAX_APPEND_BYTES`, and (`Overloaded`) when the replica's append budget
+    cannot hold it (`take`: its declared length at once, else each part as it comes)."""
     declared = parse_decimal(request.headers.get("content-length", ""))
     if declared is not None:  # the server checked its form
         check_append_size(declared)
+        take(declared)
     async for part in request.stream():
+        if declared is None:
+            take(len(part))
         pieces.feed(part)
     return pieces

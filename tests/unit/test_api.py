@@ -615,6 +615,27 @@ async def test_an_output_too_big_to_inline_is_413_naming_the_limit_and_raw(
         assert store.reads == reads_before  # refused before reading any output
 
 
+async def test_appends_past_the_replicas_budget_are_503_and_the_budget_comes_back(
+    store, local_shard
+):
+    """Two appends of 64 MiB may be held at once; one past the budget is refused before it
+    is read, and the budget is whole again once they end."""
+    app = make_app(store, ShardClient(num_shards=1, shards=[local_shard].__getitem__))
+    budget = app.state.deps.appends
+    async with http(app) as api:
+        acme = await new_tenant(api, "acme")
+        await submit(api, acme, jobId="j1", outputFormat="binary")
+        with budget.hold() as take:
+            take(budget.limit - 10)
+            refused = await api.post(f"{JOBS}/j1/output", content=b"x" * 11, headers=acme)
+            assert error_of(refused, 503)["code"] == "overloaded"
+            assert refused.headers["retry-after"] == "1"
+            fits = await api.post(f"{JOBS}/j1/output", content=b"x" * 10, headers=acme)
+            assert fits.is_success
+        assert budget.held == 0
+        assert (await api.post(f"{JOBS}/j1/output", content=b"y" * 11, headers=acme)).is_success
+
+
 async def test_an_append_over_the_chunk_size_is_cut_at_character_boundaries(store, local_shard):
     """Each chunk of a text append must be UTF-8 on its own: cuts never split a character."""
     shards = ShardClient(
