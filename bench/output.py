@@ -1,6 +1,8 @@
 """The output benchmark: big outputs written and read back through the whole service.
 
-One command: `.venv/bin/python bench/output.py [--quick] [--sizes 1,10]` (make bench-output).
+One command: `.venv/bin/python bench/output.py [--quick] [--sizes 1,10] [--noise]`
+(make bench-output). `--noise`: random bytes in a binary job instead of log text (nothing
+to compress: the heaviest case for the store, and for the delete's purge).
 
 It starts a private Ray cluster and the service (HAProxy ingress, SQLite in a temp dir,
 2 shards), and for each size (GiB; default 1 and 10, quick 0.25):
@@ -258,13 +260,17 @@ def start(data_dir: Path) -> tuple[bootstrap.Service, dict[str, str]]:
     return service, keys
 
 
-async def one_size(url: str, keys: dict[str, str], size: int, folder: Path, block: bytes) -> None:
+async def one_size(
+    url: str, keys: dict[str, str], size: int, folder: Path, block: bytes, output_format: str
+) -> None:
     gib = size / GiB
     auth = {"Authorization": f"Bearer {keys[BIG]}"}
     timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
     job = f"out-{uuid.uuid4().hex[:8]}"
     async with aiohttp.ClientSession(url, headers=auth, timeout=timeout) as http:
-        async with http.post("/api/v1/jobs", json={"jobId": job}) as r:
+        async with http.post(
+            "/api/v1/jobs", json={"jobId": job, "outputFormat": output_format}
+        ) as r:
             assert r.status == 201, await r.text()
         disk_before = disk_bytes(folder)
         (sent, append_s), rss_append = await sampled(timed(append(http, job, size, block)))
@@ -287,7 +293,10 @@ async def one_size(url: str, keys: dict[str, str], size: int, folder: Path, bloc
     file.unlink()
 
     deleted = await delete_under_load(url, keys, job, folder)
-    print(f"\n== {gib:g} GiB of log text ({size:,} bytes), baseline file download {base:,.0f} MB/s")
+    print(
+        f"\n== {gib:g} GiB of {'random bytes' if output_format == 'binary' else 'log text'}"
+        f" ({size:,} bytes), baseline file download {base:,.0f} MB/s"
+    )
     for name, seconds, rss in (
         ("append", append_s, rss_append),
         ("raw download", raw_s, rss_raw),
@@ -346,16 +355,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one output of 0.25 GiB")
     parser.add_argument("--sizes", default="1,10", help="output sizes in GiB (default 1,10)")
+    parser.add_argument("--noise", action="store_true", help="random bytes, a binary job")
     args = parser.parse_args()
     sizes = [0.25] if args.quick else [float(s) for s in args.sizes.split(",")]
     os.chdir(HERE.parent)  # Ray puts the driver's working directory on its workers' path
-    block = log_text(MAX_APPEND_BYTES)
+    block = os.urandom(MAX_APPEND_BYTES) if args.noise else log_text(MAX_APPEND_BYTES)
+    output_format = "binary" if args.noise else "text"
     with tempfile.TemporaryDirectory(prefix="aos-bench-output-") as tmp:
         folder = Path(tmp)
         service, keys = start(folder)
         try:
             for gib in sizes:
-                asyncio.run(one_size(service.url, keys, int(gib * GiB), folder, block))
+                asyncio.run(
+                    one_size(service.url, keys, int(gib * GiB), folder, block, output_format)
+                )
         finally:
             bootstrap.stop(service)
             ray.shutdown()
