@@ -8,6 +8,8 @@ chunks after a seq, as headers and a body streamed from the store page by page.
   with `Content-Range: bytes */<size>`. A malformed Range, another unit, several ranges, or
   an `If-Range` that does not match the `ETag` (§13.1.5) is ignored: 200, the whole body.
   The range reads from the chunk holding its first byte (an index look-up, no scan).
+- `If-None-Match` naming this version's `ETag` as it is now (any coding's, or `*`): 304
+  (RFC 9110 §13.1.2, before any Range).
 - otherwise 200, in the coding `Accept-Encoding` prefers (`serve_app.encoding`; 406 when it
   refuses every coding, identity included).
 - `?after=N` (N >= 1) answers the chunks after seq N: a cursor in chunks, not bytes, so
@@ -28,6 +30,7 @@ from fastapi.responses import Response, StreamingResponse
 from actors.shard_client import ShardClient
 from serve_app.encoding import Coding, NotAcceptable, encode_stream, identity_acceptable, negotiate
 from serve_app.errors import error_response
+from serve_app.etags import parse_if_none_match
 from serve_app.ranges import (
     Span,
     entity_tag,
@@ -61,6 +64,10 @@ def raw_response(
     if after:
         return _whole(request, shards, job, version, headers, accept_encoding, after=after)
     etag = headers["ETag"] = entity_tag(job, version)
+    unchanged = _unchanged(request, etag)
+    if unchanged is not None:
+        headers["ETag"] = unchanged
+        return Response(status_code=304, headers=headers)
     spec = parse_range(request.headers.get("range"))
     if (
         spec is not None
@@ -103,6 +110,19 @@ def _whole(
             yield chunk.data
 
     return _streamed(request, 200, encode_stream(body(), coding), job, headers)
+
+
+def _unchanged(request: Request, etag: str) -> str | None:
+    """The tag an `If-None-Match` matched (RFC 9110 §13.1.2, weak comparison; evaluated
+    before Range, §13.2.2), of any coding of this version as it is now; None otherwise."""
+    condition = parse_if_none_match(request.headers.getlist("if-none-match"))
+    if condition is None:
+        return None
+    if condition.any:
+        return etag
+    opaque = etag.strip('"')
+    ours = {opaque, *(f"{opaque}-{coding.value}" for coding in (Coding.ZSTD, Coding.GZIP))}
+    return next((str(tag) for tag in condition.tags if tag.opaque in ours), None)
 
 
 def not_acceptable(headers: dict[str, str]) -> Response:

@@ -253,3 +253,16 @@ async def test_a_client_without_the_store_reads_a_span_through_the_shard(countin
         assert b"".join(c.data for c in chunks)[12 - chunks[0].offset :][:33] == WHOLE[12:45]
     finally:
         await shard.stop()
+
+
+async def test_if_none_match_of_the_current_etag_is_304_before_any_range(api, acme):
+    first = await raw(api, acme)
+    etag = first.headers["etag"]
+    for condition in (etag, f'"zzz", {etag}', f"W/{etag}", "*", etag[:-1] + '-gzip"'):
+        again = await raw(api, acme, **{"If-None-Match": condition, "Range": "bytes=0-3"})
+        assert again.status_code == 304 and again.content == b"", condition
+        assert again.headers["etag"] in (etag, condition)
+    await api.post(f"{JOBS}/j1/output", content=b"more", headers=acme)
+    changed = await raw(api, acme, **{"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.content == WHOLE + b"more"
+    assert changed.headers["etag"] != etag
