@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-http bench-spine bench-webhooks services services-stop clean
+.PHONY: install run test lint bench bench-http bench-spine bench-webhooks bench-output bench-ranges services services-stop clean
 
 install: $(STAMP)
 
@@ -37,6 +37,14 @@ bench-spine: install
 # Webhook delivery: the dispatcher against a bare aiohttp loop, and end to end (bench/README.md).
 bench-webhooks: install
 	$(BIN)/python bench/webhooks.py $(BENCH_ARGS)
+
+# Big outputs through the service (1 and 10 GiB; BENCH_ARGS=--quick: 0.25 GiB), and Range
+# reads and content codings on a store (bench/README.md).
+bench-output: install
+	$(BIN)/python bench/output.py $(BENCH_ARGS)
+
+bench-ranges: install
+	$(BIN)/python bench/ranges.py $(BENCH_ARGS)
 
 # Every server the full suite uses (PostgreSQL, MariaDB), under .services/; see .ci/services.
 services:

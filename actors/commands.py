@@ -82,6 +82,15 @@ def check_seq(value: object) -> int | None:
     return value
 
 
+def check_version(value: object) -> int | None:
+    """An optional output version number: a positive integer (None: the latest)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INT64:
+        raise Invalid("version must be an integer from 1 to 2^63-1")
+    return value
+
+
 def check_events(events: object) -> tuple[str, ...]:
     """Webhook event types, known ones only, without repeats."""
     if isinstance(events, str) or not isinstance(events, list | tuple):

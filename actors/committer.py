@@ -10,7 +10,16 @@ from dataclasses import dataclass, field, replace
 
 from storage.base import Store
 from storage.errors import AosError, Conflict, Overloaded, StoreUnavailable, Unstorable
-from storage.records import ApiKey, AuditEntry, Batch, Chunk, Delivery, Job, Namespace
+from storage.records import (
+    ApiKey,
+    AuditEntry,
+    Batch,
+    Chunk,
+    Delivery,
+    Job,
+    Namespace,
+    OutputVersion,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +97,7 @@ class GroupCommitter:
         *,
         jobs: Iterable[Job] = (),
         chunks: Iterable[Chunk] = (),
+        versions: Iterable[OutputVersion] = (),
         deleted: Iterable[tuple[str, str]] = (),
         deliveries: Iterable[Delivery] = (),
         audit: Iterable[AuditEntry] = (),
@@ -114,6 +124,7 @@ class GroupCommitter:
         batch = pending.batch
         batch.jobs.extend(jobs)
         batch.chunks.extend(chunks)
+        batch.versions.extend(versions)
         batch.deleted.extend(deleted)
         batch.deliveries.extend(deliveries)
         batch.audit.extend(audit)
@@ -327,13 +338,14 @@ class _Pending:
         self.adds = adds
 
 
-_LISTS = ("jobs", "chunks", "deleted", "deliveries", "audit", "namespaces", "api_keys")
+_LISTS = ("jobs", "chunks", "versions", "deleted", "deliveries", "audit", "namespaces", "api_keys")
 
 
 def _ends(batch: Batch) -> tuple[int, ...]:
     return (
         len(batch.jobs),
         len(batch.chunks),
+        len(batch.versions),
         len(batch.deleted),
         len(batch.deliveries),
         len(batch.audit),
@@ -358,6 +370,7 @@ def _job_keys(part: Batch) -> set[Key]:
     """The jobs an add writes: their rows, their output, their deletion."""
     keys = {job.key for job in part.jobs} | set(part.deleted)
     keys.update((chunk.namespace, chunk.job_id) for chunk in part.chunks)
+    keys.update((version.namespace, version.job_id) for version in part.versions)
     return keys
 
 

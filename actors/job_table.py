@@ -11,23 +11,39 @@ import asyncio
 import collections
 from collections.abc import Iterable
 
+from actors.digest import RunningDigest
 from actors.tail import OutputTail
 from storage.base import Store
 from storage.errors import NotFound
-from storage.records import Batch, Job
+from storage.records import Batch, Chunk, Job
 
 Key = tuple[str, str]
 
 
 class LiveJob:
-    """A loaded job. Slotted: a shard holds 100k+ of these."""
+    """A loaded job. Slotted: a shard holds 100k+ of these.
 
-    __slots__ = ("changed", "committed", "current")
+    `digest` is the running SHA-256 of `current`'s latest output version (None when it is
+    not known: the job was loaded with output in that version; `actors.digest`). It follows
+    `current`, as every add of the job does: when one fails, the live job is dropped, and
+    its digest with it."""
+
+    __slots__ = ("changed", "committed", "current", "digest")
 
     def __init__(self, job: Job, *, committed: bool) -> None:
         self.current = job
         self.committed: Job | None = job if committed else None
         self.changed: asyncio.Event | None = None
+        self.digest = RunningDigest(job.output_version) if job.output_seq == 0 else None
+
+    def apply(self, job: Job, chunks: Iterable[Chunk] = ()) -> None:
+        """`job` (with `chunks`, its new output) is the current view now."""
+        if job.output_version != self.current.output_version:
+            self.digest = RunningDigest(job.output_version) if job.output_seq == 0 else None
+        self.current = job
+        if self.digest is not None:
+            for chunk in chunks:
+                self.digest.feed(chunk)
 
     def wake(self) -> None:
         if self.changed is not None:
@@ -126,6 +142,8 @@ class JobTable:
             live.committed = job
         if job.status.terminal:
             self._remember_terminal(job.key)
+        else:  # a terminal job run again (a new output version): kept while it runs
+            self._terminal.pop(job.key, None)
 
     def _remember_terminal(self, key: Key) -> None:
         self._terminal[key] = None
@@ -133,5 +151,5 @@ class JobTable:
         while len(self._terminal) > self._terminal_cache_jobs:
             old, _ = self._terminal.popitem(last=False)
             live = self._jobs.get(old)
-            if live is not None and live.changed is None:
+            if live is not None and live.changed is None and live.current.status.terminal:
                 self.forget(old)

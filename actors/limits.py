@@ -24,8 +24,20 @@ MAX_ATTEMPT_ERROR_CHARS = 512
 MAX_TTL_S = 10 * 365 * 86400
 MAX_NAMESPACE_DESCRIPTION_CHARS = 1024
 MAX_KEY_DESCRIPTION_CHARS = 256
-#: The default largest append; `Settings.max_chunk_bytes` may change it for a deployment.
+#: The default largest chunk the store keeps; `Settings.max_chunk_bytes` may change it for a
+#: deployment. An append over it is cut into several chunks (`actors.pieces`).
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
+#: The largest single append (HTTP `POST .../output`, `Client.append`), in bytes.
+MAX_APPEND_BYTES = 64 * 1024 * 1024
+#: A page of output read at once (replaying, downloading, streaming, a webhook's window)
+#: holds the chunks that start within this many bytes of its first one: at most this plus
+#: one chunk. A reader's buffer is about one page, however slowly it reads.
+OUTPUT_PAGE_BYTES = 4 * 1024 * 1024
+#: A job has at most this many output versions (`POST .../versions`; its record lists each).
+MAX_OUTPUT_VERSIONS = 100
+#: One output version of a json job holds at most this many bytes: completing it checks that
+#: they are one JSON document (about 40 MB/s), so the check has a bounded cost.
+MAX_JSON_OUTPUT_BYTES = 64 * 1024 * 1024
 #: One `append_many` call (a round of a pipelined producer) carries at most this many chunks
 #: and bytes (or one chunk of the deployment's largest size, if that is more).
 MAX_APPEND_MANY_CHUNKS = 1024
@@ -109,6 +121,11 @@ def check_chunk(data: object, limit: int) -> bytes:
         raise Invalid("output chunk is empty")
     check_chunk_size(len(data), limit)
     return bytes(data)
+
+
+def check_append_size(size: int, limit: int = MAX_APPEND_BYTES) -> None:
+    if size > limit:
+        raise TooLarge(f"an append may be at most {limit} bytes; send the rest in another append")
 
 
 def check_chunk_size(size: int, limit: int) -> None:

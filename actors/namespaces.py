@@ -82,7 +82,11 @@ class NamespaceBook:
     def cached_hooks(self, name: str) -> Hooks:
         """Synchronous on purpose: read between a job's state and its commit, with no await.
         The caller has loaded the namespace (`get`) before."""
-        return self._cache[name][1].hooks(now=self._clock())
+        return self.cached_settings(name).hooks(now=self._clock())
+
+    def cached_settings(self, name: str) -> NamespaceSettings:
+        """The namespace's settings, as `cached_hooks` reads them (loaded before, no await)."""
+        return self._cache[name][1]
 
     async def put_api_key(self, key: ApiKey, *, actor: str) -> None:
         """Create or revoke a key of a namespace this shard owns."""

@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from actors.commands import check_job_id, check_seq
+from actors.commands import check_job_id, check_seq, check_version
 from actors.limits import check_chunk
 from actors.shard_client import ShardClient
 from actors.shard_types import AppendManyResult
@@ -49,9 +49,11 @@ class AppendPipeline:
     written are acknowledged again, not repeated), else each round goes after the job's
     end. The first chunk refused (by the shard, by `ShardClient`'s checks, or by the
     caller through `refuse`) stops the pipeline: the chunks before it are appended and
-    acknowledged, the ones after it never reach the shard. Use as `async with`, or
-    `start()` and `aclose()`. A bad namespace, job id or `first_seq` raises here
-    (`Invalid`, `TooLarge`).
+    acknowledged, the ones after it never reach the shard. Every chunk goes to one output
+    version: `version`, else the one the first round went to (the latest then); once a
+    later version starts, the next chunk is refused (`Conflict`). Use as `async with`, or
+    `start()` and `aclose()`. A bad namespace, job id, `first_seq` or `version` raises
+    here (`Invalid`, `TooLarge`).
     """
 
     def __init__(
@@ -61,12 +63,14 @@ class AppendPipeline:
         job_id: str,
         *,
         first_seq: int | None = None,
+        version: int | None = None,
         limits: PipelineLimits | None = None,
     ) -> None:
         shards.owner(namespace)  # checks it, as the job id and seq: refused before any chunk
         self._shards = shards
         self._namespace, self._job_id = namespace, check_job_id(job_id)
         self._next_seq = check_seq(first_seq)
+        self._version = check_version(version)
         self._limits = limits or PipelineLimits()
         self._queue: collections.deque[bytes | AosError] = collections.deque()
         self._queued_bytes = 0
@@ -186,10 +190,16 @@ class AppendPipeline:
         if chunks:
             try:
                 result = await self._shards.append_many(
-                    self._namespace, self._job_id, chunks, first_seq=self._next_seq
+                    self._namespace,
+                    self._job_id,
+                    chunks,
+                    first_seq=self._next_seq,
+                    version=self._version,
                 )
             except AosError as exc:  # the shard is unavailable: this round's fate is unknown
                 return AppendManyResult((), exc)
+        if self._version is None and result.acks:
+            self._version = result.acks[0].version
         if self._next_seq is not None:
             self._next_seq += len(result.acks)
         if result.error is None and refused is not None:

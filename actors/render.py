@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from actors.timestamps import iso
-from storage.records import Chunk, Delivery, Job, OutputFormat
+from storage.records import Chunk, Delivery, Job, OutputFormat, OutputVersion
 
 
-def job_json(job: Job) -> dict[str, Any]:
-    """A job with its settings and its status (`GET /api/v1/jobs/{jobId}`)."""
+def job_json(job: Job, earlier: Sequence[OutputVersion] = ()) -> dict[str, Any]:
+    """A job with its settings, its status and its output versions (`GET
+    /api/v1/jobs/{jobId}`): `earlier` are the versions before its latest
+    (`ShardClient.earlier_versions`; none while it has one)."""
+    versions = [v for v in earlier if v.version < job.output_version] + [job.current_version]
     return {
         "namespace": job.namespace,
         "jobId": job.job_id,
@@ -27,8 +31,24 @@ def job_json(job: Job) -> dict[str, Any]:
         "webhookUrl": job.webhook_url,
         "webhookEvents": list(job.webhook_events) if job.webhook_events is not None else None,
         "retentionPolicy": {"ttl": job.ttl_s} if job.ttl_s is not None else None,
+        # When the retention sweeper deletes the job; null while it runs, or if it is kept.
+        "expiresAt": iso(job.expires_at),
         "outputFormat": job.output_format.value,
         "createdAt": iso(job.created_at),
+        "versions": [version_json(version) for version in versions],
+    }
+
+
+def version_json(version: OutputVersion) -> dict[str, Any]:
+    """One output version: its bytes' size and SHA-256 (hex; null until it is complete),
+    when it started and when it was completed (null while it is written)."""
+    return {
+        "version": version.version,
+        "size": version.size,
+        "seq": version.last_seq,
+        "sha256": version.sha256,
+        "createdAt": iso(version.created_at),
+        "completedAt": iso(version.completed_at),
     }
 
 
@@ -39,6 +59,7 @@ def status_json(job: Job) -> dict[str, Any]:
         "status": job.status.value,
         "progress": _finite(job.progress),
         "estimatedCompletion": iso(job.estimated_completion),
+        "outputVersion": job.output_version,
         "outputSeq": job.output_seq,
         "outputSize": job.output_size,
         "revision": job.revision,
@@ -92,7 +113,12 @@ def event_json(kind: str, job: Job, chunk: Chunk | None = None) -> dict[str, Any
         }
     if kind == "heartbeat":
         return {}
-    return {"status": job.status.value, "outputSeq": job.output_seq, "error": job.error}
+    return {
+        "status": job.status.value,
+        "outputVersion": job.output_version,
+        "outputSeq": job.output_seq,
+        "error": job.error,
+    }
 
 
 def _finite(value: float | None) -> float | None:

@@ -12,17 +12,22 @@ output that a crash could still take back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from actors.commands import Completion, JobSpec, ProgressUpdate, check_encoding, new_job_id
+from actors.appends import Appends
+from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.committer import GroupCommitter, durable
 from actors.job_table import JobTable, Key, LiveJob
+from actors.limits import OUTPUT_PAGE_BYTES
 from actors.namespace_settings import NamespaceChanges
 from actors.namespaces import NamespaceBook, audit_entry
+from actors.purger import Purger
+from actors.retention import RETENTION_ACTOR, Sweeper, expires_at
+from actors.sealing import Sealer, needs_json_check
 from actors.shard_types import (
     AppendAck,
     AppendManyResult,
@@ -31,8 +36,10 @@ from actors.shard_types import (
     SubmitResult,
     Update,
 )
+from actors.submits import Submits, job_of
 from actors.tail import OutputTail
-from actors.webhooks import ssrf
+from actors.timestamps import iso
+from actors.versions import next_version, open_and_empty
 from actors.webhooks.delivery import SendMany
 from actors.webhooks.shard_webhooks import ShardWebhooks
 from storage.base import Store
@@ -53,9 +60,14 @@ from storage.records import (
     Job,
     JobStatus,
     Namespace,
+    OutputVersion,
 )
 
 T = TypeVar("T")
+
+#: How long a submit waits for a job of the same id to finish being deleted, then 503 with
+#: `Retry-After`: short, as a waiting submit holds the other writes coalesced with it.
+MAX_DELETE_WAIT_S = 0.25
 
 
 class Shard:
@@ -92,6 +104,39 @@ class Shard:
             clock=clock,
         )
         self._webhooks = ShardWebhooks(store, config, clock=clock, send=send)
+        self._purger = Purger(store, config.slot, self._jobs.deleting)
+        self._appends = Appends(
+            store=store,
+            tail=self._tail,
+            clock=clock,
+            load=self._load,
+            change=self._change,
+            durable=self._durable,
+            committer=self._require_committer,
+        )
+        self._submits = Submits(
+            jobs=self._jobs,
+            namespaces=self.namespaces,
+            webhooks=self._webhooks,
+            config=config,
+            clock=clock,
+            committer=self._require_committer,
+            check_writable=self._check_writable,
+            until_deleted=self._until_deleted,
+        )
+        self._sealer = Sealer(
+            store,
+            barrier=lambda: self._require_committer().barrier(),
+            load=self._load,
+        )
+        self.sweeper = Sweeper(
+            store,
+            slot=config.slot,
+            expire=self._expire,
+            clock=clock,
+            interval_s=config.retention_sweep_interval_s,
+            batch_size=config.retention_sweep_batch,
+        )
         self.epoch = 0
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -112,9 +157,13 @@ class Shard:
             max_pending_bytes=self._config.max_pending_bytes,
         )
         self._committer.start()
+        self._purger.start(self.epoch, await self._store.load_purges(self._config.slot))
         await self._webhooks.start(self._committer, hooks_for=self.namespaces.hooks)
+        self.sweeper.start()
 
     async def stop(self) -> None:
+        await self._purger.stop()
+        await self.sweeper.stop()
         await self._webhooks.stop()
         if self._committer is not None:
             await self._committer.stop()
@@ -146,37 +195,26 @@ class Shard:
         [result] = await self.submit_many([SubmitItem(namespace, job_id, spec, actor)])
         if result.error is not None:
             raise result.error
-        return _job_of(result), result.created
+        return job_of(result), result.created
 
     async def submit_many(self, items: Sequence[SubmitItem]) -> list[SubmitResult]:
-        """Create jobs, each as `submit` would; one result per item, in order.
-
-        Every item gets `submit`'s checks (its namespace is this shard's and exists, its
-        webhook host is public, the same id with the same request again is `created`
-        False, with another request `Conflict`; an id twice in `items` is the same). All
-        new jobs are handed to the group commit before any is awaited, so they share one
-        commit. An item's error is its own (`Unstorable` for data the store refused); a
-        shard-wide one (`Fenced`, `Overloaded`, `StoreUnavailable`) fails the items it
-        reaches.
-        """
-        keys = [(item.namespace, _job_id(item)) for item in items]
-        errors = await self._precheck(items)
-        while any(key in self._jobs.deleting for key in keys):
-            await self._require_committer().barrier()
-        wanted = [key for key, error in zip(keys, errors, strict=True) if error is None]
-        loaded = await self._load_many(wanted)
-        # From here to the awaits below nothing yields: the jobs loaded stay as seen.
-        waits = self._decide(items, keys, errors, loaded)
-        return [await self._outcome(wait) for wait in waits]
+        """Create jobs, each as `submit` would; one result per item, in order
+        (`actors.submits.Submits.submit_many`)."""
+        return await self._submits.submit_many(items)
 
     async def append(
-        self, namespace: str, *, job_id: str, data: bytes, seq: int | None = None
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        chunks: Sequence[bytes],
+        seq: int | None = None,
+        version: int | None = None,
     ) -> AppendAck:
-        """Add a chunk of output. With `seq`, a retried append is acknowledged, not repeated."""
-        result = await self.append_many(namespace, job_id=job_id, chunks=[data], first_seq=seq)
-        if result.error is not None:
-            raise result.error
-        return result.acks[0]
+        """Add one append of output, all of its chunks or none (`actors.appends`)."""
+        return await self._appends.append(
+            namespace, job_id=job_id, chunks=chunks, seq=seq, version=version
+        )
 
     async def append_many(
         self,
@@ -185,27 +223,12 @@ class Shard:
         job_id: str,
         chunks: Sequence[bytes],
         first_seq: int | None = None,
+        version: int | None = None,
     ) -> AppendManyResult:
-        """Append `chunks` in order, the new ones in one group commit (one transaction).
-
-        Without `first_seq` they go after the job's current end. With it, chunk i has seq
-        `first_seq + i`, as `append(seq=...)`: a chunk already written is acknowledged again
-        when its bytes are the same (`Conflict` when not), a seq past the next one is a gap
-        (`Conflict`). Each new chunk is checked as `append` checks it (the job runs, UTF-8 for
-        text and json jobs). The first chunk that fails stops the call: the chunks before it
-        are acknowledged (durable), it and the ones after it are not written, and its error
-        is returned with the acks, never raised. A commit that fails fails all the new
-        chunks alike: nothing of them is written.
-        """
-        acks: list[AppendAck] = []
-        try:
-            live = await self._load(namespace, job_id)
-            if first_seq is not None:
-                live = await self._acknowledge_written(live, chunks, first_seq, acks)
-            refused = await self._append_new(live, chunks[len(acks) :], acks)
-        except AosError as exc:
-            return AppendManyResult(tuple(acks), exc)
-        return AppendManyResult(tuple(acks), refused)
+        """Append `chunks` in order, up to the first one refused (`actors.appends`)."""
+        return await self._appends.append_many(
+            namespace, job_id=job_id, chunks=chunks, first_seq=first_seq, version=version
+        )
 
     async def set_progress(self, namespace: str, *, job_id: str, update: ProgressUpdate) -> Job:
         live = await self._load(namespace, job_id)
@@ -226,12 +249,56 @@ class Shard:
         return await self._finish(live, JobStatus.CANCELLED, None, action="job.cancel", actor=actor)
 
     async def delete(self, namespace: str, *, job_id: str, actor: str = "") -> None:
-        """Delete a terminal job and all its output."""
+        """Delete a terminal job and all its output: gone to every reader once this returns;
+        the output's bytes leave the store afterwards, in steps (`actors.purger`)."""
         live = await self._load(namespace, job_id)
+        await self._delete(live, audit_entry(self._clock(), namespace, actor, "job.delete", job_id))
+
+    async def start_version(
+        self, namespace: str, *, job_id: str, actor: str = ""
+    ) -> tuple[Job, bool]:
+        """Start the job's next output version (a re-run): `(job, True)`. The latest version
+        is completed first (its SHA-256, its `completed_at`: the job's completion, or now);
+        a finished job runs again (Running, no expiry, progress 0); appends go to the new,
+        empty version from now on. When the latest version is still empty and open, it is
+        the one a re-run writes to, and none is started: `(job, False)` (a retried request
+        lands here). `Conflict` past `MAX_OUTPUT_VERSIONS`."""
+        live = await self._load(namespace, job_id)
+        if not open_and_empty(live.current):
+            live, sha256 = await self._sealer.seal(live)
+            if not open_and_empty(live.current):  # another request started one meanwhile
+                return await self._rerun(live, sha256, actor), True
+        await self._require_committer().barrier()
+        return await self.get(namespace, job_id=job_id), False
+
+    async def _rerun(self, live: LiveJob, sha256: str, actor: str) -> Job:
+        """Complete the latest version (of SHA-256 `sha256`) and start the next one."""
+        job = live.current
+        now = self._clock()
+        done, rerun = next_version(job, sha256=sha256, now=now)
+        detail = {"version": rerun.output_version}
+        audit = audit_entry(now, job.namespace, actor, "job.version", job.job_id, detail)
+        return await self._change(live, rerun, versions=[done], audit=[audit])
+
+    async def _expire(self, found: Job) -> bool:
+        """Delete a job the retention sweeper found expired, as `delete` does, audited as the
+        sweeper's; False when, as this shard sees it now, the job is not expired."""
+        live = await self._load(found.namespace, found.job_id)
+        job, now = live.current, self._clock()
+        if job.expires_at is None or job.expires_at > now:
+            return False
+        detail = {"expiresAt": iso(job.expires_at)}
+        audit = audit_entry(now, job.namespace, RETENTION_ACTOR, "job.delete", job.job_id, detail)
+        await self._delete(live, audit)
+        return True
+
+    async def _delete(self, live: LiveJob, audit: AuditEntry) -> None:
+        """Delete a terminal job with its output, versions and deliveries, and record `audit`,
+        in one commit: a crash leaves the job whole or gone (its output's bytes leave the
+        store afterwards, in steps: `actors.purger`)."""
         if not live.current.status.terminal:
-            raise Conflict(f"job {job_id!r} is Running; cancel or complete it first")
+            raise Conflict(f"job {live.current.job_id!r} is Running; cancel or complete it first")
         key = live.current.key
-        audit = audit_entry(self._clock(), namespace, actor, "job.delete", job_id)
         future = self._require_committer().add(deleted=[key], audit=[audit])
         self._jobs.forget(key)
         self._webhooks.forget_job(*key)
@@ -239,8 +306,27 @@ class Shard:
         live.wake()
         try:
             await durable(future)
-        finally:
+        except BaseException:
             self._jobs.deleting.discard(key)
+            raise
+        self._purger.add(key)
+
+    async def _until_deleted(self, keys: Sequence[Key]) -> None:
+        """Wait while any of `keys` is being deleted (its delete committing, or its output
+        being purged), for at most `MAX_DELETE_WAIT_S`: then `Overloaded` (503)."""
+        deadline = time.monotonic() + MAX_DELETE_WAIT_S
+        for key in keys:
+            while key in self._jobs.deleting:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Overloaded(
+                        f"job {key[1]!r} is still being deleted; retry shortly",
+                        retry_after_s=1.0,
+                    )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._require_committer().barrier()  # the delete commits
+                        await self._purger.wait(key)  # then its output goes
 
     # -- jobs: reads --------------------------------------------------------------------------
 
@@ -275,14 +361,51 @@ class Shard:
             if self._jobs.get(live.current.key) is not live:  # deleted or dropped after a failure
                 live = await self._load(namespace, job_id)
         job = await self._durable(live)
-        return Update(job, self._tail.after(job.key, after_seq))
+        return Update(job, self._tail.after(job.key, after_seq, version=job.output_version))
 
     async def read_output(
-        self, namespace: str, *, job_id: str, after_seq: int = 0, limit: int = 256
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        version: int,
+        after_seq: int = 0,
+        limit: int = 256,
+        max_bytes: int = OUTPUT_PAGE_BYTES,
     ) -> list[Chunk]:
-        """Committed output after `after_seq`, from the store (the one source for replay)."""
+        """Committed output of `version` after `after_seq`, from the store (the one source for
+        replay): a page of at most `limit` chunks and about `max_bytes` (`Store.read_output`)."""
         await self.get(namespace, job_id=job_id)
-        return await self._store.read_output(namespace, job_id, after_seq=after_seq, limit=limit)
+        return await self._store.read_output(
+            namespace,
+            job_id,
+            version=version,
+            after_seq=after_seq,
+            limit=limit,
+            max_bytes=max_bytes,
+        )
+
+    async def read_output_at(
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        version: int,
+        offset: int,
+        limit: int = 256,
+        max_bytes: int = OUTPUT_PAGE_BYTES,
+    ) -> list[Chunk]:
+        """Committed output of `version` from the chunk holding byte `offset`
+        (`Store.read_output_at`)."""
+        await self.get(namespace, job_id=job_id)
+        return await self._store.read_output_at(
+            namespace, job_id, version=version, offset=offset, limit=limit, max_bytes=max_bytes
+        )
+
+    async def list_versions(self, namespace: str, *, job_id: str) -> list[OutputVersion]:
+        """The job's completed earlier output versions (`Store.list_versions`)."""
+        await self.get(namespace, job_id=job_id)
+        return await self._store.list_versions(namespace, job_id)
 
     # -- namespaces and webhooks --------------------------------------------------------------
 
@@ -321,125 +444,28 @@ class Shard:
 
     # -- internals ----------------------------------------------------------------------------
 
-    async def _precheck(self, items: Sequence[SubmitItem]) -> list[AosError | None]:
-        """What a submit checks before it looks at its job: the namespace is this shard's and
-        exists, the webhook host resolves to public addresses. Each namespace and URL once;
-        the URLs concurrently (DNS)."""
-        refused: dict[str, AosError] = {}
-        for namespace in {item.namespace for item in items}:
-            try:
-                await self.namespaces.get(namespace)
-            except AosError as exc:
-                refused[namespace] = exc
-        urls = list(
-            {
-                item.spec.webhook_url
-                for item in items
-                if item.spec.webhook_url is not None and item.namespace not in refused
-            }
-        )
-        checked = await _concurrently([self._check_webhook(url) for url in urls])
-        url_refused = {url: error for url, error in zip(urls, checked, strict=True) if error}
-        return [
-            refused.get(item.namespace) or url_refused.get(item.spec.webhook_url or "")
-            for item in items
-        ]
-
-    async def _check_webhook(self, url: str) -> AosError | None:
-        try:
-            await ssrf.resolve_and_check(url, allowed=self._allowed)
-        except AosError as exc:
-            return exc
-        return None
-
-    async def _load_many(self, keys: Sequence[Key]) -> dict[Key, LiveJob | AosError | None]:
-        """Each job as it is now: loaded (from the store if need be: one read per namespace,
-        the namespaces concurrently), None when there is none, or the error reading it."""
-        ids: dict[str, list[str]] = {}
-        for namespace, job_id in keys:
-            ids.setdefault(namespace, []).append(job_id)
-        found: dict[Key, LiveJob | AosError | None] = dict.fromkeys(keys)
-        loads = await _concurrently([self._load_namespace(ns, some) for ns, some in ids.items()])
-        for (namespace, some), loaded in zip(ids.items(), loads, strict=True):
-            if isinstance(loaded, AosError):
-                found.update(((namespace, job_id), loaded) for job_id in some)
-            else:
-                found.update(((namespace, job_id), live) for job_id, live in loaded.items())
-        return found
-
-    async def _load_namespace(
-        self, namespace: str, job_ids: list[str]
-    ) -> dict[str, LiveJob] | AosError:
-        try:
-            return await self._jobs.load_many(namespace, job_ids)
-        except AosError as exc:
-            return exc
-
-    def _decide(
-        self,
-        items: Sequence[SubmitItem],
-        keys: list[Key],
-        errors: list[AosError | None],
-        loaded: dict[Key, LiveJob | AosError | None],
-    ) -> list[_Wait]:
-        """Each item's outcome, or what to wait for: a new job's add (every add is made
-        here, before any is awaited: one group commit), or an existing job's commit."""
-        waits: list[_Wait] = []
-        created: dict[Key, _Wait] = {}
-        for item, key, error in zip(items, keys, errors, strict=True):
-            found = error or self._jobs.get(key) or loaded[key]
-            if isinstance(found, AosError):
-                waits.append(_Wait(error=found))
-            elif found is None:
-                wait = created[key] = self._create(item, key)
-                waits.append(wait)
-            elif found.current.request_hash != item.spec.fingerprint():
-                conflict = Conflict(f"job {key[1]!r} exists with a different request")
-                waits.append(_Wait(error=conflict))
-            elif key in created:  # the same job twice in this batch: the first creates it
-                waits.append(replace(created[key], created=False))
-            else:
-                waits.append(_Wait(live=found))
-        return waits
-
-    def _create(self, item: SubmitItem, key: Key) -> _Wait:
-        """Hand a new job to the group commit (not awaited) and hold it in memory."""
-        try:
-            self._check_writable()
-        except Fenced as exc:
-            return _Wait(error=exc)
-        namespace, job_id = key
-        now = self._clock()
-        job = item.spec.new_job(namespace, job_id, slot=self._config.slot, now=now)
-        hooks = self.namespaces.cached_hooks(namespace)
-        deliveries = self._webhooks.on_change(None, job, (), hooks)
-        audit = audit_entry(now, namespace, item.actor, "job.submit", job_id)
-        try:
-            future = self._require_committer().add(jobs=[job], deliveries=deliveries, audit=[audit])
-        except Overloaded as exc:
-            self._webhooks.failed(deliveries)
-            return _Wait(error=exc)
-        self._jobs.add(job, committed=False)
-        return _Wait(job=job, future=future, created=True)
-
-    async def _outcome(self, wait: _Wait) -> SubmitResult:
-        try:
-            if wait.future is not None:
-                await durable(wait.future)
-                return SubmitResult(wait.job, wait.created)
-            if wait.live is not None:
-                return SubmitResult(await self._durable(wait.live), False)
-        except AosError as exc:
-            return SubmitResult(error=exc)
-        return SubmitResult(error=wait.error)
-
     async def _finish(
         self, live: LiveJob, status: JobStatus, error: str | None, *, action: str, actor: str = ""
     ) -> Job:
+        """Finish the job and complete its latest output version: its SHA-256, and for a json
+        job completed as Succeeded, the check that it is one JSON document (`Invalid`, the
+        job left Running)."""
+        self._check_running(live.current, "finish")
+        check_json = needs_json_check(live.current, succeeded=status is JobStatus.SUCCEEDED)
+        live, sha256 = await self._sealer.seal(live, check_json=check_json)
         job = live.current
         self._check_running(job, "finish")
         now = self._clock()
-        finished = job.evolve(status=status, error=error, completed_at=now, updated_at=now)
+        default_ttl_s = self.namespaces.cached_settings(job.namespace).retention_ttl_s
+        expiry = expires_at(now, ttl_s=job.ttl_s, default_ttl_s=default_ttl_s)
+        finished = job.evolve(
+            status=status,
+            error=error,
+            completed_at=now,
+            updated_at=now,
+            expires_at=expiry,
+            output_sha256=sha256,
+        )
         detail = {"status": status.value}
         audit = audit_entry(now, job.namespace, actor, action, job.job_id, detail)
         return await self._change(live, finished, audit=[audit])
@@ -450,6 +476,7 @@ class Shard:
         job: Job,
         *,
         chunks: list[Chunk] | None = None,
+        versions: list[OutputVersion] | None = None,
         audit: list[AuditEntry] | None = None,
     ) -> Job:
         self._check_writable()
@@ -458,90 +485,33 @@ class Shard:
         # add() may refuse (Overloaded): it runs before any state changes.
         try:
             future = self._require_committer().add(
-                jobs=[job], chunks=chunks or (), deliveries=deliveries, audit=audit or ()
+                jobs=[job],
+                chunks=chunks or (),
+                versions=versions or (),
+                deliveries=deliveries,
+                audit=audit or (),
             )
         except Overloaded:
             self._webhooks.failed(deliveries)
             raise
-        live.current = job
+        live.apply(job, chunks or ())
         await durable(future)
         return job
-
-    async def _append_new(
-        self, live: LiveJob, chunks: Sequence[bytes], acks: list[AppendAck]
-    ) -> AosError | None:
-        """Append `chunks` after the job's current end, up to the first one refused, in one
-        add; extend `acks`. The refused chunk's error, or None."""
-        job = live.current
-        new: list[Chunk] = []
-        refused: AosError | None = None
-        try:
-            for data in chunks:
-                self._check_running(job, "append output to")
-                check_encoding(job.output_format, data)
-                offset = new[-1].end if new else job.output_size
-                new.append(
-                    Chunk(job.namespace, job.job_id, job.output_seq + len(new) + 1, offset, data)
-                )
-        except AosError as exc:
-            refused = exc
-        if new:
-            last = new[-1]
-            changed = job.evolve(
-                output_seq=last.seq, output_size=last.end, updated_at=self._clock()
-            )
-            await self._change(live, changed, chunks=new)
-            acks.extend(AppendAck(c.seq, c.offset, len(c.data)) for c in new)
-        return refused
-
-    async def _acknowledge_written(
-        self, live: LiveJob, chunks: Sequence[bytes], first_seq: int, acks: list[AppendAck]
-    ) -> LiveJob:
-        """Acknowledge the leading chunks (chunk i has seq `first_seq + i`) that are already
-        written with the same bytes, into `acks`; `Conflict` for other bytes or a gap.
-        Returns the job as it is now, with the rest of `chunks` to go after its end."""
-        while len(acks) < len(chunks):
-            job = live.current
-            seq = first_seq + len(acks)
-            if seq > job.output_seq + 1:
-                raise Conflict(f"seq {seq} would leave a gap: the next seq is {job.output_seq + 1}")
-            if seq == job.output_seq + 1:
-                break
-            count = min(len(chunks) - len(acks), job.output_seq - seq + 1)
-            written = await self._written(live, seq, count)
-            for chunk, data in zip(written, chunks[len(acks) :], strict=False):
-                if chunk.data != data:
-                    raise Conflict(f"seq {chunk.seq} was already written with different data")
-                acks.append(AppendAck(chunk.seq, chunk.offset, len(chunk.data)))
-            # The reads may have let other writes in, or a failed commit drop the job.
-            live = await self._load(job.namespace, job.job_id)
-            if not written and live.current.output_seq >= seq:
-                raise Conflict(f"seq {seq} was already written with different data")
-        return live
-
-    async def _written(self, live: LiveJob, seq: int, count: int) -> list[Chunk]:
-        """The committed chunks `seq` .. `seq + count - 1`, in order, waiting for a commit of
-        them still in flight (a producer resuming right after a disconnect); fewer when that
-        commit failed."""
-        job = await self._durable(live)
-        if job.output_seq < seq + count - 1:
-            await self._require_committer().barrier()
-        last = seq + count - 1
-        held = [c for c in self._tail.after(job.key, seq - 1) if c.seq <= last]
-        if held:
-            return held
-        return await self._store.read_output(
-            job.namespace, job.job_id, after_seq=seq - 1, limit=count
-        )
 
     async def _load(self, namespace: str, job_id: str) -> LiveJob:
         await self.namespaces.get(namespace)  # also caches it: writes read its webhook settings
         return await self._jobs.load(namespace, job_id)
 
     async def _durable(self, live: LiveJob) -> Job:
-        """The committed view; waits for an in-flight first commit of a new job."""
-        if live.committed is None:
+        """The committed view; waits for an in-flight first commit of a new job. When that
+        commit failed, the job is the one another submit made since, if any: a reader holds
+        `live` across the wait, and the table may hold a newer one by then."""
+        while live.committed is None:
             await self._require_committer().barrier()
+            newer = self._jobs.get(live.current.key)
+            if newer is None or newer is live:
+                break
+            live = newer
         if live.committed is None:
             raise NotFound(f"job {live.current.job_id!r} not found")
         return live.committed
@@ -570,36 +540,6 @@ class Shard:
         if self._committer is None:
             raise RuntimeError("Shard.start() was not awaited")
         return self._committer
-
-
-@dataclass(frozen=True, slots=True)
-class _Wait:
-    """What one submit item waits for: its new job's add (`future`, `job`), an existing
-    job's commit (`live`), or nothing (`error`, its outcome)."""
-
-    job: Job | None = None
-    future: asyncio.Future[None] | None = None
-    created: bool = False
-    live: LiveJob | None = None
-    error: AosError | None = None
-
-
-async def _concurrently(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
-    """`asyncio.gather`, without its task when there is one call (a single submit)."""
-    if len(calls) == 1:
-        return [await calls[0]]
-    return list(await asyncio.gather(*calls))
-
-
-def _job_id(item: SubmitItem) -> str:
-    """The item's job id; a new one when it has none (`ShardClient` gives one before)."""
-    return item.job_id if item.job_id is not None else new_job_id()
-
-
-def _job_of(result: SubmitResult) -> Job:
-    if result.job is None:
-        raise RuntimeError("a submit result holds neither a job nor an error")
-    return result.job
 
 
 def _changed(job: Job, revision: int | None, after_seq: int | None) -> bool:

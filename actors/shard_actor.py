@@ -15,6 +15,7 @@ from typing import Any
 import ray
 
 from actors.commands import Completion, JobSpec, ProgressUpdate
+from actors.limits import OUTPUT_PAGE_BYTES
 from actors.namespace_settings import NamespaceChanges
 from actors.routing import RAY_NAMESPACE, shard_name
 from actors.shard import Shard
@@ -30,7 +31,7 @@ from actors.shard_types import (
 from actors.webhooks.dispatcher import dispatcher_handle
 from actors.webhooks.dispatcher_client import DispatcherClient
 from storage.base import open_store
-from storage.records import ApiKey, Chunk, Delivery, Job, Namespace
+from storage.records import ApiKey, Chunk, Delivery, Job, Namespace, OutputVersion
 
 #: Async actor concurrency: every open SSE stream and long-poll holds one slot while it waits.
 MAX_CONCURRENCY = 10_000
@@ -101,9 +102,16 @@ class ShardActor:
         return await (await self._ready()).submit_many(items)
 
     async def append(
-        self, namespace: str, *, job_id: str, data: bytes, seq: int | None = None
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        chunks: Sequence[bytes],
+        seq: int | None = None,
+        version: int | None = None,
     ) -> AppendAck:
-        return await (await self._ready()).append(namespace, job_id=job_id, data=data, seq=seq)
+        shard = await self._ready()
+        return await shard.append(namespace, job_id=job_id, chunks=chunks, seq=seq, version=version)
 
     async def append_many(
         self,
@@ -112,9 +120,12 @@ class ShardActor:
         job_id: str,
         chunks: Sequence[bytes],
         first_seq: int | None = None,
+        version: int | None = None,
     ) -> AppendManyResult:
         shard = await self._ready()
-        return await shard.append_many(namespace, job_id=job_id, chunks=chunks, first_seq=first_seq)
+        return await shard.append_many(
+            namespace, job_id=job_id, chunks=chunks, first_seq=first_seq, version=version
+        )
 
     async def set_progress(self, namespace: str, *, job_id: str, update: ProgressUpdate) -> Job:
         return await (await self._ready()).set_progress(namespace, job_id=job_id, update=update)
@@ -128,6 +139,14 @@ class ShardActor:
 
     async def delete(self, namespace: str, *, job_id: str, actor: str = "") -> None:
         await (await self._ready()).delete(namespace, job_id=job_id, actor=actor)
+
+    async def start_version(
+        self, namespace: str, *, job_id: str, actor: str = ""
+    ) -> tuple[Job, bool]:
+        return await (await self._ready()).start_version(namespace, job_id=job_id, actor=actor)
+
+    async def list_versions(self, namespace: str, *, job_id: str) -> list[OutputVersion]:
+        return await (await self._ready()).list_versions(namespace, job_id=job_id)
 
     async def get(self, namespace: str, *, job_id: str) -> Job:
         return await (await self._ready()).get(namespace, job_id=job_id)
@@ -147,10 +166,44 @@ class ShardActor:
         )
 
     async def read_output(
-        self, namespace: str, *, job_id: str, after_seq: int = 0, limit: int = 256
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        version: int,
+        after_seq: int = 0,
+        limit: int = 256,
+        max_bytes: int = OUTPUT_PAGE_BYTES,
     ) -> list[Chunk]:
         shard = await self._ready()
-        return await shard.read_output(namespace, job_id=job_id, after_seq=after_seq, limit=limit)
+        return await shard.read_output(
+            namespace,
+            job_id=job_id,
+            version=version,
+            after_seq=after_seq,
+            limit=limit,
+            max_bytes=max_bytes,
+        )
+
+    async def read_output_at(
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        version: int,
+        offset: int,
+        limit: int = 256,
+        max_bytes: int = OUTPUT_PAGE_BYTES,
+    ) -> list[Chunk]:
+        shard = await self._ready()
+        return await shard.read_output_at(
+            namespace,
+            job_id=job_id,
+            version=version,
+            offset=offset,
+            limit=limit,
+            max_bytes=max_bytes,
+        )
 
     async def create_namespace(
         self, namespace: str, *, changes: NamespaceChanges, actor: str = ""

@@ -11,6 +11,7 @@ iterator over one job, the same for SSE and the Python client.
 from __future__ import annotations
 
 import asyncio
+import pickle
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, cast
@@ -24,6 +25,7 @@ from actors.commands import (
     check_job_id,
     check_namespace,
     check_seq,
+    check_version,
     new_job_id,
 )
 from actors.feed import Event, job_events, replay
@@ -31,15 +33,18 @@ from actors.limits import (
     MAX_APPEND_MANY_BYTES,
     MAX_APPEND_MANY_CHUNKS,
     MAX_CHUNK_BYTES,
+    OUTPUT_PAGE_BYTES,
     check_chunk,
     check_size,
 )
 from actors.namespace_settings import NamespaceChanges
+from actors.pieces import Pieces
+from actors.resume import ResumePoint, resume_after
 from actors.routing import RAY_NAMESPACE, shard_for, shard_name
 from actors.shard_types import AppendAck, AppendManyResult, SubmitItem, SubmitResult, Update
 from storage.base import Store
 from storage.errors import AosError, NotFound, ShardUnavailable
-from storage.records import ApiKey, Chunk, Delivery, Job, Namespace
+from storage.records import ApiKey, Chunk, Delivery, Job, Namespace, OutputVersion
 
 SHARD_RESTART_RETRY_AFTER_S = 1.0
 
@@ -52,7 +57,13 @@ class ShardApi(Protocol):
     ) -> tuple[Job, bool]: ...
     async def submit_many(self, items: Sequence[SubmitItem]) -> list[SubmitResult]: ...
     async def append(
-        self, namespace: str, *, job_id: str, data: bytes, seq: int | None = None
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        chunks: Sequence[bytes],
+        seq: int | None = None,
+        version: int | None = None,
     ) -> AppendAck: ...
     async def append_many(
         self,
@@ -61,11 +72,16 @@ class ShardApi(Protocol):
         job_id: str,
         chunks: Sequence[bytes],
         first_seq: int | None = None,
+        version: int | None = None,
     ) -> AppendManyResult: ...
     async def set_progress(self, namespace: str, *, job_id: str, update: ProgressUpdate) -> Job: ...
     async def complete(self, namespace: str, *, job_id: str, completion: Completion) -> Job: ...
     async def cancel(self, namespace: str, *, job_id: str, actor: str = "") -> Job: ...
     async def delete(self, namespace: str, *, job_id: str, actor: str = "") -> None: ...
+    async def start_version(
+        self, namespace: str, *, job_id: str, actor: str = ""
+    ) -> tuple[Job, bool]: ...
+    async def list_versions(self, namespace: str, *, job_id: str) -> list[OutputVersion]: ...
     async def get(self, namespace: str, *, job_id: str) -> Job: ...
     async def watch(
         self,
@@ -77,7 +93,24 @@ class ShardApi(Protocol):
         timeout_s: float = 0.0,
     ) -> Update: ...
     async def read_output(
-        self, namespace: str, *, job_id: str, after_seq: int = 0, limit: int = 256
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        version: int,
+        after_seq: int = 0,
+        limit: int = 256,
+        max_bytes: int = OUTPUT_PAGE_BYTES,
+    ) -> list[Chunk]: ...
+    async def read_output_at(
+        self,
+        namespace: str,
+        *,
+        job_id: str,
+        version: int,
+        offset: int,
+        limit: int = 256,
+        max_bytes: int = OUTPUT_PAGE_BYTES,
     ) -> list[Chunk]: ...
     async def create_namespace(
         self, namespace: str, *, changes: NamespaceChanges, actor: str = ""
@@ -206,14 +239,38 @@ class ShardClient:
             return [SubmitResult(error=exc)] * len(items)
 
     async def append(
-        self, namespace: str, job_id: str, data: bytes, *, seq: int | None = None
+        self,
+        namespace: str,
+        job_id: str,
+        data: bytes | Pieces,
+        *,
+        seq: int | None = None,
+        version: int | None = None,
     ) -> AppendAck:
-        """Append one chunk (1 byte .. `max_chunk_bytes`); with `seq` a retry is idempotent."""
+        """Append `data` (1 byte .. `MAX_APPEND_BYTES`, or `Pieces` already cut), stored as
+        chunks of at most `max_chunk_bytes` with consecutive seqs, all or none; with `seq`
+        (the first chunk's) a retry is idempotent. The ack's `seq` is the last chunk's: a
+        producer numbering its appends sends the next one with `seq=ack.seq + 1`. `version`
+        (default: the latest) must be the latest output version, still open: `Conflict`
+        when it is complete, `NotFound` when there is no such version."""
         shard = self.owner(namespace)
-        chunk = check_chunk(data, self.max_chunk_bytes)
+        if not isinstance(data, Pieces):
+            data = Pieces.of(data, self.max_chunk_bytes)
+        chunks = data.chunks()
+        if seq is not None:
+            check_seq(seq)
+            check_seq(seq + len(chunks) - 1)
         return await shard.append(
-            namespace, job_id=check_job_id(job_id), data=chunk, seq=check_seq(seq)
+            namespace,
+            job_id=check_job_id(job_id),
+            chunks=_out_of_band(chunks),
+            seq=seq,
+            version=check_version(version),
         )
+
+    def pieces(self) -> Pieces:
+        """An empty `Pieces` that cuts an append's bytes as they arrive, for `append`."""
+        return Pieces(self.max_chunk_bytes)
 
     async def append_many(
         self,
@@ -222,9 +279,11 @@ class ShardClient:
         chunks: Sequence[bytes],
         *,
         first_seq: int | None = None,
+        version: int | None = None,
     ) -> AppendManyResult:
         """Append `chunks` in order, the new ones in one group commit; with `first_seq`, chunk
-        i has seq `first_seq + i` and a retry is idempotent (`Shard.append_many`).
+        i has seq `first_seq + i` and a retry is idempotent; to output `version` (default:
+        the latest), as `append` (`Shard.append_many`).
 
         At most `MAX_APPEND_MANY_CHUNKS` chunks and `max_many_bytes` bytes a call (`TooLarge`,
         nothing sent). A chunk this client refuses (empty, over `max_chunk_bytes`) ends the
@@ -233,6 +292,7 @@ class ShardClient:
         `ShardUnavailable` (the call's outcome is unknown: retry with `first_seq`).
         """
         shard, job_id = self.owner(namespace), check_job_id(job_id)
+        check_version(version)
         check_size("an append_many call", len(chunks), MAX_APPEND_MANY_CHUNKS, "chunks")
         if first_seq is not None:
             check_seq(first_seq)
@@ -249,7 +309,7 @@ class ShardClient:
         if not checked:
             return AppendManyResult((), refused)
         result = await shard.append_many(
-            namespace, job_id=job_id, chunks=checked, first_seq=first_seq
+            namespace, job_id=job_id, chunks=checked, first_seq=first_seq, version=version
         )
         if result.error is None and refused is not None:
             return AppendManyResult(result.acks, refused)
@@ -272,6 +332,44 @@ class ShardClient:
 
     async def delete(self, namespace: str, job_id: str, *, actor: str = "") -> None:
         await self.owner(namespace).delete(namespace, job_id=check_job_id(job_id), actor=actor)
+
+    async def start_version(
+        self, namespace: str, job_id: str, *, actor: str = ""
+    ) -> tuple[Job, bool]:
+        """Start the job's next output version (a re-run; `Shard.start_version`): `(job,
+        created)`; `created` False when the latest version was still empty and open, and
+        is the one to write to (a retried request)."""
+        return await self.owner(namespace).start_version(
+            namespace, job_id=check_job_id(job_id), actor=actor
+        )
+
+    async def earlier_versions(self, job: Job) -> list[OutputVersion]:
+        """The output versions of `job` (as fetched) before its latest, in order, complete;
+        no read while it has one."""
+        if job.output_version == 1:
+            return []
+        if self._store is not None:
+            earlier = await self._store.list_versions(job.namespace, job.job_id)
+        else:
+            shard = self.owner(job.namespace)
+            earlier = await shard.list_versions(job.namespace, job_id=job.job_id)
+        return [version for version in earlier if version.version < job.output_version]
+
+    async def versions(self, job: Job) -> list[OutputVersion]:
+        """Every output version of `job` (as fetched), in order: the earlier ones, complete,
+        then its latest (`Job.current_version`)."""
+        return [*await self.earlier_versions(job), job.current_version]
+
+    async def version(self, job: Job, number: int | None = None) -> OutputVersion:
+        """Output version `number` of `job` (as fetched; None: its latest); `NotFound` when
+        the job has no such version."""
+        if number is None or number == job.output_version:
+            return job.current_version
+        if number < job.output_version:
+            for version in await self.versions(job):
+                if version.version == number:
+                    return version
+        raise NotFound(f"job {job.job_id!r} has no output version {number}")
 
     async def get(self, namespace: str, job_id: str) -> Job:
         """The job as committed. From the store when this client has one, sparing the shard
@@ -304,32 +402,92 @@ class ShardClient:
         )
 
     async def read_output(
-        self, namespace: str, job_id: str, *, after_seq: int = 0, limit: int = 256
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        version: int,
+        after_seq: int = 0,
+        limit: int = 256,
+        max_bytes: int = OUTPUT_PAGE_BYTES,
     ) -> list[Chunk]:
-        """At most `limit` committed chunks with seq > `after_seq`, in order (from the store
-        when this client has one: the output is immutable once committed)."""
+        """A page of committed chunks of output `version` with seq > `after_seq`, in order:
+        at most `limit`, and about `max_bytes` (`Store.read_output`). From the store when
+        this client has one: the output is immutable once committed."""
         shard, job_id = self.owner(namespace), check_job_id(job_id)
+        page = {"after_seq": after_seq, "limit": limit, "max_bytes": max_bytes}
         if self._store is not None:
-            return await self._store.read_output(
-                namespace, job_id, after_seq=after_seq, limit=limit
-            )
-        return await shard.read_output(namespace, job_id=job_id, after_seq=after_seq, limit=limit)
+            return await self._store.read_output(namespace, job_id, version=version, **page)
+        return await shard.read_output(namespace, job_id=job_id, version=version, **page)
 
-    def output(self, job: Job, *, after_seq: int = 0) -> AsyncIterator[Chunk]:
-        """The committed chunks of `job` (as fetched) after `after_seq`, page by page."""
+    async def read_output_at(
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        version: int,
+        offset: int,
+        limit: int = 256,
+        max_bytes: int = OUTPUT_PAGE_BYTES,
+    ) -> list[Chunk]:
+        """A page of committed chunks of output `version` from the one holding byte `offset`,
+        in order, as `read_output` pages (an index look-up, not a scan:
+        `Store.read_output_at`)."""
+        shard, job_id = self.owner(namespace), check_job_id(job_id)
+        page = {"offset": offset, "limit": limit, "max_bytes": max_bytes}
+        if self._store is not None:
+            return await self._store.read_output_at(namespace, job_id, version=version, **page)
+        return await shard.read_output_at(namespace, job_id=job_id, version=version, **page)
+
+    def output(
+        self, version: OutputVersion, *, after_seq: int = 0, span: tuple[int, int] | None = None
+    ) -> AsyncIterator[Chunk]:
+        """The committed chunks of output `version` (as fetched: up to its `last_seq`) after
+        `after_seq`, page by page; with `span` (its first byte, the byte past its last), from
+        the chunk holding the first byte instead (an index look-up: a Range request), the
+        first page no bigger than the span needs. Output that ends before `last_seq` was
+        deleted while it was read: `NotFound` then, never a short answer that looks whole."""
+        pending = span
+        namespace, job_id, number = version.namespace, version.job_id, version.version
 
         async def read(pos: int, limit: int) -> list[Chunk]:
-            return await self.read_output(job.namespace, job.job_id, after_seq=pos, limit=limit)
+            nonlocal pending
+            if pending is not None:
+                (start, stop), pending = pending, None
+                return await self.read_output_at(
+                    namespace,
+                    job_id,
+                    version=number,
+                    offset=start,
+                    limit=limit,
+                    max_bytes=min(OUTPUT_PAGE_BYTES, max(1, stop - start)),
+                )
+            return await self.read_output(
+                namespace, job_id, version=number, after_seq=pos, limit=limit
+            )
 
-        return replay(read, after_seq=after_seq, until_seq=job.output_seq)
+        chunks = replay(read, after_seq=after_seq, until_seq=version.last_seq)
+        return _whole_or_raise(chunks, after_seq, version)
 
     async def events(
-        self, namespace: str, job_id: str, *, after_seq: int = 0, heartbeat_s: float = 15.0
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        after_seq: int | ResumePoint = 0,
+        heartbeat_s: float = 15.0,
+        version: int | None = None,
     ) -> AsyncIterator[Event]:
-        """The job's events: output after `after_seq` (replayed, then live), status and
-        progress changes, `end` once it is finished; a heartbeat after `heartbeat_s` of
-        quiet. Raises `NotFound` here, before the first event, for a job that is not."""
+        """The job's events: output of `version` (default: the latest when called) after
+        `after_seq` (replayed, then live), status and progress changes, `end` once that
+        version is complete; a heartbeat after `heartbeat_s` of quiet. Raises here, before
+        the first event: `NotFound` for a job or a version that is not, `Conflict` for a
+        resume point outside that output (`actors.resume`: a seq past its end, an event id
+        of another version or of an earlier job of this id)."""
         job = await self.get(namespace, job_id)
+        view = await self.version(job, check_version(version))
+        point = after_seq if isinstance(after_seq, ResumePoint) else ResumePoint(after_seq)
+        after_seq, number = resume_after(job, view, point), view.version
 
         async def watch(revision: int, pos: int, timeout_s: float) -> Update:
             return await self.watch(
@@ -337,9 +495,18 @@ class ShardClient:
             )
 
         async def read(pos: int, limit: int) -> list[Chunk]:
-            return await self.read_output(namespace, job_id, after_seq=pos, limit=limit)
+            return await self.read_output(
+                namespace, job_id, version=number, after_seq=pos, limit=limit
+            )
 
-        return job_events(job, watch=watch, read=read, after_seq=after_seq, heartbeat_s=heartbeat_s)
+        return job_events(
+            job,
+            watch=watch,
+            read=read,
+            after_seq=after_seq,
+            heartbeat_s=heartbeat_s,
+            version=number,
+        )
 
     # -- namespaces, keys, deliveries -------------------------------------------------------
 
@@ -417,12 +584,43 @@ def _actor_shard(slot: int) -> ShardApi:
 #: The writes an `_ActorShard` coalesces: those made in one event-loop tick go to their shard
 #: in one actor call (`ShardActor.many`), and so into one group commit. A submit with a
 #: webhook URL (a DNS lookup first) and the slower calls go alone, keeping no one waiting.
-COALESCED = frozenset({"submit", "append", "set_progress", "complete", "cancel"})
+#: Not `complete`: it may take seconds (a json job's document check, a version's SHA-256
+#: read back after a restart), and a slow call holds every write coalesced with it.
+COALESCED = frozenset({"submit", "append", "set_progress", "cancel"})
+#: An append at least this big crosses Ray as out-of-band buffers (`_out_of_band`).
+OUT_OF_BAND_BYTES = 1024 * 1024
 
 #: Coalesced calls one replica has out to one shard at a time; more writes wait for one.
 MAX_CALLS_IN_FLIGHT = 1
 
 _Call = tuple[str, tuple[Any, ...], dict[str, Any]]
+
+
+async def _whole_or_raise(
+    chunks: AsyncIterator[Chunk], after_seq: int, version: OutputVersion
+) -> AsyncIterator[Chunk]:
+    """`chunks` (those after `after_seq`), up to the version's `last_seq`; `NotFound` if they
+    end before it: committed output only goes away with its job, and a reader must not
+    take a cut stream for the whole (a compressed download would end with a valid end)."""
+    position = after_seq
+    async for chunk in chunks:
+        position = chunk.seq
+        yield chunk
+    if position < version.last_seq:
+        raise NotFound(
+            f"job {version.job_id!r} was deleted while its output was read"
+            f" (it ended at seq {position} of {version.last_seq})"
+        )
+
+
+def _out_of_band(chunks: list[bytes]) -> list[bytes]:
+    """A big append's chunks as buffers Ray sends out of band (pickle protocol 5): copied
+    into its object store straight from these bytes, not through a pickled copy of them
+    first (a 64 MiB append held 3 x 64 MiB in the `Api` replica at its peak). The shard
+    turns them back into bytes (`Shard.append`); small appends go as they are."""
+    if sum(len(chunk) for chunk in chunks) < OUT_OF_BAND_BYTES:
+        return chunks
+    return cast(list[bytes], [pickle.PickleBuffer(chunk) for chunk in chunks])
 
 
 class _ActorShard:

@@ -33,6 +33,9 @@ class ShardConfig:
     webhook_coalesce_s: float = 0.5
     webhook_max_in_flight: int = 4000
     webhook_max_payload_bytes: int = 1024 * 1024
+    #: The retention sweeper: a pass every this many seconds, at most this many jobs a pass.
+    retention_sweep_interval_s: float = 5.0
+    retention_sweep_batch: int = 100
 
     @property
     def allowed_networks(self) -> tuple[Network, ...]:
@@ -42,9 +45,15 @@ class ShardConfig:
 @pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class AppendAck:
+    """An append, durable: its (last) seq, its first byte's offset, its size in bytes, the
+    chunks it was stored as (seqs `seq - chunks + 1` .. `seq`) and the output version it
+    went to."""
+
     seq: int
     offset: int
     size: int
+    chunks: int = 1
+    version: int = 1
 
 
 @pickled_by_fields

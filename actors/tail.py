@@ -2,7 +2,8 @@
 
 Live streams read new chunks from here instead of the store; anything older than
 the tail comes from the store. Memory is capped per job and for the whole shard
-(least recently appended jobs lose their tails first).
+(least recently appended jobs lose their tails first). A job's tail holds one output
+version's chunks: a chunk of a new version starts it again.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ class OutputTail:
         tail = self._tails.get(key)
         if tail is None:
             tail = self._tails[key] = collections.deque()
-        if tail and tail[-1].seq + 1 != chunk.seq:
-            self.forget(key)  # a gap (e.g. after a reload): keep only contiguous runs
+        if tail and (tail[-1].version, tail[-1].seq + 1) != (chunk.version, chunk.seq):
+            self.forget(key)  # a gap (a reload, a new version): keep only contiguous runs
             tail = self._tails[key] = collections.deque()
         tail.append(chunk)
         self._tails.move_to_end(key)
@@ -40,10 +41,13 @@ class OutputTail:
         while self.bytes > self._total_bytes and self._tails:
             self._drop_oldest(next(iter(self._tails)))
 
-    def after(self, key: Key, after_seq: int | None) -> tuple[Chunk, ...]:
-        """Chunks after `after_seq`, if the tail still holds all of them; else ()."""
+    def after(self, key: Key, after_seq: int | None, *, version: int) -> tuple[Chunk, ...]:
+        """Chunks of output `version` after `after_seq`, if the tail still holds all of them;
+        else ()."""
         tail = self._tails.get(key)
         if after_seq is None or not tail or tail[0].seq > after_seq + 1:
+            return ()
+        if tail[0].version != version:
             return ()
         return tuple(c for c in tail if c.seq > after_seq)
 

@@ -22,7 +22,13 @@ from typing import Any
 
 import ray
 
-from actors.commands import Completion, JobSpec, ProgressUpdate, parse_output_format
+from actors.commands import (
+    Completion,
+    JobSpec,
+    ProgressUpdate,
+    check_version,
+    parse_output_format,
+)
 from actors.feed import Event
 from actors.limits import check_batch
 from actors.shard_client import ShardClient
@@ -34,7 +40,7 @@ from cluster.settings import Settings
 from serve_app.batch import submit_checked
 from serve_app.models import SubmitRequest
 from storage.errors import AosError, BadRequest
-from storage.records import Job
+from storage.records import Job, OutputVersion
 
 ACTOR = "python-client"
 
@@ -110,11 +116,18 @@ class Client:
         return _run(submit_checked(self.shards, checked))
 
     def append(
-        self, namespace: str, job_id: str, data: bytes | str, *, seq: int | None = None
+        self,
+        namespace: str,
+        job_id: str,
+        data: bytes | str,
+        *,
+        seq: int | None = None,
+        version: int | None = None,
     ) -> AppendAck:
-        """Append a chunk (text is UTF-8 encoded); with `seq`, retrying is safe."""
+        """Append a chunk (text is UTF-8 encoded); with `seq`, retrying is safe; to output
+        `version` (default: the latest), which must be the latest and open (`Conflict`)."""
         payload = data.encode() if isinstance(data, str) else data
-        return _run(self.shards.append(namespace, job_id, payload, seq=seq))
+        return _run(self.shards.append(namespace, job_id, payload, seq=seq, version=version))
 
     def producer(
         self,
@@ -122,12 +135,30 @@ class Client:
         job_id: str,
         *,
         seq: int | None = None,
+        version: int | None = None,
         limits: PipelineLimits | None = None,
     ) -> Producer:
         """A pipelined producer of the job's output (`cluster.producer.Producer`): `write`
         queues a chunk, `flush` waits until all are durable; `seq` numbers the first chunk
-        (resuming safely). Use it as a context manager, or `close()` it."""
-        return Producer.open(self.shards, namespace, job_id, seq=seq, limits=limits)
+        (resuming safely); every chunk goes to output `version` (default: the latest when
+        the first chunk goes). Use it as a context manager, or `close()` it."""
+        return Producer.open(
+            self.shards, namespace, job_id, seq=seq, version=version, limits=limits
+        )
+
+    def start_version(self, namespace: str, job_id: str) -> Job:
+        """Start the job's next output version, for a re-run (`ShardClient.start_version`);
+        the job, running it. Retrying is safe: an empty, open latest version is kept."""
+        job, _ = _run(self.shards.start_version(namespace, job_id, actor=ACTOR))
+        return job
+
+    def versions(self, namespace: str, job_id: str) -> list[OutputVersion]:
+        """Every output version of the job, in order (size, SHA-256, times)."""
+
+        async def read() -> list[OutputVersion]:
+            return await self.shards.versions(await self.shards.get(namespace, job_id))
+
+        return _run(read())
 
     def progress(
         self,
@@ -153,22 +184,30 @@ class Client:
     def status(self, namespace: str, job_id: str) -> Job:
         return _run(self.shards.get(namespace, job_id))
 
-    def output(self, namespace: str, job_id: str) -> bytes:
-        """The whole output written so far (mind the size: use `events` for big outputs)."""
+    def output(self, namespace: str, job_id: str, *, version: int | None = None) -> bytes:
+        """The whole output of `version` (default: the latest) written so far (mind the
+        size: use `events` for big outputs)."""
 
         async def read() -> bytes:
             job = await self.shards.get(namespace, job_id)
-            return b"".join([chunk.data async for chunk in self.shards.output(job)])
+            view = await self.shards.version(job, check_version(version))
+            return b"".join([chunk.data async for chunk in self.shards.output(view)])
 
         return _run(read())
 
     async def events(
-        self, namespace: str, job_id: str, *, after_seq: int = 0, heartbeat_s: float = 15.0
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        after_seq: int = 0,
+        heartbeat_s: float = 15.0,
+        version: int | None = None,
     ) -> AsyncIterator[Event]:
-        """The job's events (output, status, progress, end), resumable from `after_seq`;
-        `event.data()` is the JSON an SSE client gets for it."""
+        """The job's events (output of `version`, default the latest; status, progress,
+        end), resumable from `after_seq`; `event.data()` is the JSON an SSE client gets."""
         events = await self.shards.events(
-            namespace, job_id, after_seq=after_seq, heartbeat_s=heartbeat_s
+            namespace, job_id, after_seq=after_seq, heartbeat_s=heartbeat_s, version=version
         )
         async for event in events:
             yield event

@@ -60,11 +60,14 @@ class Producer:
         job_id: str,
         *,
         seq: int | None = None,
+        version: int | None = None,
         limits: PipelineLimits | None = None,
         run: Runner[Any] = _run_blocking,
     ) -> Producer:
         """A started producer (its pipeline runs on `run`'s event loop)."""
-        pipeline = AppendPipeline(shards, namespace, job_id, first_seq=seq, limits=limits)
+        pipeline = AppendPipeline(
+            shards, namespace, job_id, first_seq=seq, version=version, limits=limits
+        )
         producer = cls(pipeline, run=run)
         run(producer._start())
         return producer

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from actors.limits import MAX_CHUNK_BYTES
@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     fallback_proxy_port: int = Field(default=8500, ge=1, le=65535)
     #: How long an HAProxy that a reload replaced keeps its open streams (cluster/ingress.py).
     haproxy_hard_stop_after_s: int = Field(default=HARD_STOP_AFTER_S, ge=1)
-    storage_url: str = "sqlite:///./aos-data/aos.db"
+    storage_url: str = Field(default="sqlite:///./aos-data/aos.db", validate_default=True)
     num_shards: int = Field(default=4, ge=1, le=1024)
     #: `Api` replicas (ingress). Two on two cores: reads are bound by the replica's CPU,
     #: and HAProxy spreads requests over them (DESIGN-NOTES.md 28).
@@ -57,6 +57,23 @@ class Settings(BaseSettings):
     webhook_coalesce_s: float = Field(default=0.5, ge=0, le=60)
     webhook_per_host_limit: int = Field(default=64, ge=1)
 
+    # retention
+    #: Each shard deletes its expired jobs in passes: one every this many seconds...
+    retention_sweep_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    #: ...each of at most this many jobs (so at most batch / interval jobs a second a shard).
+    retention_sweep_batch: int = Field(default=100, ge=1, le=10_000)
+
+    @field_validator("storage_url")
+    @classmethod
+    def _sqlite_path_from_here(cls, url: str) -> str:
+        """A relative SQLite path is this process's (`aos serve`'s working directory), made
+        absolute before it travels: the shard actors run wherever their Ray cluster was
+        started, and resolved there `./aos-data` named another service's database."""
+        prefix = "sqlite:///"
+        if not url.lower().startswith(prefix) or url[len(prefix) :].startswith("/"):
+            return url
+        return prefix + str(Path(url[len(prefix) :]).resolve())
+
     def local_folder(self) -> Path:
         """Where this process keeps its files: the SQLite file's folder, else `data_dir`."""
         if self.storage_url.startswith("sqlite:///"):
@@ -80,6 +97,8 @@ class Settings(BaseSettings):
             "tail_bytes_total": self.tail_bytes_total,
             "webhook_allowed_networks": self.webhook_allowed_networks,
             "webhook_coalesce_s": self.webhook_coalesce_s,
+            "retention_sweep_interval_s": self.retention_sweep_interval_s,
+            "retention_sweep_batch": self.retention_sweep_batch,
         }
 
     def ingress_environment(self) -> dict[str, str]:

@@ -36,7 +36,8 @@ _BY_CODE: dict[str, type[errors.AosError]] = {
 
 class WebSocketProducer:
     """One job's output, one chunk per message (text for a text or json job, binary for a
-    binary job: `str` is sent as text, `bytes` as binary); `seq` numbers the first chunk."""
+    binary job: `str` is sent as text, `bytes` as binary); `seq` numbers the first chunk;
+    every chunk goes to output `version` (default: the latest when the connection opens)."""
 
     def __init__(
         self,
@@ -46,10 +47,12 @@ class WebSocketProducer:
         *,
         namespace: str | None = None,
         seq: int | None = None,
+        version: int | None = None,
         max_in_flight: int = 1024,
         open_timeout_s: float = 30.0,
     ) -> None:
-        query = {k: v for k, v in (("namespace", namespace), ("seq", seq)) if v is not None}
+        given = (("namespace", namespace), ("seq", seq), ("version", version))
+        query = {k: v for k, v in given if v is not None}
         base = base_url.rstrip("/").replace("http", "ws", 1)
         self.url = f"{base}/api/v1/jobs/{job_id}/output/ws" + (
             f"?{urlencode(query)}" if query else ""

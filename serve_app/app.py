@@ -10,7 +10,18 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from actors.limits import MAX_BATCH_BODY_BYTES
-from serve_app import admin, batch, errors, jobs, openapi, output, producer, sse, webhooks
+from serve_app import (
+    admin,
+    batch,
+    errors,
+    jobs,
+    openapi,
+    output,
+    producer,
+    sse,
+    versions,
+    webhooks,
+)
 from serve_app.deps import D, Deps
 from serve_app.guard import Guard
 
@@ -23,7 +34,7 @@ def create_app(deps: Deps | None = None) -> FastAPI:
     openapi.install(app)
     # Every /api/ request: the key first, then a bounded body (a batch submit's may be larger).
     app.add_middleware(Guard, body_limits={batch.PATH: MAX_BATCH_BODY_BYTES})
-    for module in (jobs, batch, output, producer, sse, admin, webhooks):
+    for module in (jobs, batch, output, versions, producer, sse, admin, webhooks):
         app.include_router(module.router)
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_api_route(

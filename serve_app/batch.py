@@ -69,7 +69,7 @@ async def submit_batch(
     namespace of the jobs that name none. Over 1,000 jobs is 413, the whole batch."""
     check_batch(len(body.jobs))
     checked = [_item(job, caller, namespace) for job in body.jobs]
-    return _reply(await submit_checked(deps.shards, checked))
+    return await _reply(deps.shards, await submit_checked(deps.shards, checked))
 
 
 async def submit_checked(
@@ -92,9 +92,9 @@ def _item(job: object, caller: Principal, namespace: str | None) -> SubmitItem |
         return exc
 
 
-def _reply(outcomes: list[SubmitResult]) -> JSONResponse:
+async def _reply(shards: ShardClient, outcomes: list[SubmitResult]) -> JSONResponse:
     """200 with `{"items": [...]}`; `Retry-After` when a job met a 503 (retry those)."""
-    items = [_item_json(outcome) for outcome in outcomes]
+    items = [await _item_json(shards, outcome) for outcome in outcomes]
     waits = [
         o.error.retry_after_s or 1.0 for o in outcomes if o.error and status_of(o.error) == 503
     ]
@@ -102,7 +102,7 @@ def _reply(outcomes: list[SubmitResult]) -> JSONResponse:
     return JSONResponse({"items": items}, headers=headers)
 
 
-def _item_json(outcome: SubmitResult) -> dict[str, Any]:
+async def _item_json(shards: ShardClient, outcome: SubmitResult) -> dict[str, Any]:
     if outcome.error is not None:
         return {
             "status": status_of(outcome.error),
@@ -110,4 +110,5 @@ def _item_json(outcome: SubmitResult) -> dict[str, Any]:
         }
     if outcome.job is None:
         raise RuntimeError("a submit result holds neither a job nor an error")
-    return {"status": 201 if outcome.created else 200, "job": job_json(outcome.job)}
+    job = job_json(outcome.job, await shards.earlier_versions(outcome.job))
+    return {"status": 201 if outcome.created else 200, "job": job}

@@ -1,5 +1,5 @@
-"""What handlers depend on, injected: the replica's config, store, shard client and key cache;
-and who is calling, and which namespace a request is about.
+"""What handlers depend on, injected: the replica's config, store, shard client, key cache and
+append budget; and who is calling, and which namespace a request is about.
 
 `create_app(deps)` puts a `Deps` on the app; handlers take it with `Depends(deps)`, so a
 test builds the app around a `ShardClient.in_process(...)` and needs no Ray.
@@ -7,17 +7,20 @@ test builds the app around a `ShardClient.in_process(...)` and needs no Ray.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from starlette.requests import HTTPConnection
 
 from actors.commands import check_namespace
+from actors.limits import MAX_APPEND_BYTES
 from actors.shard_client import ShardClient
 from serve_app.keys import KeyCache, Principal
 from storage.base import Store
-from storage.errors import BadRequest, Forbidden
+from storage.errors import BadRequest, Forbidden, Overloaded
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,42 @@ class ApiConfig:
     sse_retry_ms: int = 3000
 
 
+#: Append bodies one replica holds at once: two of the largest (`MAX_APPEND_BYTES`).
+APPENDS_HELD_BYTES = 2 * MAX_APPEND_BYTES
+
+
+class AppendBudget:
+    """The bytes of append bodies one replica holds at once (they stay in memory until the
+    shard acknowledges them): past `limit`, an append is refused with 503 and `Retry-After`
+    (RFC 9110 §15.6.4) before more of it is read, so concurrent 64 MiB appends cannot take
+    the replica's memory without bound. One append always fits (`limit` >= the largest)."""
+
+    def __init__(self, limit: int = APPENDS_HELD_BYTES) -> None:
+        self.limit = limit
+        self.held = 0
+
+    @contextmanager
+    def hold(self) -> Iterator[Callable[[int], None]]:
+        """`take(n)` reserves n more bytes for this append; all are given back at the end."""
+        taken = 0
+
+        def take(size: int) -> None:
+            nonlocal taken
+            if self.held + size > self.limit:
+                raise Overloaded(
+                    f"this replica holds {self.held} bytes of appends, its most is"
+                    f" {self.limit}; retry after the Retry-After seconds",
+                    retry_after_s=1.0,
+                )
+            self.held += size
+            taken += size
+
+        try:
+            yield take
+        finally:
+            self.held -= taken
+
+
 @dataclass(frozen=True)
 class Deps:
     """Everything a replica's handlers share."""
@@ -40,6 +79,7 @@ class Deps:
     store: Store
     shards: ShardClient
     keys: KeyCache
+    appends: AppendBudget = field(default_factory=AppendBudget)
 
     @classmethod
     def create(cls, config: ApiConfig, store: Store, shards: ShardClient) -> Deps:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from actors.limits import MAX_TTL_S, clip
 from actors.timestamps import check_timestamp
@@ -19,26 +20,57 @@ _N = "[0-9]{1,12}"
 _ISO = re.compile(
     rf"P(?:(?P<w>{_N})W)?(?:(?P<d>{_N})D)?(?:T(?:(?P<h>{_N})H)?(?:(?P<m>{_N})M)?(?:(?P<s>{_N})S)?)?"
 )
-_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_EXAMPLES = "e.g. 3600, '90s', '12h', '30d', 'P30D'"
 
 
 def parse_duration_s(value: object) -> int:
-    """Whole seconds (at least 1) from an int or a duration string."""
-    if isinstance(value, bool):
-        raise Invalid("a duration must be seconds or a string like '30d'")
-    if isinstance(value, int | float):
-        seconds = value
-    elif isinstance(value, str) and (m := _SIMPLE.fullmatch(value)):
-        seconds = int(m.group(1)) * _UNIT_S[m.group(2) or "s"]
+    """Whole seconds, from 1 s to 10 years, from an int (seconds) or a duration string:
+    a number with a unit (ms, s, m, h, d, w; none is s) or ISO 8601 (`P7DT12H`, no years
+    or months). `Invalid` for anything else: a float, a bool, other units, a count of
+    milliseconds that is not whole seconds (`"1500ms"`), a value out of range."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 1 <= value <= MAX_TTL_S:  # compared before any arithmetic: 10**400 is an int
+            raise _out_of_range()
+        return value
+    if isinstance(value, str) and (m := _SIMPLE.fullmatch(value)):
+        ms = int(m.group(1)) * _UNIT_MS[m.group(2) or "s"]
     elif isinstance(value, str) and value != "P" and (m := _ISO.fullmatch(value.strip().upper())):
-        seconds = sum(int(m.group(k) or 0) * _UNIT_S[k] for k in ("w", "d", "h", "m", "s"))
+        ms = sum(int(m.group(k) or 0) * _UNIT_MS[k] for k in ("w", "d", "h", "m", "s"))
     else:
-        raise Invalid(
-            f"cannot read {clip(repr(value), 40)} as a duration (e.g. 3600, '90s', '12h', 'P30D')"
-        )
-    if not 1 <= seconds <= MAX_TTL_S:  # also False for NaN
-        raise Invalid(f"a duration must be from 1 s to {MAX_TTL_S} s (10 years)")
-    return int(seconds)
+        raise Invalid(f"cannot read {clip(repr(value), 40)} as a duration ({_EXAMPLES})")
+    seconds, rest = divmod(ms, 1000)
+    if not 1 <= seconds <= MAX_TTL_S:
+        raise _out_of_range()
+    if rest:
+        raise Invalid(f"a duration must be whole seconds, not {clip(repr(value), 40)}")
+    return seconds
+
+
+def _out_of_range() -> Invalid:
+    return Invalid(f"a duration must be from 1 s to {MAX_TTL_S} s (10 years)")
+
+
+def _duration(value: object) -> int:
+    try:
+        return parse_duration_s(value)
+    except Invalid as exc:  # pydantic reports it at its field, with our message
+        raise PydanticCustomError("duration", exc.message) from exc
+
+
+#: A duration field (a TTL): whole seconds as an integer, or a string (`parse_duration_s`).
+Duration = Annotated[
+    int,
+    PlainValidator(_duration),
+    WithJsonSchema(
+        {
+            "oneOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_TTL_S},
+                {"type": "string", "examples": ["90s", "12h", "30d", "P7DT12H"]},
+            ]
+        }
+    ),
+]
 
 
 def _iso_8601(value: object) -> datetime:

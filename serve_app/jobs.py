@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
+import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
 from actors.commands import check_job_id, parse_status
-from actors.limits import MAX_INT64, MAX_TAG_CHARS, check_text, parse_decimal
+from actors.limits import MAX_TAG_CHARS, check_text
 from actors.render import job_json, status_json
+from actors.resume import job_token
+from actors.shard_client import ShardClient
 from actors.timestamps import EARLIEST_S, END_S
 from serve_app.deps import Caller, D, Ns, submit_namespace
 from serve_app.durations import DateTime, to_epoch
+from serve_app.etags import Condition, EntityTag, IfNoneMatch
 from serve_app.models import CompleteRequest, ProgressPatch, SubmitRequest
 from serve_app.openapi import COMMON, responses
 from storage.errors import BadRequest, Invalid
 from storage.records import Job, JobQuery
 
 router = APIRouter(prefix="/api/v1/jobs", responses=responses(*COMMON))
+
+#: How long a long-poll waits before asking again a shard that is a commit behind the store.
+_LAGGING_SHARD_S = 0.005
 
 
 @router.post(
@@ -41,7 +49,9 @@ async def submit(
     )
     location = f"/api/v1/jobs/{job.job_id}?namespace={ns}"
     return JSONResponse(
-        job_json(job), status_code=201 if created else 200, headers={"Location": location}
+        await job_record(deps.shards, job),
+        status_code=201 if created else 200,
+        headers={"Location": location},
     )
 
 
@@ -67,15 +77,18 @@ async def list_jobs(
     jobs = await deps.store.list_jobs(ns, query)
     page, more = jobs[:limit], len(jobs) > limit
     return {
-        "items": [job_json(job) for job in page],
+        "items": [await job_record(deps.shards, job) for job in page],
         "nextCursor": _encode_cursor(page[-1]) if more else None,
     }
 
 
-@router.get("/{job_id}", responses=responses(404))
-async def get_job(job_id: str, ns: Ns, deps: D) -> JSONResponse:
+@router.get("/{job_id}", responses=responses(304, 404))
+async def get_job(job_id: str, ns: Ns, deps: D, condition: Condition) -> Response:
     job = await deps.shards.get(ns, job_id)
-    return JSONResponse(job_json(job), headers={"ETag": _etag(job)})
+    tag = etag(job)
+    if condition is not None and condition.matches(tag):
+        return Response(status_code=304, headers={"ETag": str(tag)})
+    return JSONResponse(await job_record(deps.shards, job), headers={"ETag": str(tag)})
 
 
 @router.get("/{job_id}/status", responses=responses(304, 404))
@@ -83,18 +96,17 @@ async def get_status(
     job_id: str,
     ns: Ns,
     deps: D,
+    condition: Condition,
     wait: Annotated[float, Query(ge=0)] = 0,
-    if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """With `If-None-Match` and `?wait=S`, hold the request until the status changes."""
-    known = _revision(if_none_match)
-    if known is not None and wait > 0:
-        wait = min(wait, deps.config.max_wait_s)
-        job = (await deps.shards.watch(ns, job_id, revision=known, timeout_s=wait)).job
-    else:
-        job = await deps.shards.get(ns, job_id)
-    headers = {"ETag": _etag(job), "Cache-Control": "no-cache"}
-    if known == job.revision:
+    """`If-None-Match` (RFC 9110 §13.1.2) naming the status's ETag: 304; with `?wait=S`, the
+    request is held until the ETag matches none of the tags (200), at most S seconds (304)."""
+    job = await deps.shards.get(ns, job_id)
+    if condition is not None and wait > 0:
+        job = await _held(deps, ns, job, condition, min(wait, deps.config.max_wait_s))
+    tag = etag(job)
+    headers = {"ETag": str(tag), "Cache-Control": "no-cache"}
+    if condition is not None and condition.matches(tag):
         return Response(status_code=304, headers=headers)
     return JSONResponse(status_json(job), headers=headers)
 
@@ -120,19 +132,29 @@ async def delete(job_id: str, ns: Ns, caller: Caller, deps: D) -> Response:
     return Response(status_code=204)
 
 
-def _etag(job: Job) -> str:
-    """The job's revision as a strong entity tag (RFC 9110 §8.8.3)."""
-    return f'"{job.revision}"'
+def etag(job: Job) -> EntityTag:
+    """The job's revision and incarnation as a strong entity tag (RFC 9110 §8.8.3), e.g.
+    `"3-1a2b3c4d5e"`: it changes with every change of the job, and a job deleted and
+    submitted again never reuses one (its revisions start again at 1)."""
+    return EntityTag(f"{job.revision}-{job_token(job)}")
 
 
-def _revision(if_none_match: str | None) -> int | None:
-    """The revision in the first entity tag of `If-None-Match`; None for a tag this service
-    never gives out (it matches no revision, RFC 9110 §13.1.2), whatever its content."""
-    if not if_none_match:
-        return None
-    tag = if_none_match.split(",")[0].strip().removeprefix("W/").strip('"')
-    revision = parse_decimal(tag)
-    return revision if revision is not None and revision <= MAX_INT64 else None
+async def job_record(shards: ShardClient, job: Job) -> dict[str, Any]:
+    """The job as the API renders it, with every output version (one read for a job that
+    has more than one)."""
+    return job_json(job, await shards.earlier_versions(job))
+
+
+async def _held(deps: D, ns: str, job: Job, condition: IfNoneMatch, wait_s: float) -> Job:
+    """The job once its ETag matches none of `condition`'s tags, or as it is after `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while condition.matches(etag(job)) and (remaining := deadline - time.monotonic()) > 0:
+        update = await deps.shards.watch(ns, job.job_id, revision=job.revision, timeout_s=remaining)
+        if update.job.created_at != job.created_at or update.job.revision > job.revision:
+            job = update.job
+        else:  # the shard had not applied the commit the store showed yet: it will, at once
+            await asyncio.sleep(_LAGGING_SHARD_S)
+    return job
 
 
 #: A cursor this service gives out is about 60 characters; longer ones are not ours.

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.limits import DEFAULT_SECRET_GRACE_S
 from actors.namespace_settings import UNSET, NamespaceChanges, WebhookSettings
-from serve_app.durations import DateTime, parse_duration_s, to_epoch
+from serve_app.durations import DateTime, Duration, to_epoch
 from serve_app.errors import invalid_body
 from storage.records import OutputFormat
 
@@ -35,10 +35,8 @@ class Metadata(_Body):
 
 
 class RetentionPolicy(_Body):
-    ttl: Int | str
-
-    def ttl_s(self) -> int:
-        return parse_duration_s(self.ttl)
+    #: Whole seconds (`serve_app.durations.parse_duration_s`).
+    ttl: Duration
 
 
 class SubmitRequest(_Body):
@@ -66,7 +64,7 @@ class SubmitRequest(_Body):
             tags=tuple(self.metadata.tags),
             webhook_url=self.webhook_url,
             webhook_events=tuple(self.webhook_events) if self.webhook_events is not None else None,
-            ttl_s=self.retention_policy.ttl_s() if self.retention_policy else None,
+            ttl_s=self.retention_policy.ttl if self.retention_policy else None,
             output_format=self.output_format,
         )
 
@@ -125,7 +123,7 @@ class NamespaceConfig(_Body):
         retention, webhooks = self.retention, self.webhooks
         return NamespaceChanges(
             description=self.description if "description" in given else UNSET,
-            retention_ttl_s=(retention.ttl_s() if retention else None)
+            retention_ttl_s=(retention.ttl if retention else None)
             if "retention" in given
             else UNSET,
             webhooks=(webhooks.settings() if webhooks else None) if "webhooks" in given else UNSET,

@@ -32,9 +32,12 @@ WHY = {
     403: "The key may not use this namespace, or the operation needs the admin key.",
     404: "No such job, namespace, key, delivery or output version.",
     405: "The path exists, the method does not; `Allow` lists the methods.",
+    406: "Not Acceptable: `Accept-Encoding` refuses every coding offered (zstd, gzip, identity).",
     409: "Conflicts with the current state: a finished job, a job id taken by another request,"
     " a seq that leaves a gap or repeats with other data, a namespace that exists.",
     413: "A body, an id, a name or a field is over its limit.",
+    416: "Range Not Satisfiable: the range starts at or past the end of the output;"
+    " `Content-Range: bytes */<size>` gives its size.",
     422: "A value is malformed or out of range, or no store can hold it.",
     503: "Unavailable for now (a shard restarting, the store down, a full write buffer):"
     " retry after `Retry-After` seconds.",

@@ -1,29 +1,35 @@
-"""Output endpoints: the producer's append, the seed's JSON shape, and the raw byte stream."""
+"""Output endpoints: the producer's append, the seed's JSON shape, and the raw byte stream.
+
+Each takes `?version=N` (an output version of the job, `POST .../versions`; default: the
+latest): a version the job does not have is 404, one that is not a positive integer 422.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response
 
-from actors.limits import MAX_INT64, check_chunk_size, parse_decimal
+from actors.json_document import document_error
+from actors.limits import MAX_INT64, check_append_size, parse_decimal
+from actors.pieces import Pieces
 from actors.render import output_text
+from actors.resume import ResumePoint, resume_after
 from actors.timestamps import iso
 from serve_app.deps import D, Ns
+from serve_app.download import not_acceptable, raw_response
+from serve_app.encoding import Coding, NotAcceptable, encode_bytes, negotiate
 from serve_app.openapi import COMMON, responses
-from storage.errors import NotFound, TooLarge
-from storage.records import Job, OutputFormat
+from storage.errors import TooLarge
+from storage.records import OutputFormat
+
+#: `?version=N`: an output version of the job; the latest when not given.
+Version = Annotated[int | None, Query(ge=1, le=MAX_INT64)]
 
 router = APIRouter(prefix="/api/v1/jobs", responses=responses(*COMMON, 404))
-
-MEDIA_TYPES = {
-    OutputFormat.TEXT: "text/plain; charset=utf-8",
-    OutputFormat.JSON: "application/json",
-    OutputFormat.BINARY: "application/octet-stream",
-}
-
 
 #: The append's body is raw bytes, read by the handler (not a model), so the document says so.
 _RAW_BODY = {
@@ -41,68 +47,124 @@ async def append(
     ns: Ns,
     deps: D,
     seq: Annotated[int | None, Query(ge=1, le=MAX_INT64)] = None,
+    version: Version = None,
 ) -> dict[str, Any]:
-    """Append the raw request body as the next chunk; `?seq=N` makes retries safe."""
-    data = await _read_capped(request, deps.shards.max_chunk_bytes)
-    ack = await deps.shards.append(ns, job_id, data, seq=seq)
-    return {"seq": ack.seq, "offset": ack.offset, "size": ack.size}
-
-
-@router.get("/{job_id}/output")
-async def output(
-    job_id: str, ns: Ns, deps: D, version: Annotated[int, Query(ge=1, le=MAX_INT64)] = 1
-) -> dict[str, Any]:
-    """The whole output as one JSON value (text, or base64 for binary jobs)."""
-    job = await _job_version(deps, ns, job_id, version)
-    if job.output_size > deps.config.max_inline_output_bytes:
-        raise TooLarge(f"the output is {job.output_size} bytes; stream it from /output/raw instead")
-    data = b"".join([chunk.data async for chunk in deps.shards.output(job)])
+    """Append the raw request body (up to `MAX_APPEND_BYTES`, 64 MiB), stored as chunks of at
+    most the deployment's chunk size with consecutive seqs, all or none; `?seq=N` (the first
+    chunk's) makes retries safe. The answer's `seq` is the last chunk's, `chunks` their count.
+    `?version=N` must be the latest version, still open (409 when it is complete)."""
+    with deps.appends.hold() as take:
+        pieces = await _read_pieces(request, deps.shards.pieces(), take)
+        ack = await deps.shards.append(ns, job_id, pieces, seq=seq, version=version)
     return {
-        "output": output_text(job.output_format, data),
-        "format": job.output_format.value,
-        "size": job.output_size,
-        "completedAt": iso(job.completed_at),
-        "status": job.status.value,
-        "seq": job.output_seq,
-        "version": version,
+        "seq": ack.seq,
+        "offset": ack.offset,
+        "size": ack.size,
+        "chunks": ack.chunks,
+        "version": ack.version,
     }
 
 
-@router.get("/{job_id}/output/raw")
+@router.get("/{job_id}/output", response_model=None, responses=responses(406))
+async def output(
+    job_id: str,
+    request: Request,
+    ns: Ns,
+    deps: D,
+    version: Version = None,
+) -> Response:
+    """The whole output of a version as one JSON value: text, base64 for binary jobs, the
+    document itself for json jobs (while it is not one document, `output` is null and `text`
+    holds it), in the coding `Accept-Encoding` prefers (`serve_app.encoding`; 406 if it
+    refuses all, identity too). Over the inline limit: 413, before reading any output."""
+    job = await deps.shards.get(ns, job_id)
+    view = await deps.shards.version(job, version)
+    limit = deps.config.max_inline_output_bytes
+    if view.size > limit:
+        raise TooLarge(
+            f"the output is {view.size} bytes, over the {limit} bytes /output returns"
+            f" inline; stream it from /api/v1/jobs/{job.job_id}/output/raw (Range works there)"
+        )
+    data = b"".join([chunk.data async for chunk in deps.shards.output(view)])
+    fields = {
+        "format": job.output_format.value,
+        "size": view.size,
+        "completedAt": iso(view.completed_at),
+        "status": job.status.value,
+        "seq": view.last_seq,
+        "version": view.version,
+        "sha256": view.sha256,
+    }
+    accept_encoding = request.headers.get("accept-encoding")
+    if job.output_format is not OutputFormat.JSON:
+        document = {"output": output_text(job.output_format, data), **fields}
+        return await encoded_body(_json_bytes(document), accept_encoding)
+    return await encoded_body(await _json_document(data, fields), accept_encoding)
+
+
+@router.get("/{job_id}/output/raw", responses=responses(406, 409, 416))
 async def raw(
     job_id: str,
+    request: Request,
     ns: Ns,
     deps: D,
     after: Annotated[int, Query(ge=0, le=MAX_INT64)] = 0,
-    version: Annotated[int, Query(ge=1, le=MAX_INT64)] = 1,
-) -> StreamingResponse:
-    """The output bytes written so far (after chunk `after`), streamed page by page."""
-    job = await _job_version(deps, ns, job_id, version)
-    headers = {"X-Output-Seq": str(job.output_seq), "X-Job-Status": job.status.value}
-    if after == 0:
-        headers["Content-Length"] = str(job.output_size)
-
-    async def body() -> AsyncIterator[bytes]:
-        async for chunk in deps.shards.output(job, after_seq=after):
-            yield chunk.data
-
-    return StreamingResponse(body(), media_type=MEDIA_TYPES[job.output_format], headers=headers)
-
-
-async def _job_version(deps: D, ns: str, job_id: str, version: int) -> Job:
+    version: Version = None,
+) -> Response:
+    """The output bytes of a version written so far, streamed page by page: `Range` (206,
+    416), `If-Range`, `ETag`, `Accept-Encoding`; `?after=` for the chunks after a seq
+    (`serve_app.download`), 409 past the output (`actors.resume`: not from it)."""
     job = await deps.shards.get(ns, job_id)
-    if version != 1:  # one version per job until versioned outputs land (DESIGN-NOTES.md)
-        raise NotFound(f"job {job_id!r} has no output version {version}")
-    return job
+    view = await deps.shards.version(job, version)
+    resume_after(job, view, ResumePoint(after))
+    return raw_response(request, deps.shards, job, version=view, after=after)
 
 
-async def _read_capped(request: Request, limit: int) -> bytes:
-    """The body, refused (`TooLarge`) as soon as it is known to be over `limit` bytes."""
+# HEAD: the same headers, no body (HTTP's own meaning of HEAD, so not listed on its own).
+router.add_api_route("/{job_id}/output/raw", raw, methods=["HEAD"], include_in_schema=False)
+
+
+async def _json_document(data: bytes, fields: dict[str, Any]) -> bytes:
+    """The answer for a json job: `data`, checked to be one JSON document, goes in as it is
+    (never parsed into objects: memory is the bytes); when it is not one document (yet),
+    `output` is null and `text` holds it."""
+    if await document_error(_one(data)) is not None:
+        return _json_bytes({"output": None, "text": data.decode("utf-8", "replace"), **fields})
+    return b'{"output":' + data + b"," + _json_bytes(fields)[1:]
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def _json_bytes(document: dict[str, Any]) -> bytes:
+    """As Starlette's JSONResponse renders it."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def encoded_body(body: bytes, accept_encoding: str | None) -> Response:
+    """A JSON `body` in the coding `accept_encoding` prefers (`Vary: Accept-Encoding`)."""
+    headers = {"Vary": "Accept-Encoding"}
+    try:
+        coding = negotiate(accept_encoding, size_hint=len(body))
+    except NotAcceptable:
+        return not_acceptable(headers)
+    if coding is not Coding.IDENTITY:
+        headers["Content-Encoding"] = coding.value
+    content = await encode_bytes(body, coding)
+    return Response(content, media_type="application/json", headers=headers)
+
+
+async def _read_pieces(request: Request, pieces: Pieces, take: Callable[[int], None]) -> Pieces:
+    """The body, cut into chunks as it arrives; refused (`TooLarge`) as soon as it is known
+    to be over `MAX_APPEND_BYTES`, and (`Overloaded`) when the replica's append budget
+    cannot hold it (`take`: its declared length at once, else each part as it comes)."""
     declared = parse_decimal(request.headers.get("content-length", ""))
     if declared is not None:  # the server checked its form
-        check_chunk_size(declared, limit)
-    body = bytearray()
+        check_append_size(declared)
+        take(declared)
     async for part in request.stream():
-        body += part
-        check_chunk_size(len(body), limit)
-    return bytes(body)
+        if declared is None:
+            take(len(part))
+        pieces.feed(part)
+    return pieces

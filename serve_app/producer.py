@@ -23,13 +23,14 @@ from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
-from actors.commands import check_seq
+from actors.commands import check_seq, check_version
 from actors.limits import parse_decimal
 from actors.pipeline import AppendPipeline
+from actors.versions import check_appendable
 from serve_app import errors
 from serve_app.deps import D, Deps, resolve_namespace
 from storage.errors import AosError, Invalid
-from storage.records import OutputFormat
+from storage.records import Job, OutputFormat
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,18 @@ async def produce(websocket: WebSocket, job_id: str, deps: D) -> None:
     """Stream a job's output: each message is its next chunk (text for a text or json job,
     binary for a binary job); `?seq=N` numbers the first one N (a resumed producer)."""
     try:
-        namespace, first_seq, output_format = await _admit(websocket, deps, job_id)
+        namespace, first_seq, job = await _admit(websocket, deps, job_id)
     except Exception as exc:  # ours (401, 403, 404, ...) or a bug (500): refuse the upgrade
         await _refuse(websocket, exc)
         return
     protocol = PROTOCOL if PROTOCOL in websocket.scope.get("subprotocols", ()) else None
     await websocket.accept(subprotocol=protocol)
-    binary = output_format is OutputFormat.BINARY
-    async with AppendPipeline(deps.shards, namespace, job_id, first_seq=first_seq) as pipeline:
+    binary = job.output_format is OutputFormat.BINARY
+    # Every chunk of the connection goes to one version: the one asked for, else the latest.
+    version = job.output_version
+    async with AppendPipeline(
+        deps.shards, namespace, job_id, first_seq=first_seq, version=version
+    ) as pipeline:
         await _stream(websocket, pipeline, binary=binary)
 
 
@@ -70,16 +75,17 @@ async def upgrade_required(job_id: str) -> JSONResponse:
     )
 
 
-async def _admit(
-    websocket: WebSocket, deps: Deps, job_id: str
-) -> tuple[str, int | None, OutputFormat]:
-    """The namespace, the first chunk's seq and the job's format, once the handshake passes
-    every check the HTTP append makes before its body."""
+async def _admit(websocket: WebSocket, deps: Deps, job_id: str) -> tuple[str, int | None, Job]:
+    """The namespace, the first chunk's seq and the job (`output_version`: the version its
+    chunks go to), once the handshake passes every check the HTTP append makes before its
+    body: `?version=N` must be the latest version, still open (409, 404)."""
     caller = await deps.keys.authenticate(_authorization(websocket))
     namespace = resolve_namespace(caller, websocket.query_params.get("namespace"))
     first_seq = _seq(websocket.query_params.get("seq"))
+    version = _version(websocket.query_params.get("version"))
     job = await deps.shards.get(namespace, job_id)
-    return namespace, first_seq, job.output_format
+    check_appendable(job, version)
+    return namespace, first_seq, job
 
 
 def _authorization(websocket: WebSocket) -> str | None:
@@ -101,6 +107,15 @@ def _seq(value: str | None) -> int | None:
     if seq is None:
         raise Invalid("seq must be an integer from 1 to 2^63-1")
     return check_seq(seq)
+
+
+def _version(value: str | None) -> int | None:
+    if value is None:
+        return None
+    version = parse_decimal(value)
+    if version is None:
+        raise Invalid("version must be an integer from 1 to 2^63-1")
+    return check_version(version)
 
 
 async def _refuse(websocket: WebSocket, exc: BaseException) -> None:

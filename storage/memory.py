@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
@@ -13,9 +14,11 @@ from storage.records import (
     Chunk,
     Delivery,
     DeliveryStatus,
+    ExpiryCursor,
     Job,
     JobQuery,
     Namespace,
+    OutputVersion,
 )
 
 _JobKey = tuple[str, str]
@@ -32,15 +35,19 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.jobs: dict[str, dict[str, Job]] = defaultdict(dict)
-        # (namespace, job_id) -> version -> seq -> chunk: a delete drops a job's output at once.
+        # (namespace, job_id) -> version -> seq -> chunk; a deleted job's stays until purged.
         self.output: dict[_JobKey, dict[int, dict[int, Chunk]]] = defaultdict(
             lambda: defaultdict(dict)
         )
+        #: (namespace, job_id) -> version -> the version, once a later one completed it.
+        self.versions: dict[_JobKey, dict[int, OutputVersion]] = defaultdict(dict)
         self.deliveries: dict[str, Delivery] = {}
         self.namespaces: dict[str, Namespace] = {}
         self.api_keys: dict[str, ApiKey] = {}
         self.audit: list[AuditEntry] = []
         self.leases: dict[int, tuple[int, str]] = {}
+        #: Deleted jobs whose output is still here, and their slot.
+        self.purges: dict[_JobKey, int | None] = {}
         self._open = False
 
     async def open(self) -> None:
@@ -62,12 +69,15 @@ class MemoryStore:
             # setdefault: a retried commit's chunk is a no-op, like ON CONFLICT DO NOTHING.
             versions = self.output[(chunk.namespace, chunk.job_id)]
             versions[chunk.version].setdefault(chunk.seq, chunk)
+        for done in batch.versions:
+            self.versions[(done.namespace, done.job_id)].setdefault(done.version, done)
         self.deliveries.update((d.delivery_id, d) for d in batch.deliveries)
         self.namespaces.update((ns.name, ns) for ns in batch.namespaces)
         self.api_keys.update((key.key_id, key) for key in batch.api_keys)
         self.audit.extend(batch.audit)
         for key in batch.deleted:
             self._delete(key)
+            self.purges.setdefault(key, batch.slot)
 
     async def acquire_shard(self, slot: int, owner: str) -> int:
         epoch = self.leases.get(slot, (0, ""))[0] + 1
@@ -81,6 +91,18 @@ class MemoryStore:
             for job in jobs.values()
             if job.slot == slot and not job.status.terminal
         ]
+
+    async def expired_jobs(
+        self, slot: int, *, now: float, after: ExpiryCursor | None = None, limit: int = 100
+    ) -> list[Job]:
+        found = [
+            job
+            for jobs in self.jobs.values()
+            for job in jobs.values()
+            if job.slot == slot and job.status.terminal and _expired(job, now, after)
+        ]
+        found.sort(key=_expiry_position)
+        return found[: max(0, limit)]
 
     async def get_job(self, namespace: str, job_id: str) -> Job | None:
         jobs = self.jobs.get(namespace)
@@ -96,11 +118,76 @@ class MemoryStore:
         return found[: max(0, query.limit)]
 
     async def read_output(
-        self, namespace: str, job_id: str, *, version: int = 1, after_seq: int = 0, limit: int = 256
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        version: int = 1,
+        after_seq: int = 0,
+        limit: int = 256,
+        max_bytes: int | None = None,
     ) -> list[Chunk]:
+        if (namespace, job_id) in self.purges:
+            return []
         chunks = self.output.get((namespace, job_id), {}).get(version, {})
         seqs = sorted(seq for seq in chunks if seq > after_seq)[: max(0, limit)]
-        return [chunks[seq] for seq in seqs]
+        page = [chunks[seq] for seq in seqs]
+        if max_bytes is not None and page:
+            page = [c for c in page if c.offset - page[0].offset < max_bytes]
+        return page
+
+    async def list_versions(self, namespace: str, job_id: str) -> list[OutputVersion]:
+        versions = self.versions.get((namespace, job_id), {})
+        return [versions[number] for number in sorted(versions)]
+
+    async def load_purges(self, slot: int) -> list[tuple[str, str]]:
+        return [key for key, owner in self.purges.items() if owner == slot]
+
+    async def purge_output(
+        self, namespace: str, job_id: str, *, fence: tuple[int, int], max_bytes: int
+    ) -> bool:
+        self._check_fence(*fence)
+        key = (namespace, job_id)
+        versions = self.output.get(key)
+        if not versions:
+            self.output.pop(key, None)
+            self.purges.pop(key, None)
+            return True
+        version = min(versions)
+        chunks = versions[version]
+        first = chunks[min(chunks)].offset
+        for seq in sorted(chunks):
+            if chunks[seq].offset - first >= max_bytes:
+                break
+            del chunks[seq]
+        if not chunks:
+            del versions[version]
+        return False
+
+    async def read_output_at(
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        version: int = 1,
+        offset: int,
+        limit: int = 256,
+        max_bytes: int | None = None,
+    ) -> list[Chunk]:
+        chunks = self.output.get((namespace, job_id), {}).get(version, {})
+        ordered = [chunks[seq] for seq in sorted(chunks)]
+        first = bisect.bisect_right(ordered, offset, key=lambda chunk: chunk.end)
+        if first == len(ordered):
+            return []
+        return await MemoryStore.read_output(  # this class's, whoever subclasses it
+            self,
+            namespace,
+            job_id,
+            version=version,
+            after_seq=ordered[first].seq - 1,
+            limit=limit,
+            max_bytes=max_bytes,
+        )
 
     async def get_namespace(self, name: str) -> Namespace | None:
         return self.namespaces.get(name)
@@ -135,7 +222,7 @@ class MemoryStore:
     def _delete(self, key: _JobKey) -> None:
         namespace, job_id = key
         self.jobs.get(namespace, {}).pop(job_id, None)
-        self.output.pop(key, None)
+        self.versions.pop(key, None)
         doomed = [i for i, d in self.deliveries.items() if (d.namespace, d.job_id) == key]
         for delivery_id in doomed:
             del self.deliveries[delivery_id]
@@ -149,6 +236,16 @@ def _matches(job: Job, query: JobQuery) -> bool:
         and (query.created_to is None or job.created_at < query.created_to)
         and (query.before is None or (job.created_at, job.job_id) < query.before)
     )
+
+
+def _expired(job: Job, now: float, after: ExpiryCursor | None) -> bool:
+    if job.expires_at is None or job.expires_at > now:
+        return False
+    return after is None or _expiry_position(job) > after
+
+
+def _expiry_position(job: Job) -> ExpiryCursor:
+    return (job.expires_at or 0.0, job.namespace, job.job_id)
 
 
 def _ordered(deliveries: Iterable[Delivery]) -> list[Delivery]:

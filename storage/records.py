@@ -70,15 +70,44 @@ class Job:
     webhook_url: str | None = None
     webhook_events: tuple[str, ...] | None = None
     ttl_s: int | None = None
+    #: When the retention sweeper deletes the job (epoch seconds): set when it finishes,
+    #: from its own `ttl_s` or its namespace's default (`actors.retention`); None while it
+    #: runs, and for a job kept until it is deleted.
+    expires_at: float | None = None
     output_format: OutputFormat = OutputFormat.TEXT
     revision: int = 1
+    #: The last seq and the size of the latest output version (`output_version`); earlier
+    #: versions are `OutputVersion` records of their own (`Store.list_versions`).
     output_seq: int = 0
     output_size: int = 0
     request_hash: str = ""
+    #: The latest output version (1, 2, ...: `POST .../versions` starts the next one), when
+    #: it started (None: at `created_at`), and the SHA-256 of its bytes (hex) once it is
+    #: complete (the job finished with it); None while it is written.
+    output_version: int = 1
+    output_version_at: float | None = None
+    output_sha256: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.job_id)
+
+    @property
+    def current_version(self) -> OutputVersion:
+        """The latest output version as this record describes it (complete once the job
+        finished)."""
+        return OutputVersion(
+            namespace=self.namespace,
+            job_id=self.job_id,
+            version=self.output_version,
+            last_seq=self.output_seq,
+            size=self.output_size,
+            created_at=self.created_at
+            if self.output_version_at is None
+            else self.output_version_at,
+            completed_at=self.completed_at if self.status.terminal else None,
+            sha256=self.output_sha256 if self.status.terminal else None,
+        )
 
     def evolve(self, **changes: Any) -> Job:
         """The next revision of this job with `changes` applied."""
@@ -100,6 +129,28 @@ class Chunk:
     @property
     def end(self) -> int:
         return self.offset + len(self.data)
+
+
+@pickled_by_fields
+@dataclass(frozen=True, slots=True)
+class OutputVersion:
+    """One output version of a job: its last seq, its size in bytes, when it started and when
+    it was completed (epoch seconds), and the SHA-256 of its bytes (hex). An earlier version
+    is complete, fixed for good; the latest one (`Job.current_version`) is complete once
+    the job finished, and until then has neither `completed_at` nor `sha256`."""
+
+    namespace: str
+    job_id: str
+    version: int
+    last_seq: int
+    size: int
+    created_at: float
+    completed_at: float | None = None
+    sha256: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.completed_at is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +213,11 @@ class AuditEntry:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+#: Where an expired-jobs scan stands: the (expires_at, namespace, job_id) of the last job
+#: looked at (`Store.expired_jobs` returns the jobs after it).
+ExpiryCursor = tuple[float, str, str]
+
+
 @dataclass(frozen=True, slots=True)
 class JobQuery:
     """A page of a namespace's jobs, newest first; `before` is the (created_at, job_id) cursor."""
@@ -180,14 +236,17 @@ class Batch:
 
     `slot`/`epoch` fence the commit: a store refuses it (`Fenced`) when the shard
     lease of `slot` has moved on to a newer epoch. Admin writes carry no slot.
-    Jobs are upserts (the last record per key wins); `deleted` removes a job with
-    all its output and deliveries.
+    Jobs are upserts (the last record per key wins); `deleted` removes a job with its
+    versions and deliveries, and its output from every reader at once, though the store
+    removes the output itself later, step by step (`Store.purge_output`).
     """
 
     slot: int | None = None
     epoch: int | None = None
     jobs: list[Job] = field(default_factory=list)
     chunks: list[Chunk] = field(default_factory=list)
+    #: Output versions completed by a later version (written once, never changed).
+    versions: list[OutputVersion] = field(default_factory=list)
     deleted: list[tuple[str, str]] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     namespaces: list[Namespace] = field(default_factory=list)
@@ -198,6 +257,7 @@ class Batch:
         return (
             len(self.jobs)
             + len(self.chunks)
+            + len(self.versions)
             + len(self.deleted)
             + len(self.deliveries)
             + len(self.namespaces)

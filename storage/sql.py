@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from storage.codec import pack, unpack
 from storage.errors import StoreUnavailable
 from storage.records import (
     ApiKey,
@@ -17,11 +19,13 @@ from storage.records import (
     Chunk,
     Delivery,
     DeliveryStatus,
+    ExpiryCursor,
     Job,
     JobQuery,
     JobStatus,
     Namespace,
     OutputFormat,
+    OutputVersion,
 )
 
 Row = Sequence[Any]
@@ -32,6 +36,9 @@ Step = tuple[str, list[Params]]
 Fence = tuple[int, int | None]
 
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
+#: A commit or a read with more chunk bytes than this packs or unpacks them (storage.codec)
+#: on a worker thread, not on the event loop.
+OFF_LOOP_BYTES = 256 * 1024
 
 #: Python's own errors from binding a value the driver cannot send (a lone surrogate, an
 #: int over 64 bits, a type it cannot adapt): the data's fault, never the store's.
@@ -55,7 +62,6 @@ class Dialect:
     bigint: str
     boolean: str
     identity: str
-    greatest: str
     #: `jobs.tags` contains the one tag in the JSON array bound to `?`.
     tag_filter: str
 
@@ -67,7 +73,6 @@ SQLITE = Dialect(
     bigint="INTEGER",
     boolean="INTEGER",
     identity="INTEGER PRIMARY KEY",
-    greatest="max",
     tag_filter=(
         "EXISTS (SELECT 1 FROM json_each(jobs.tags) AS t WHERE t.value = json_extract(?, '$[0]'))"
     ),
@@ -80,7 +85,6 @@ POSTGRES = Dialect(
     bigint="BIGINT",
     boolean="BOOLEAN",
     identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
-    greatest="GREATEST",
     tag_filter="tags @> ?",
 )
 
@@ -96,7 +100,7 @@ _MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
         1,
         (
             """CREATE TABLE jobs (
-                namespace TEXT NOT NULL, job_id TEXT NOT NULL, slot INTEGER NOT NULL,
+                namespace TEXT NOT NULL, job_id TEXT NOT NULL, slot INTEGER,
                 created_at {double} NOT NULL, updated_at {double} NOT NULL,
                 status TEXT NOT NULL, progress {double} NOT NULL,
                 estimated_completion {double}, completed_at {double}, error TEXT,
@@ -135,6 +139,41 @@ _MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             """CREATE TABLE shard_leases (
                 slot INTEGER PRIMARY KEY, epoch {bigint} NOT NULL, owner TEXT NOT NULL,
                 acquired_at {double} NOT NULL)""",
+        ),
+    ),
+    (
+        2,
+        (
+            # Chunks compressed at rest (storage/codec.py): NULL is the bytes as appended.
+            "ALTER TABLE output_chunks ADD COLUMN encoding TEXT",
+            # A deleted job whose output is still being removed, in steps (`purge_output`).
+            """CREATE TABLE output_purges (
+                namespace TEXT NOT NULL, job_id TEXT NOT NULL, slot INTEGER,
+                deleted_at {double} NOT NULL, PRIMARY KEY (namespace, job_id))""",
+            "CREATE INDEX output_purges_by_slot ON output_purges (slot)",
+            # `read_output_at`: the chunk holding a byte offset, found without a scan. Chunk
+            # offsets grow with seq; the index also holds seq, so the look-up needs no row.
+            """CREATE INDEX output_chunks_by_offset
+                ON output_chunks (namespace, job_id, version, "offset", seq)""",
+            "ALTER TABLE jobs ADD COLUMN expires_at {double}",
+            # Jobs finished before retention was enforced expire by their own TTL, counted
+            # from their completion as for every job since (actors/retention.py).
+            """UPDATE jobs SET expires_at = completed_at + ttl_s
+                WHERE status <> 'Running' AND completed_at IS NOT NULL AND ttl_s IS NOT NULL""",
+            # Partial: only jobs that will expire; the sweeper reads a slot's in order.
+            "CREATE INDEX jobs_expiring_by_slot ON jobs (slot, expires_at)"
+            " WHERE expires_at IS NOT NULL",
+            # Output versions: the job row holds its latest version (number, start, and the
+            # SHA-256 of its bytes once complete); output_versions holds the versions a later
+            # one completed, written once. Its rows so far were each job's version 1, the
+            # latest, kept up to date by every append: the job row says the same.
+            "ALTER TABLE jobs ADD COLUMN output_version INTEGER NOT NULL DEFAULT 1",
+            "ALTER TABLE jobs ADD COLUMN output_version_at {double}",
+            "ALTER TABLE jobs ADD COLUMN output_sha256 TEXT",
+            "DELETE FROM output_versions",
+            "ALTER TABLE output_versions ADD COLUMN created_at {double}",
+            "ALTER TABLE output_versions ADD COLUMN completed_at {double}",
+            "ALTER TABLE output_versions ADD COLUMN sha256 TEXT",
         ),
     ),
 ]
@@ -177,22 +216,40 @@ API_KEY_COLUMNS = _columns(ApiKey)
 AUDIT_COLUMNS = _columns(AuditEntry)
 
 UPSERT_JOB = _upsert("jobs", JOB_COLUMNS, ("namespace", "job_id"))
+#: A chunk's row: the record's fields (`data` as stored) and how it is stored (storage.codec).
+STORED_CHUNK_COLUMNS = (*CHUNK_COLUMNS, "encoding")
 # Retried commits re-send chunks: a chunk already stored stays as it is.
-INSERT_CHUNK = _insert("output_chunks", CHUNK_COLUMNS) + " ON CONFLICT DO NOTHING"
+INSERT_CHUNK = _insert("output_chunks", STORED_CHUNK_COLUMNS) + " ON CONFLICT DO NOTHING"
 UPSERT_DELIVERY = _upsert("webhook_deliveries", DELIVERY_COLUMNS, ("delivery_id",))
 UPSERT_NAMESPACE = _upsert("namespaces", NAMESPACE_COLUMNS, ("name",))
 UPSERT_API_KEY = _upsert("api_keys", API_KEY_COLUMNS, ("key_id",))
 INSERT_AUDIT = _insert("audit_log", AUDIT_COLUMNS)
-UPSERT_VERSION = (
-    "INSERT INTO output_versions (namespace, job_id, version, last_seq, size, updated_at)"
-    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, job_id, version) DO UPDATE SET"
-    " last_seq = {greatest}(output_versions.last_seq, excluded.last_seq),"
-    " size = {greatest}(output_versions.size, excluded.size), updated_at = excluded.updated_at"
+VERSION_COLUMNS = _columns(OutputVersion)
+#: A completed version is written once; a retried commit's row is a no-op.
+INSERT_VERSION = (
+    _insert("output_versions", (*VERSION_COLUMNS, "updated_at")) + " ON CONFLICT DO NOTHING"
 )
+#: A job's delete commits at once; its output goes later, in steps (`purge_output`).
 DELETE_JOB = tuple(
     f"DELETE FROM {table} WHERE namespace = ? AND job_id = ?"
-    for table in ("jobs", "output_chunks", "output_versions", "webhook_deliveries")
+    for table in ("jobs", "output_versions", "webhook_deliveries")
 )
+INSERT_PURGE = (
+    "INSERT INTO output_purges (namespace, job_id, slot, deleted_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
+)
+LOAD_PURGES = "SELECT namespace, job_id FROM output_purges WHERE slot = ? ORDER BY deleted_at"
+#: The first chunks left of a purged job, without their data: how many one step removes.
+PROBE_PURGE = (
+    'SELECT version, seq, "offset" FROM output_chunks WHERE namespace = ? AND job_id = ?'
+    " ORDER BY version, seq LIMIT ?"
+)
+PURGE_CHUNKS = (
+    "DELETE FROM output_chunks WHERE namespace = ? AND job_id = ? AND version = ? AND seq <= ?"
+)
+PURGE_DONE = "DELETE FROM output_purges WHERE namespace = ? AND job_id = ?"
+#: At most this many chunks go in one purge step (besides its byte bound).
+PURGE_STEP_CHUNKS = 1024
 ACQUIRE_SHARD = (
     "INSERT INTO shard_leases (slot, epoch, owner, acquired_at) VALUES (?, 1, ?, ?)"
     " ON CONFLICT (slot) DO UPDATE SET epoch = shard_leases.epoch + 1,"
@@ -205,9 +262,31 @@ _DELIVERIES = f"SELECT {_select(DELIVERY_COLUMNS)} FROM webhook_deliveries"
 GET_JOB = f"{_JOBS} WHERE namespace = ? AND job_id = ?"
 # The literal status matches the partial index's predicate, so the planner can use it.
 LOAD_SHARD = f"{_JOBS} WHERE slot = ? AND status = 'Running'"
-READ_OUTPUT = (
-    f"SELECT {_select(CHUNK_COLUMNS)} FROM output_chunks"
-    " WHERE namespace = ? AND job_id = ? AND version = ? AND seq > ? ORDER BY seq LIMIT ?"
+# `expires_at <= ?` implies the partial index's predicate, so the planner can use it.
+EXPIRED_JOBS = (
+    f"{_JOBS} WHERE slot = ? AND expires_at <= ? AND status <> 'Running'{{after}}"
+    " ORDER BY expires_at, namespace, job_id LIMIT ?"
+)
+EXPIRED_AFTER = " AND (expires_at, namespace, job_id) > (?, ?, ?)"
+# A deleted job's chunks are gone to readers at once, though they are removed in steps.
+_NEXT_CHUNKS = (
+    "FROM output_chunks WHERE namespace = ? AND job_id = ? AND version = ? AND seq > ?"
+    " AND NOT EXISTS (SELECT 1 FROM output_purges AS p"
+    " WHERE p.namespace = output_chunks.namespace AND p.job_id = output_chunks.job_id)"
+    " ORDER BY seq LIMIT ?"
+)
+READ_OUTPUT = f"SELECT {_select(STORED_CHUNK_COLUMNS)} {_NEXT_CHUNKS}"
+#: Where the next chunks start, without their data: how many of them fit a page's bytes.
+PROBE_OUTPUT = f'SELECT seq, "offset" {_NEXT_CHUNKS}'
+#: The seq of the chunk holding a byte: the last chunk starting at or before it (chunks are
+#: never empty, so offsets are unique within a version).
+SEQ_AT_OFFSET = (
+    "SELECT seq FROM output_chunks WHERE namespace = ? AND job_id = ? AND version = ?"
+    ' AND "offset" <= ? ORDER BY "offset" DESC LIMIT 1'
+)
+LIST_VERSIONS = (
+    f"SELECT {_select(VERSION_COLUMNS)} FROM output_versions"
+    " WHERE namespace = ? AND job_id = ? ORDER BY version"
 )
 GET_NAMESPACE = f"SELECT {_select(NAMESPACE_COLUMNS)} FROM namespaces WHERE name = ?"
 GET_API_KEY = f"SELECT {_select(API_KEY_COLUMNS)} FROM api_keys WHERE key_id = ?"
@@ -252,7 +331,10 @@ class SqlStore(ABC):
 
     async def commit(self, batch: Batch) -> None:
         fence = None if batch.slot is None else (batch.slot, batch.epoch)
-        steps = self._steps(batch)
+        if sum(len(chunk.data) for chunk in batch.chunks) > OFF_LOOP_BYTES:
+            steps = await asyncio.to_thread(self._steps, batch)  # compressing takes a while
+        else:
+            steps = self._steps(batch)
         if steps or fence is not None:  # an empty fenced batch still proves the lease is held
             await self._write(fence, steps)
 
@@ -262,6 +344,13 @@ class SqlStore(ABC):
 
     async def load_shard(self, slot: int) -> list[Job]:
         return [self._job(row) for row in await self._fetch(LOAD_SHARD, (slot,))]
+
+    async def expired_jobs(
+        self, slot: int, *, now: float, after: ExpiryCursor | None = None, limit: int = 100
+    ) -> list[Job]:
+        sql = EXPIRED_JOBS.format(after="" if after is None else EXPIRED_AFTER)
+        params = (slot, now, *(after or ()), max(0, limit))
+        return [self._job(row) for row in await self._fetch(sql, params)]
 
     async def get_job(self, namespace: str, job_id: str) -> Job | None:
         rows = await self._fetch(GET_JOB, (namespace, job_id))
@@ -300,10 +389,75 @@ class SqlStore(ABC):
         return [self._job(row) for row in rows]
 
     async def read_output(
-        self, namespace: str, job_id: str, *, version: int = 1, after_seq: int = 0, limit: int = 256
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        version: int = 1,
+        after_seq: int = 0,
+        limit: int = 256,
+        max_bytes: int | None = None,
     ) -> list[Chunk]:
-        params = (namespace, job_id, version, after_seq, max(0, limit))
-        return [_chunk(row) for row in await self._fetch(READ_OUTPUT, params)]
+        key = (namespace, job_id, version)
+        if max_bytes is not None and limit > 1:
+            # Offsets rise with seq: the chunks that start within `max_bytes` of the first.
+            starts = await self._fetch(PROBE_OUTPUT, (*key, after_seq, limit))
+            limit = sum(1 for _, offset in starts if offset - starts[0][1] < max_bytes)
+        rows = await self._fetch(READ_OUTPUT, (*key, after_seq, max(0, limit)))
+        if sum(len(row[4]) for row in rows) > OFF_LOOP_BYTES:
+            return await asyncio.to_thread(_chunks, rows)  # decompressing takes a while
+        return _chunks(rows)
+
+    async def list_versions(self, namespace: str, job_id: str) -> list[OutputVersion]:
+        rows = await self._fetch(LIST_VERSIONS, (namespace, job_id))
+        return [OutputVersion(*row) for row in rows]
+
+    async def load_purges(self, slot: int) -> list[tuple[str, str]]:
+        return [
+            (namespace, job_id) for namespace, job_id in await self._fetch(LOAD_PURGES, (slot,))
+        ]
+
+    async def purge_output(
+        self, namespace: str, job_id: str, *, fence: tuple[int, int], max_bytes: int
+    ) -> bool:
+        key = (namespace, job_id)
+        left = await self._fetch(PROBE_PURGE, (*key, PURGE_STEP_CHUNKS))
+        if not left:
+            await self._write(fence, [(PURGE_DONE, [key])])
+            await self._reclaim(done=True)
+            return True
+        version, _, first = left[0]
+        last = max(seq for v, seq, offset in left if v == version and offset - first < max_bytes)
+        await self._write(fence, [(PURGE_CHUNKS, [(*key, version, last)])])
+        await self._reclaim(done=False)
+        return False
+
+    async def _reclaim(self, *, done: bool) -> None:  # noqa: B027  # most need nothing
+        """Give back the space a purge step freed (`done`: the purge's last step), where the
+        backend does not do it by itself (SQLite)."""
+
+    async def read_output_at(
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        version: int = 1,
+        offset: int,
+        limit: int = 256,
+        max_bytes: int | None = None,
+    ) -> list[Chunk]:
+        rows = await self._fetch(SEQ_AT_OFFSET, (namespace, job_id, version, max(0, offset)))
+        if not rows:
+            return []
+        chunks = await self.read_output(
+            namespace,
+            job_id,
+            version=version,
+            after_seq=int(rows[0][0]) - 1,
+            limit=limit,
+            max_bytes=max_bytes,
+        )
+        return chunks if chunks and chunks[0].end > offset else []
 
     async def get_namespace(self, name: str) -> Namespace | None:
         rows = await self._fetch(GET_NAMESPACE, (name,))
@@ -338,10 +492,12 @@ class SqlStore(ABC):
         """The statements of one commit: upserts and inserts first, then deletes."""
         dump = self._dump_json
         deleted: list[Params] = [list(key) for key in batch.deleted]
+        now = time.time()
+        purges: list[Params] = [(*key, batch.slot, now) for key in batch.deleted]
         steps: list[Step] = [
             (UPSERT_JOB, [self._job_params(job) for job in batch.jobs]),
-            (INSERT_CHUNK, [_params(chunk, CHUNK_COLUMNS, {}) for chunk in batch.chunks]),
-            (UPSERT_VERSION.format(greatest=self.dialect.greatest), _versions(batch.chunks)),
+            (INSERT_CHUNK, [_chunk_params(chunk) for chunk in batch.chunks]),
+            (INSERT_VERSION, [(*_params(v, VERSION_COLUMNS, {}), now) for v in batch.versions]),
             (UPSERT_DELIVERY, [self._delivery_params(d) for d in batch.deliveries]),
             (
                 UPSERT_NAMESPACE,
@@ -353,6 +509,7 @@ class SqlStore(ABC):
             ),
             (INSERT_AUDIT, [_params(a, AUDIT_COLUMNS, {"detail": dump}) for a in batch.audit]),
             *((sql, deleted) for sql in DELETE_JOB),
+            (INSERT_PURGE, purges),
         ]
         return [(sql, rows) for sql, rows in steps if rows]
 
@@ -416,17 +573,13 @@ def _list(dump: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda items: dump(list(items))
 
 
-def _chunk(row: Row) -> Chunk:
-    namespace, job_id, seq, offset, data, version = row
-    return Chunk(namespace, job_id, seq, offset, bytes(data), version)
+def _chunk_params(chunk: Chunk) -> Params:
+    stored, encoding = pack(chunk.data)
+    return (chunk.namespace, chunk.job_id, chunk.seq, chunk.offset, stored, chunk.version, encoding)
 
 
-def _versions(chunks: list[Chunk]) -> list[Params]:
-    """One output_versions row per (job, version) a batch writes to: its highest seq and end."""
-    tops: dict[tuple[str, str, int], tuple[int, int]] = {}
-    for chunk in chunks:
-        key = (chunk.namespace, chunk.job_id, chunk.version)
-        seq, size = tops.get(key, (0, 0))
-        tops[key] = (max(seq, chunk.seq), max(size, chunk.end))
-    now = time.time()
-    return [(*key, seq, size, now) for key, (seq, size) in tops.items()]
+def _chunks(rows: Sequence[Row]) -> list[Chunk]:
+    return [
+        Chunk(namespace, job_id, seq, offset, unpack(bytes(stored), encoding), version)
+        for namespace, job_id, seq, offset, stored, version, encoding in rows
+    ]

@@ -18,8 +18,9 @@ from actors.timestamps import iso
 from storage.errors import NotFound
 from storage.records import Chunk, Delivery, Job, OutputFormat
 
-#: Reads a job's committed output: (namespace, job_id, after_seq, limit) -> chunks in seq order.
-ReadChunks = Callable[[str, str, int, int], Awaitable[list[Chunk]]]
+#: Reads a job's committed output: (namespace, job_id, version, after_seq, limit) -> chunks in
+#: seq order.
+ReadChunks = Callable[[str, str, int, int, int], Awaitable[list[Chunk]]]
 
 #: A stored payload starting with this is a window to render, not a body to send as is.
 WINDOW_TAG = b"aos-window/1\n"
@@ -54,8 +55,10 @@ def entry_size(chunk: Chunk, *, binary: bool, inline_max_bytes: int) -> int:
 def window_payload(
     body: dict[str, Any], job: Job, *, first_seq: int, inline_max_bytes: int
 ) -> bytes:
-    """The stored form of an output window holding seqs first_seq..job.output_seq."""
+    """The stored form of an output window holding seqs first_seq..job.output_seq of the job's
+    latest output version."""
     window = {
+        "version": job.output_version,
         "firstSeq": first_seq,
         "lastSeq": job.output_seq,
         "binary": job.output_format is OutputFormat.BINARY,
@@ -90,11 +93,12 @@ async def render(delivery: Delivery, read_chunks: ReadChunks) -> bytes:
 async def _read_window(
     delivery: Delivery, window: dict[str, Any], read_chunks: ReadChunks
 ) -> list[Chunk]:
-    """Chunks firstSeq..lastSeq, all of them, paged as replays are (`actors.feed.replay`)."""
-    first, last = window["firstSeq"], window["lastSeq"]
+    """Chunks firstSeq..lastSeq of its version, all of them, paged as replays are
+    (`actors.feed.replay`). A window stored before versions holds version 1's."""
+    first, last, version = window["firstSeq"], window["lastSeq"], window.get("version", 1)
 
     async def read(after_seq: int, limit: int) -> list[Chunk]:
-        return await read_chunks(delivery.namespace, delivery.job_id, after_seq, limit)
+        return await read_chunks(delivery.namespace, delivery.job_id, version, after_seq, limit)
 
     chunks = [chunk async for chunk in replay(read, after_seq=first - 1, until_seq=last)]
     if [chunk.seq for chunk in chunks] != list(range(first, last + 1)):

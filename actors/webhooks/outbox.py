@@ -103,6 +103,8 @@ class Outbox:
         out: list[Delivery] = []
         if before is None and EventType.CREATED in events:
             out.append(self._new(EventType.CREATED, after, url))
+        if before is not None and before.output_version != after.output_version:
+            out.extend(self._close_windows(before))  # a window holds one version's chunks
         chunks = list(chunks)
         if chunks and EventType.OUTPUT in events:
             out.extend(self._grow(EventType.OUTPUT, after, url, chunks))

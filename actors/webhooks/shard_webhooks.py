@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from actors.committer import GroupCommitter
+from actors.limits import OUTPUT_PAGE_BYTES
 from actors.shard_types import ShardConfig
 from actors.webhooks.delivery import DeliveryLoop, HooksFor, SendMany
 from actors.webhooks.outbox import Hooks, Outbox
@@ -48,13 +49,23 @@ class ShardWebhooks:
             committer,
             send=self._send,
             hooks_for=hooks_for,
-            read_chunks=lambda namespace, job_id, after_seq, limit: self._store.read_output(
-                namespace, job_id, after_seq=after_seq, limit=limit
-            ),
+            read_chunks=self._read_chunks,
             clock=self._clock,
             max_in_flight=self._config.webhook_max_in_flight,
         )
         self._loop.start()
+
+    async def _read_chunks(
+        self, namespace: str, job_id: str, version: int, after_seq: int, limit: int
+    ) -> list[Chunk]:
+        return await self._store.read_output(
+            namespace,
+            job_id,
+            version=version,
+            after_seq=after_seq,
+            limit=limit,
+            max_bytes=OUTPUT_PAGE_BYTES,
+        )
 
     async def stop(self) -> None:
         if self._loop is not None:

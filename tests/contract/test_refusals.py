@@ -158,9 +158,9 @@ async def test_a_shard_forgets_only_the_job_whose_write_was_refused(
     # One batch (nothing here waits before its write is queued): the refused completion
     # comes after a committed append of the same job and among writes of another one.
     results = await asyncio.gather(
-        shard.append("acme", job_id="keep", data=b"kept "),
+        shard.append("acme", job_id="keep", chunks=[b"kept "]),
         shard.complete("acme", job_id="keep", completion=unstorable_completion()),
-        *(shard.append("globex", job_id="other", data=b"%d" % i) for i in range(3)),
+        *(shard.append("globex", job_id="other", chunks=[b"%d" % i]) for i in range(3)),
         return_exceptions=True,
     )
     after = (await shard.stats())["batchSizes"]
@@ -171,7 +171,7 @@ async def test_a_shard_forgets_only_the_job_whose_write_was_refused(
     kept = await shard.get("acme", job_id="keep")  # reloaded: what the store holds
     assert kept == await store.get_job("acme", "keep")
     assert (kept.status, kept.output_seq) == (JobStatus.RUNNING, 1)
-    ack = await shard.append("acme", job_id="keep", data=b"and more")  # no gap, no repeat
+    ack = await shard.append("acme", job_id="keep", chunks=[b"and more"])  # no gap, no repeat
     assert ack.seq == 2
     chunks = await store.read_output("acme", "keep")
     assert b"".join(c.data for c in chunks) == b"kept and more"

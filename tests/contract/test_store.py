@@ -7,6 +7,7 @@ import os
 import sqlite3
 from collections.abc import Awaitable, Callable
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -28,11 +29,17 @@ from storage.records import (
     JobStatus,
     Namespace,
     OutputFormat,
+    OutputVersion,
 )
+from storage.sql import SQLITE, pending_migrations
 from storage.sqlite import SqliteStore, path_of
 
 NOW = 1_700_000_000.125
+#: Every schema version, as a database opened by this code holds them.
+ALL_VERSIONS = [number for number, _ in pending_migrations(SQLITE, 0)]
 MiB = 1024 * 1024
+#: Every migration's number: a new database has them all.
+SCHEMA_VERSIONS = [number for number, _ in pending_migrations(SQLITE, 0)]
 
 
 def make_job(job_id: str = "j1", namespace: str = "acme", **changes: object) -> Job:
@@ -59,11 +66,15 @@ def full_job() -> Job:
         webhook_url="https://hooks.example.com/x?y=1",
         webhook_events=("job.completed", "job.output"),
         ttl_s=86_400,
+        expires_at=NOW + 86_402.0000001,
         output_format=OutputFormat.BINARY,
         revision=42,
         output_seq=9,
         output_size=123_456_789_012,
         request_hash="sha256:abc",
+        output_version=7,
+        output_version_at=NOW + 1.0000001,
+        output_sha256="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
     )
 
 
@@ -224,16 +235,97 @@ async def test_read_output_pages_by_seq_and_keeps_versions_apart(store: Store) -
     assert await store.read_output("acme", "j1", version=3) == []
 
 
+async def test_read_output_with_max_bytes_takes_the_chunks_that_start_within_it(
+    store: Store,
+) -> None:
+    sizes = [1000, 1000, 3000, 10, 10, 5000]
+    chunks, offset = [], 0
+    for seq, size in enumerate(sizes, start=1):
+        chunks.append(Chunk("acme", "j1", seq, offset, bytes([seq]) * size))
+        offset += size
+    await commit(store, jobs=[make_job()], chunks=chunks)
+
+    async def page(after_seq: int, max_bytes: int, limit: int = 256) -> list[int]:
+        found = await store.read_output(
+            "acme", "j1", after_seq=after_seq, limit=limit, max_bytes=max_bytes
+        )
+        return [c.seq for c in found]
+
+    assert await page(0, 2000) == [1, 2]  # chunk 3 starts 2,000 bytes past chunk 1
+    assert await page(0, 2001) == [1, 2, 3]  # it starts within: a page may pass max_bytes
+    assert await page(2, 1) == [3]  # never fewer than one chunk
+    assert await page(2, 3021) == [3, 4, 5, 6]
+    assert await page(2, 10**9, limit=2) == [3, 4]
+    assert await page(6, 10**9) == []
+    assert await page(0, 1, limit=0) == []
+
+
+async def test_read_output_at_starts_at_the_chunk_holding_the_byte(store: Store) -> None:
+    sizes = [3, 1, 5, 2, 4]  # chunks of several sizes: offsets 0, 3, 4, 9, 11; 15 bytes
+    chunks, offset = [], 0
+    for seq, size in enumerate(sizes, start=1):
+        chunks.append(Chunk("acme", "j1", seq, offset, bytes([seq]) * size))
+        offset += size
+    other = Chunk("acme", "j1", 1, 0, b"v2" * 10, version=2)
+    await commit(store, jobs=[make_job()], chunks=[*reversed(chunks), other])
+    expected_first = {0: 1, 2: 1, 3: 2, 4: 3, 8: 3, 9: 4, 10: 4, 11: 5, 14: 5}
+    for at, seq in expected_first.items():
+        assert await store.read_output_at("acme", "j1", offset=at) == chunks[seq - 1 :], at
+    assert await store.read_output_at("acme", "j1", offset=4, limit=2) == chunks[2:4]
+    assert await store.read_output_at("acme", "j1", offset=15) == []
+    assert await store.read_output_at("acme", "j1", offset=2**62) == []
+    assert await store.read_output_at("acme", "j1", offset=12, version=2) == [other]
+    assert await store.read_output_at("acme", "j1", offset=0, version=3) == []
+    assert await store.read_output_at("acme", "nobody", offset=0) == []
+
+
+def done_version(version: int, job_id: str = "j1", namespace: str = "acme") -> OutputVersion:
+    """Output `version` of a job, completed by a later one."""
+    return OutputVersion(
+        namespace,
+        job_id,
+        version,
+        last_seq=version * 10,
+        size=2**40 + version,
+        created_at=NOW + version,
+        completed_at=NOW + version + 0.5000001,
+        sha256=f"{version:064x}",
+    )
+
+
+async def test_completed_versions_are_listed_in_order_per_job(store: Store) -> None:
+    mine = [done_version(v) for v in (3, 1, 2)]
+    theirs = [done_version(1, "j2"), done_version(1, namespace="globex")]
+    await commit(store, jobs=[make_job(output_version=4)], versions=mine[:2] + theirs)
+    await commit(store, versions=[mine[2]])
+    assert await store.list_versions("acme", "j1") == sorted(mine, key=lambda v: v.version)
+    assert await store.list_versions("acme", "j2") == [theirs[0]]
+    assert await store.list_versions("globex", "j1") == [theirs[1]]
+    assert await store.list_versions("acme", "nobody") == []
+
+
+async def test_a_completed_version_is_written_once(store: Store) -> None:
+    """A retried commit writes it again as it was: the first stays."""
+    first = done_version(1)
+    await commit(store, jobs=[make_job(output_version=2)], versions=[first])
+    await commit(store, versions=[first])
+    await commit(store, versions=[replace(first, sha256="0" * 64)])
+    assert await store.list_versions("acme", "j1") == [first]
+
+
 async def test_delete_removes_the_job_its_output_and_its_deliveries(store: Store) -> None:
     keep = make_job("keep")
     await commit(
         store,
         jobs=[make_job(), keep],
         chunks=[chunk(1), chunk(2, version=2), chunk(1, job_id="keep")],
+        versions=[done_version(1), done_version(1, job_id="keep")],
         deliveries=[make_delivery("d1"), make_delivery("d2", job_id="keep")],
     )
     await commit(store, deleted=[("acme", "j1")])
     assert await store.get_job("acme", "j1") is None
+    assert await store.list_versions("acme", "j1") == []
+    assert await store.list_versions("acme", "keep") == [done_version(1, job_id="keep")]
     assert await store.read_output("acme", "j1") == []
     assert await store.read_output("acme", "j1", version=2) == []
     assert await store.list_deliveries("acme", "j1") == []
@@ -249,11 +341,36 @@ async def test_deletes_apply_after_the_upserts_of_their_batch(store: Store) -> N
     assert await store.read_output("acme", "j1") == []
 
 
-async def test_a_deleted_job_id_can_be_used_again(store: Store) -> None:
+async def test_a_deleted_job_id_can_be_used_again_once_its_output_is_purged(store: Store) -> None:
+    fence = (0, await store.acquire_shard(0, "me"))
     await commit(store, jobs=[make_job()], chunks=[chunk(1, b"old"), chunk(2, b"old")])
-    await commit(store, deleted=[("acme", "j1")])
+    await commit(store, slot=0, epoch=fence[1], deleted=[("acme", "j1")])
+    assert await store.load_purges(0) == [("acme", "j1")]
+    while not await store.purge_output("acme", "j1", fence=fence, max_bytes=1):
+        pass
+    assert await store.load_purges(0) == []
     await commit(store, jobs=[make_job(revision=1)], chunks=[chunk(1, b"new")])
     assert await store.read_output("acme", "j1") == [chunk(1, b"new")]
+
+
+async def test_a_purge_removes_output_in_steps_of_about_max_bytes_and_is_fenced(
+    store: Store,
+) -> None:
+    fence = (0, await store.acquire_shard(0, "me"))
+    v1 = [chunk(seq, b"x" * 100) for seq in range(1, 11)]  # offsets 0, 100, ..., 900
+    await commit(store, jobs=[make_job()], chunks=[*v1, chunk(1, b"v2", version=2)])
+    await commit(store, slot=0, epoch=fence[1], deleted=[("acme", "j1")])
+    assert await store.read_output("acme", "j1") == []  # gone to readers at once
+    with pytest.raises(Fenced):
+        await store.purge_output("acme", "j1", fence=(0, fence[1] - 1), max_bytes=10**9)
+    steps = 0
+    while not await store.purge_output("acme", "j1", fence=fence, max_bytes=450):
+        steps += 1
+    assert steps == 3  # version 1 in two steps of 5 chunks (starting within 450), then v2
+    assert await store.load_purges(0) == []
+    await commit(store, jobs=[make_job()])  # the id again: none of the old output shows
+    assert await store.read_output("acme", "j1") == []
+    assert await store.read_output("acme", "j1", version=2) == []
 
 
 # -- shard leases and fencing --------------------------------------------------------------
@@ -428,7 +545,7 @@ async def test_opening_again_keeps_the_schema_and_the_data(fresh_sql_url: str) -
     await again.open()
     try:
         assert await again.get_job("acme", full_job().job_id) == full_job()
-        assert await _schema_versions(fresh_sql_url) == [1]
+        assert await _schema_versions(fresh_sql_url) == SCHEMA_VERSIONS
     finally:
         await again.close()
 
@@ -437,7 +554,7 @@ async def test_concurrent_opens_of_a_new_database_all_succeed(fresh_sql_url: str
     stores = [open_store(fresh_sql_url) for _ in range(4)]
     await asyncio.gather(*(store.open() for store in stores))
     try:
-        assert await _schema_versions(fresh_sql_url) == [1]
+        assert await _schema_versions(fresh_sql_url) == SCHEMA_VERSIONS
     finally:
         await asyncio.gather(*(store.close() for store in stores))
 

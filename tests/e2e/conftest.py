@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -34,6 +35,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         heartbeat_s=1.0,
         webhook_allowed_networks="127.0.0.0/8",
         webhook_coalesce_s=1.0,
+        # Expired jobs go within a fraction of a second (tests/e2e/test_retention.py).
+        retention_sweep_interval_s=0.2,
     )
 
 
@@ -88,13 +91,22 @@ def other_tenant(service: bootstrap.Service, admin: httpx.Client) -> Iterator[Te
 
 def _tenant(service: bootstrap.Service, admin: httpx.Client) -> Iterator[Tenant]:
     name = f"t-{uuid.uuid4().hex[:12]}"
-    created = admin.post("/api/v1/namespaces", json={"name": name})
-    assert created.status_code == 201
+    created = _created(lambda: admin.post("/api/v1/namespaces", json={"name": name}))
     key = admin.post(f"/api/v1/namespaces/{name}/keys").json()["key"]
     with httpx.Client(
         base_url=service.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
     ) as http:
         yield Tenant(name, key, http, created.json()["webhookSecret"])
+
+
+def _created(create: Callable[[], httpx.Response]) -> httpx.Response:
+    """`create`'s 201, asked again after each 503 as a client does (an earlier test may have
+    killed the shard that owns the name: it is back within seconds), for up to 60 s."""
+    deadline = time.monotonic() + 60
+    while (response := create()).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(float(response.headers.get("retry-after", "1")))
+    assert response.status_code == 201, response.text
+    return response
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ class Soak:
         except BaseException as exc:  # kept for the test to report
             self.errors.append(exc)
 
-    def long_polls(self, revision: int, wait_s: float) -> None:
+    def long_polls(self, etag: str, wait_s: float) -> None:
         try:
             with httpx.Client(
                 base_url=self.url, headers=self.headers(), timeout=wait_s + 30
@@ -86,7 +86,7 @@ class Soak:
                     answer = http.get(
                         f"/api/v1/jobs/{self.job_id}/status",
                         params={"wait": wait_s},
-                        headers={"If-None-Match": f'"{revision}"'},
+                        headers={"If-None-Match": etag},
                     )
                     if answer.status_code == 503:  # its shard restarted: ask again, as clients do
                         self.interrupted.append(answer.json()["error"]["code"])
@@ -108,11 +108,12 @@ def start(url: str, admin_key: str, *, max_wait_s: float) -> Soak:
         key = http.post(f"/api/v1/namespaces/{name}/keys").json()["key"]
     soak = Soak(url, key, job_id="idle")
     with httpx.Client(base_url=url, headers=soak.headers(), timeout=30) as http:
-        revision = http.post("/api/v1/jobs", json={"jobId": soak.job_id}).json()["revision"]
+        http.post("/api/v1/jobs", json={"jobId": soak.job_id}).raise_for_status()
+        etag = http.get(f"/api/v1/jobs/{soak.job_id}/status").headers["etag"]
     soak.threads = [
         threading.Thread(target=soak.stream, name="soak-stream", daemon=True),
         threading.Thread(
-            target=soak.long_polls, args=(revision, max_wait_s), name="soak-poll", daemon=True
+            target=soak.long_polls, args=(etag, max_wait_s), name="soak-poll", daemon=True
         ),
     ]
     for thread in soak.threads:

@@ -79,6 +79,8 @@ def test_a_client_hanging_up_mid_append_fails_no_other_writer_and_tears_nothing(
         "seq": status["outputSeq"] + 1,
         "offset": status["outputSize"],
         "size": 5,
+        "chunks": 1,
+        "version": 1,
     }
     acked[later.json()["seq"]] = (status["outputSize"], "later")
     _complete(tenant)
@@ -100,7 +102,7 @@ def test_a_cancelled_append_call_fails_no_other_append_in_its_batch(tenant):
                 break
     else:
         pytest.fail(f"no cancellation landed mid-write in {ROUNDS} rounds")
-    later = ray.get(shard.append.remote(namespace, job_id=JOB, data=b"later"), timeout=30)
+    later = ray.get(shard.append.remote(namespace, job_id=JOB, chunks=[b"later"]), timeout=30)
     acked[later.seq] = (later.offset, "later")
     _complete(tenant)
     _assert_whole_output(tenant, acked, maybe=cancelled)
@@ -128,9 +130,9 @@ def _cancel_one_of_many(shard, namespace: str, n: int, acked: Acked) -> str | No
     """Append a large chunk and 20 small ones at once, and cancel the large one's call once
     the shard is committing; the body of the cancelled append, None if it was acknowledged."""
     victim_body = f"r{n}v:" + "v" * CANCELLED_BYTES
-    victim = shard.append.remote(namespace, job_id=JOB, data=victim_body.encode())
+    victim = shard.append.remote(namespace, job_id=JOB, chunks=[victim_body.encode()])
     others = {
-        body: shard.append.remote(namespace, job_id=JOB, data=body.encode())
+        body: shard.append.remote(namespace, job_id=JOB, chunks=[body.encode()])
         for body in (f"r{n}o{i};" for i in range(20))
     }
     wait_until(

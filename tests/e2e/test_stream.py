@@ -44,7 +44,11 @@ def test_a_live_stream_carries_output_progress_status_and_end(tenant):
         got += read_until(stream, event("end"), timeout_s=LIVE_S, what="the end event")
     assert got[0] == {"retry": "3000"}
     outputs = [f for f in got if f.get("event") == "output"]
-    assert [(f["id"], f["data"]["data"]) for f in outputs] == [("1", "a"), ("2", "b")]
+    incarnation = outputs[0]["id"].split("-")[1]  # ids are <seq>-<incarnation>
+    assert [(f["id"], f["data"]["data"]) for f in outputs] == [
+        (f"1-{incarnation}", "a"),
+        (f"2-{incarnation}", "b"),
+    ]
     assert 50 in [f["data"]["progress"] for f in got if f.get("event") == "progress"]
     statuses = [f["data"]["status"] for f in got if f.get("event") == "status"]
     assert statuses[0] == "Running" and statuses[-1] == "Succeeded"
@@ -59,7 +63,12 @@ def test_a_terminal_job_replays_its_output_then_ends(tenant):
     with tenant.http.stream("GET", "/api/v1/jobs/job-1/stream") as r:
         got = until_end(r)
     assert [f["data"]["data"] for f in got if f.get("event") == "output"] == ["x", "y", "z"]
-    assert got[-1]["data"] == {"status": "Failed", "outputSeq": 3, "error": "oom"}
+    assert got[-1]["data"] == {
+        "status": "Failed",
+        "outputVersion": 1,
+        "outputSeq": 3,
+        "error": "oom",
+    }
 
 
 def test_last_event_id_resumes_exactly_after_that_event_from_the_store(tenant):
@@ -73,13 +82,13 @@ def test_last_event_id_resumes_exactly_after_that_event_from_the_store(tenant):
         seen = []
         for frame in frames(r):
             if frame.get("event") == "output":
-                seen.append((int(frame["id"]), frame["data"]["data"].split(":")[0]))
+                seen.append((int(frame["id"].split("-")[0]), frame["data"]["data"].split(":")[0]))
             if len(seen) == 10:
                 break
     assert seen == [(i + 1, str(i)) for i in range(2, 12)]
     with tenant.http.stream("GET", "/api/v1/jobs/job-1/stream", params={"after": 11}) as r:
         first = next(f for f in frames(r) if f.get("event") == "output")
-    assert first["id"] == "12"
+    assert first["id"].startswith("12-")
 
 
 def test_an_idle_stream_gets_heartbeat_comments(tenant):

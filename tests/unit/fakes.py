@@ -59,11 +59,23 @@ class GatedStore(MemoryStore):
         await super().commit(batch)
 
     async def read_output(
-        self, namespace: str, job_id: str, *, version: int = 1, after_seq: int = 0, limit: int = 256
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        version: int = 1,
+        after_seq: int = 0,
+        limit: int = 256,
+        max_bytes: int | None = None,
     ) -> list[Chunk]:
         self.reads += 1
         return await super().read_output(
-            namespace, job_id, version=version, after_seq=after_seq, limit=limit
+            namespace,
+            job_id,
+            version=version,
+            after_seq=after_seq,
+            limit=limit,
+            max_bytes=max_bytes,
         )
 
 

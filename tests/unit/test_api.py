@@ -17,7 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from actors.limits import MAX_CHUNK_BYTES
+from actors.limits import MAX_APPEND_BYTES, MAX_CHUNK_BYTES
 from actors.shard import Shard, ShardConfig
 from actors.shard_client import ShardClient
 from serve_app.app import create_app
@@ -162,10 +162,15 @@ async def test_a_webhook_url_into_a_private_network_is_refused(api, acme):
 async def test_get_returns_the_job_with_its_revision_as_a_strong_etag(api, acme):
     await submit(api, acme, jobId="j1")
     first = await api.get(f"{JOBS}/j1", headers=acme)
-    assert first.status_code == 200 and first.headers["etag"] == '"1"'
+    revision, incarnation = first.headers["etag"].strip('"').split("-")
+    assert first.status_code == 200 and revision == "1"
     await api.post(f"{JOBS}/j1/output", content=b"x", headers=acme)
     second = await api.get(f"{JOBS}/j1", headers=acme)
-    assert second.headers["etag"] == '"2"' and second.json()["outputSeq"] == 1
+    assert second.headers["etag"] == f'"2-{incarnation}"' and second.json()["outputSeq"] == 1
+    same = await api.get(
+        f"{JOBS}/j1", headers=acme | {"If-None-Match": f'"x", W/"2-{incarnation}"'}
+    )
+    assert same.status_code == 304 and same.headers["etag"] == second.headers["etag"]
 
 
 async def test_status_is_304_when_if_none_match_names_the_current_revision(api, acme):
@@ -190,13 +195,14 @@ async def test_a_long_poll_answers_as_soon_as_the_job_changes(api, acme, watched
     appended = await api.post(f"{JOBS}/j1/output", content=b"live", headers=acme)
     assert appended.status_code == 200
     answer = await asyncio.wait_for(poll, WAIT_S)
-    assert answer.status_code == 200 and answer.headers["etag"] == '"2"'
+    assert answer.status_code == 200 and answer.headers["etag"].startswith('"2-')
     assert answer.json()["outputSeq"] == 1
 
 
 async def test_a_long_poll_without_a_change_is_304_when_the_wait_ends(api, acme):
     await submit(api, acme, jobId="j1")
-    response = await api.get(f"{JOBS}/j1/status?wait=0.05", headers=acme | {"If-None-Match": '"1"'})
+    etag = (await api.get(f"{JOBS}/j1/status", headers=acme)).headers["etag"]
+    response = await api.get(f"{JOBS}/j1/status?wait=0.05", headers=acme | {"If-None-Match": etag})
     assert response.status_code == 304
 
 
@@ -205,7 +211,8 @@ async def test_a_long_poll_waits_no_longer_than_the_configured_maximum(store, lo
     async with http(app) as api:
         acme = await new_tenant(api, "acme")
         await submit(api, acme, jobId="j1")
-        poll = api.get(f"{JOBS}/j1/status?wait=600", headers=acme | {"If-None-Match": '"1"'})
+        etag = (await api.get(f"{JOBS}/j1/status", headers=acme)).headers["etag"]
+        poll = api.get(f"{JOBS}/j1/status?wait=600", headers=acme | {"If-None-Match": etag})
         assert (await asyncio.wait_for(poll, WAIT_S)).status_code == 304
 
 
@@ -279,14 +286,14 @@ async def test_a_missing_job_is_404(api, acme):
 async def test_an_append_retried_with_its_seq_is_acknowledged_once(api, acme):
     await submit(api, acme, jobId="j1")
     first = await api.post(f"{JOBS}/j1/output?seq=1", content=b"abc", headers=acme)
-    assert first.status_code == 200 and first.json() == {"seq": 1, "offset": 0, "size": 3}
+    assert first.json() == {"seq": 1, "offset": 0, "size": 3, "chunks": 1, "version": 1}
     again = await api.post(f"{JOBS}/j1/output?seq=1", content=b"abc", headers=acme)
     assert again.json() == first.json()
     error_of(await api.post(f"{JOBS}/j1/output?seq=1", content=b"xyz", headers=acme), 409)
     error_of(await api.post(f"{JOBS}/j1/output?seq=3", content=b"gap", headers=acme), 409)
     error_of(await api.post(f"{JOBS}/j1/output?seq=0", content=b"x", headers=acme), 422)
     nxt = await api.post(f"{JOBS}/j1/output", content=b"de", headers=acme)
-    assert nxt.json() == {"seq": 2, "offset": 3, "size": 2}
+    assert nxt.json() == {"seq": 2, "offset": 3, "size": 2, "chunks": 1, "version": 1}
     assert (await api.get(f"{JOBS}/j1/output", headers=acme)).json()["output"] == "abcde"
 
 
@@ -303,6 +310,7 @@ async def test_output_is_served_whole_as_json_and_as_raw_bytes(api, acme):
         "status": "Running",
         "seq": 2,
         "version": 1,
+        "sha256": None,
     }
     raw = await api.get(f"{JOBS}/j1/output/raw", headers=acme)
     assert raw.status_code == 200 and raw.content == b"hello world"
@@ -340,9 +348,10 @@ async def test_the_stream_of_a_finished_job_replays_output_then_status_and_end(a
     assert response.headers["cache-control"] == "no-cache"
     frames = sse_frames(response.text)
     assert frames[0] == {"retry": "3000"}
+    incarnation = frames[1]["id"].split("-")[1]
     assert [(f.get("id"), f["event"]) for f in frames[1:]] == [
-        ("1", "output"),
-        ("2", "output"),
+        (f"1-{incarnation}", "output"),
+        (f"2-{incarnation}", "output"),
         (None, "status"),
         (None, "progress"),
         (None, "end"),
@@ -350,7 +359,7 @@ async def test_the_stream_of_a_finished_job_replays_output_then_status_and_end(a
     data = [json.loads(f["data"]) for f in frames[1:]]
     assert [d["data"] for d in data[:2]] == ["one", "two"]
     assert data[1] == {"seq": 2, "offset": 3, "size": 3, "data": "two", "encoding": "utf-8"}
-    assert data[2] == {"status": "Succeeded", "outputSeq": 2, "error": None}
+    assert data[2] == {"status": "Succeeded", "outputVersion": 1, "outputSeq": 2, "error": None}
     assert data[4] == data[2]
 
 
@@ -363,7 +372,7 @@ async def test_a_stream_resumes_after_the_last_event_id_or_after(api, acme):
     async def outputs(path: str, headers: dict[str, str]) -> list[tuple[str, str]]:
         response = await api.get(path, headers=acme | headers)
         frames = [f for f in sse_frames(response.text) if f.get("event") == "output"]
-        return [(f["id"], json.loads(f["data"])["data"]) for f in frames]
+        return [(f["id"].split("-")[0], json.loads(f["data"])["data"]) for f in frames]
 
     assert await outputs(f"{JOBS}/j1/stream", {"Last-Event-ID": "1"}) == [
         ("2", "two"),
@@ -572,12 +581,94 @@ async def test_a_namespace_name_over_63_characters_is_413(api):
     error_of(await api.post("/api/v1/namespaces", json=body, headers=ADMIN), 413)
 
 
-async def test_an_output_chunk_over_the_limit_is_413_and_one_at_the_limit_is_kept(api, acme):
-    await submit(api, acme, jobId="j1")
-    over = await api.post(f"{JOBS}/j1/output", content=b"x" * (MAX_CHUNK_BYTES + 1), headers=acme)
-    assert error_of(over, 413)["code"] == "too_large"
-    at = await api.post(f"{JOBS}/j1/output", content=b"x" * MAX_CHUNK_BYTES, headers=acme)
-    assert at.status_code == 200 and at.json()["size"] == MAX_CHUNK_BYTES
+async def test_an_append_over_the_limit_is_413_and_one_at_the_limit_is_kept_in_chunks(api, acme):
+    await submit(api, acme, jobId="j1", outputFormat="binary")
+    over = await api.post(f"{JOBS}/j1/output", content=b"x" * (MAX_APPEND_BYTES + 1), headers=acme)
+    assert "at most 67108864 bytes" in error_of(over, 413)["message"]
+    at = await api.post(f"{JOBS}/j1/output", content=b"y" * MAX_APPEND_BYTES, headers=acme)
+    count = MAX_APPEND_BYTES // MAX_CHUNK_BYTES
+    assert at.json() == {
+        "seq": count,
+        "offset": 0,
+        "size": MAX_APPEND_BYTES,
+        "chunks": count,
+        "version": 1,
+    }
+    raw = await api.get(f"{JOBS}/j1/output/raw", headers=acme)
+    assert raw.content == b"y" * MAX_APPEND_BYTES
+
+
+async def test_an_output_too_big_to_inline_is_413_naming_the_limit_and_raw(
+    store, local_shard
+) -> None:
+    shards = ShardClient(num_shards=1, shards=[local_shard].__getitem__, store=store)
+    async with http(make_app(store, shards, max_inline_output_bytes=100)) as api:
+        acme = await new_tenant(api, "acme")
+        await submit(api, acme, jobId="j1")
+        await api.post(f"{JOBS}/j1/output", content=b"x" * 100, headers=acme)
+        assert (await api.get(f"{JOBS}/j1/output", headers=acme)).json()["size"] == 100
+        await api.post(f"{JOBS}/j1/output", content=b"y", headers=acme)
+        reads_before = store.reads
+        message = error_of(await api.get(f"{JOBS}/j1/output", headers=acme), 413)["message"]
+        assert "101 bytes" in message and "100 bytes" in message
+        assert "/api/v1/jobs/j1/output/raw" in message
+        assert store.reads == reads_before  # refused before reading any output
+
+
+async def test_appends_past_the_replicas_budget_are_503_and_the_budget_comes_back(
+    store, local_shard
+):
+    """Two appends of 64 MiB may be held at once; one past the budget is refused before it
+    is read, and the budget is whole again once they end."""
+    app = make_app(store, ShardClient(num_shards=1, shards=[local_shard].__getitem__))
+    budget = app.state.deps.appends
+    async with http(app) as api:
+        acme = await new_tenant(api, "acme")
+        await submit(api, acme, jobId="j1", outputFormat="binary")
+        with budget.hold() as take:
+            take(budget.limit - 10)
+            refused = await api.post(f"{JOBS}/j1/output", content=b"x" * 11, headers=acme)
+            assert error_of(refused, 503)["code"] == "overloaded"
+            assert refused.headers["retry-after"] == "1"
+            fits = await api.post(f"{JOBS}/j1/output", content=b"x" * 10, headers=acme)
+            assert fits.is_success
+        assert budget.held == 0
+        assert (await api.post(f"{JOBS}/j1/output", content=b"y" * 11, headers=acme)).is_success
+
+
+async def test_an_append_over_the_chunk_size_is_cut_at_character_boundaries(store, local_shard):
+    """Each chunk of a text append must be UTF-8 on its own: cuts never split a character."""
+    shards = ShardClient(
+        num_shards=1, shards=[local_shard].__getitem__, store=store, max_chunk_bytes=1024
+    )
+    async with http(make_app(store, shards)) as api:
+        acme = await new_tenant(api, "acme")
+        await submit(api, acme, jobId="j1")
+        text = ("a€😀" * 1000).encode()  # characters of 1, 3 and 4 bytes
+        ack = await api.post(f"{JOBS}/j1/output?seq=1", content=text, headers=acme)
+        assert ack.json()["size"] == len(text) and ack.json()["chunks"] == ack.json()["seq"]
+        chunks = await store.read_output("acme", "j1")
+        assert all(len(c.data) <= 1024 for c in chunks) and len(chunks) == ack.json()["chunks"]
+        assert all(c.data.decode() for c in chunks)  # each one decodes alone
+        assert b"".join(c.data for c in chunks) == text
+        again = await api.post(f"{JOBS}/j1/output?seq=1", content=text, headers=acme)
+        assert again.json() == ack.json()  # a retried big append is acknowledged whole
+        after = await api.post(f"{JOBS}/j1/output", content=b"!", headers=acme)
+        assert after.json()["seq"] == ack.json()["seq"] + 1
+
+
+async def test_a_big_append_with_one_bad_chunk_writes_none_of_it(store, local_shard):
+    shards = ShardClient(
+        num_shards=1, shards=[local_shard].__getitem__, store=store, max_chunk_bytes=1024
+    )
+    async with http(make_app(store, shards)) as api:
+        acme = await new_tenant(api, "acme")
+        await submit(api, acme, jobId="j1")
+        body = b"x" * 3000 + b"\xff" + b"y" * 100  # the fourth chunk is not UTF-8
+        error_of(await api.post(f"{JOBS}/j1/output", content=body, headers=acme), 422)
+        assert await store.read_output("acme", "j1") == []
+        job = (await api.get(f"{JOBS}/j1", headers=acme)).json()
+        assert job["outputSize"] == 0
 
 
 async def test_an_append_declared_over_the_limit_is_refused_before_its_body_is_read(api, acme):
@@ -589,21 +680,10 @@ async def test_an_append_declared_over_the_limit_is_refused_before_its_body_is_r
             sent.append(part)
             yield part
 
-    declared = {"Content-Length": str(MAX_CHUNK_BYTES + 1)}
+    declared = {"Content-Length": str(MAX_APPEND_BYTES + 1)}
     response = await api.post(f"{JOBS}/j1/output", content=body(), headers=acme | declared)
     error_of(response, 413)
     assert sent == []
-
-
-async def test_an_output_chunk_over_the_configured_max_chunk_bytes_is_413(store, local_shard):
-    shards = ShardClient(
-        num_shards=1, shards=[local_shard].__getitem__, store=store, max_chunk_bytes=1024
-    )
-    app = make_app(store, shards)
-    async with http(app) as api:
-        acme = await new_tenant(api, "acme")
-        await submit(api, acme, jobId="j1")
-        error_of(await api.post(f"{JOBS}/j1/output", content=b"x" * 1025, headers=acme), 413)
 
 
 async def test_an_empty_output_chunk_is_422(api, acme):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,18 @@ def test_defaults_are_the_embedded_sqlite_on_port_8000(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
     assert settings.http_port == 8000 and settings.num_shards == 4
-    assert settings.storage_url == "sqlite:///./aos-data/aos.db"
+    assert settings.storage_url == f"sqlite:///{Path.cwd() / 'aos-data' / 'aos.db'}"
+
+
+def test_a_relative_sqlite_path_is_made_absolute_here(tmp_path, monkeypatch):
+    """The shards run in their Ray cluster's working directory, not this one: a relative
+    path resolved there named another service's database."""
+    monkeypatch.chdir(tmp_path)
+    assert (
+        Settings(storage_url="sqlite:///data/x.db").storage_url == f"sqlite:///{tmp_path}/data/x.db"
+    )
+    assert Settings(storage_url="sqlite:////abs/x.db").storage_url == "sqlite:////abs/x.db"
+    assert Settings(storage_url="postgresql://u@h/db").storage_url == "postgresql://u@h/db"
 
 
 def test_cli_flags_override_the_environment(monkeypatch):
@@ -38,7 +50,7 @@ def test_cli_flags_override_the_environment(monkeypatch):
     monkeypatch.setattr(cli, "serve", lambda settings, **_: seen.setdefault("s", settings) and 0)
     cli.main(["serve", "--port", "8123", "--shards", "3", "--storage", "sqlite:///x.db"])
     assert (seen["s"].http_port, seen["s"].num_shards) == (8123, 3)
-    assert seen["s"].storage_url == "sqlite:///x.db"
+    assert seen["s"].storage_url == f"sqlite:///{Path.cwd() / 'x.db'}"
 
 
 def test_bad_settings_are_refused():

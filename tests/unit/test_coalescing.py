@@ -56,33 +56,45 @@ async def test_writes_of_one_tick_go_in_one_call_and_each_caller_gets_its_own_an
     handle = FakeHandle()
     shard = _ActorShard(handle)
     results = await asyncio.gather(
-        shard.append("acme", job_id="a", data=b"x"),
-        shard.complete("acme", job_id="b", completion=None),
-        shard.append("acme", job_id="taken", data=b"y"),
+        shard.append("acme", job_id="a", chunks=[b"x"]),
+        shard.cancel("acme", job_id="b", actor="me"),
+        shard.append("acme", job_id="taken", chunks=[b"y"]),
         return_exceptions=True,
     )
     assert [name for name, _, _ in handle.calls] == ["many"]
     inner = handle.calls[0][1][0]
     assert [(name, kwargs["job_id"]) for name, _, kwargs in inner] == [
         ("append", "a"),
-        ("complete", "b"),
+        ("cancel", "b"),
         ("append", "taken"),
     ]
-    assert results[0] == ("append", "a") and results[1] == ("complete", "b")
+    assert results[0] == ("append", "a") and results[1] == ("cancel", "b")
     assert isinstance(results[2], Conflict)  # the error of that call only
+
+
+async def test_a_complete_goes_alone_never_holding_other_writes():
+    """A complete may take seconds (a json document check): coalesced, it would hold the
+    appends sent with it."""
+    handle = FakeHandle()
+    shard = _ActorShard(handle)
+    await asyncio.gather(
+        shard.append("acme", job_id="a", chunks=[b"x"]),
+        shard.complete("acme", job_id="b", completion=None),
+    )
+    assert sorted(name for name, _, _ in handle.calls) == ["append", "complete"]
 
 
 async def test_a_lone_write_is_sent_as_itself():
     handle = FakeHandle()
-    assert await _ActorShard(handle).append("acme", job_id="a", data=b"x") == ("append", "a")
+    assert await _ActorShard(handle).append("acme", job_id="a", chunks=[b"x"]) == ("append", "a")
     assert [name for name, _, _ in handle.calls] == ["append"]
 
 
 async def test_writes_of_separate_ticks_go_in_separate_calls():
     handle = FakeHandle()
     shard = _ActorShard(handle)
-    await shard.append("acme", job_id="a", data=b"x")
-    await shard.append("acme", job_id="b", data=b"y")
+    await shard.append("acme", job_id="a", chunks=[b"x"])
+    await shard.append("acme", job_id="b", chunks=[b"y"])
     assert [name for name, _, _ in handle.calls] == ["append", "append"]
 
 
@@ -107,8 +119,8 @@ async def test_a_failed_call_fails_every_write_it_carried():
     handle = FakeHandle(fail_many=ShardUnavailable("the shard is restarting; retry shortly"))
     shard = _ActorShard(handle)
     results = await asyncio.gather(
-        shard.append("acme", job_id="a", data=b"x"),
-        shard.append("acme", job_id="b", data=b"y"),
+        shard.append("acme", job_id="a", chunks=[b"x"]),
+        shard.append("acme", job_id="b", chunks=[b"y"]),
         return_exceptions=True,
     )
     assert all(isinstance(result, ShardUnavailable) for result in results)
@@ -117,8 +129,8 @@ async def test_a_failed_call_fails_every_write_it_carried():
 async def test_a_caller_that_goes_away_does_not_disturb_the_others():
     handle = FakeHandle()
     shard = _ActorShard(handle)
-    leaving = asyncio.ensure_future(shard.append("acme", job_id="a", data=b"x"))
-    staying = asyncio.ensure_future(shard.append("acme", job_id="b", data=b"y"))
+    leaving = asyncio.ensure_future(shard.append("acme", job_id="a", chunks=[b"x"]))
+    staying = asyncio.ensure_future(shard.append("acme", job_id="b", chunks=[b"y"]))
     await asyncio.sleep(0)
     leaving.cancel()
     assert await staying == ("append", "b")
@@ -130,12 +142,12 @@ async def test_while_a_call_is_out_later_writes_wait_and_go_together_when_it_ret
     gate = asyncio.Event()
     handle = FakeHandle(gate=gate)
     shard = _ActorShard(handle)
-    first = asyncio.ensure_future(shard.append("acme", job_id="a", data=b"x"))
+    first = asyncio.ensure_future(shard.append("acme", job_id="a", chunks=[b"x"]))
     later = []
     for i in range(3):  # each in a tick of its own, while the first call is out
         for _ in range(3):
             await asyncio.sleep(0)
-        later.append(asyncio.ensure_future(shard.append("acme", job_id=f"b{i}", data=b"y")))
+        later.append(asyncio.ensure_future(shard.append("acme", job_id=f"b{i}", chunks=[b"y"])))
     for _ in range(3):
         await asyncio.sleep(0)
     assert [name for name, _, _ in handle.calls] == ["append"]

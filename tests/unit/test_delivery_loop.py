@@ -98,8 +98,10 @@ class Harness:
         self.lookups.append(namespace)
         return HOOKS
 
-    async def read_chunks(self, namespace: str, job_id: str, after: int, limit: int):
-        return await self.store.read_output(namespace, job_id, after_seq=after, limit=limit)
+    async def read_chunks(self, namespace: str, job_id: str, version: int, after: int, limit: int):
+        return await self.store.read_output(
+            namespace, job_id, version=version, after_seq=after, limit=limit
+        )
 
     async def change(self, before: Job | None, after: Job, chunks: Sequence[Chunk] = ()) -> None:
         """What the shard does: the change and its deliveries commit together."""

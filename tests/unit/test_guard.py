@@ -15,6 +15,7 @@ import pytest
 from starlette.requests import Request
 
 from actors.limits import (
+    MAX_APPEND_BYTES,
     MAX_CHUNK_BYTES,
     MAX_DESCRIPTION_CHARS,
     MAX_ID_CHARS,
@@ -247,6 +248,6 @@ async def test_a_content_length_with_optional_whitespace_is_read(api, acme):
 
 async def test_an_append_over_the_chunk_limit_closes_the_connection(api, acme):
     assert (await api.post(JOBS, json={"jobId": "j1"}, headers=acme)).status_code == 201
-    body = Body.of_size(MAX_CHUNK_BYTES + 1)
+    body = Body.of_size(MAX_APPEND_BYTES + 1)
     refused = await api.post(f"{JOBS}/j1/output", content=body, headers=acme)
     assert refused.status_code == 413 and refused.headers["connection"] == "close"

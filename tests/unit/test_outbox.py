@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from actors.versions import next_version
 from actors.webhooks import body
 from actors.webhooks.backoff import RetryPolicy
 from actors.webhooks.outbox import DEFER_S, Hooks, Outbox
@@ -62,8 +63,12 @@ def _body(delivery) -> dict:
 
 
 def _reader(store: MemoryStore) -> body.ReadChunks:
-    async def read(namespace: str, job_id: str, after_seq: int, limit: int) -> list[Chunk]:
-        return await store.read_output(namespace, job_id, after_seq=after_seq, limit=limit)
+    async def read(
+        namespace: str, job_id: str, version: int, after_seq: int, limit: int
+    ) -> list[Chunk]:
+        return await store.read_output(
+            namespace, job_id, version=version, after_seq=after_seq, limit=limit
+        )
 
     return read
 
@@ -77,12 +82,28 @@ async def _append(
     outbox: Outbox, store: MemoryStore, job: Job, data: bytes
 ) -> tuple[Job, Delivery]:
     """What the shard does for an append: the chunk and the window's version commit together."""
-    chunk = Chunk(job.namespace, job.job_id, job.output_seq + 1, job.output_size, data)
+    seq = job.output_seq + 1
+    chunk = Chunk(job.namespace, job.job_id, seq, job.output_size, data, job.output_version)
     after = job.evolve(output_seq=chunk.seq, output_size=chunk.end)
     (delivery,) = outbox.on_change(job, after, [chunk], ALL)
     await store.commit(Batch(chunks=[chunk], deliveries=[delivery]))
     outbox.committed([delivery])
     return after, delivery
+
+
+async def test_a_new_output_version_closes_the_open_window_and_opens_its_own(outbox, store, clock):
+    """A window holds one version's chunks (read back by version): a re-run sends the open
+    window of the version it completes at once, and its own output goes in a new one."""
+    job, first = await _append(outbox, store, _job(), b"old")
+    _, rerun = next_version(job, sha256="ab", now=clock())
+    [closed] = outbox.on_change(job, rerun, (), ALL)
+    assert closed.delivery_id == first.delivery_id and closed.next_attempt_at == clock()
+    _, second = await _append(outbox, store, rerun, b"new")
+    assert second.delivery_id != first.delivery_id
+    old_body, new_body = await _sent(closed, store), await _sent(second, store)
+    assert [c["data"] for c in old_body["data"]["chunks"]] == ["old"]
+    assert [c["data"] for c in new_body["data"]["chunks"]] == ["new"]
+    assert new_body["data"]["outputVersion"] == 2
 
 
 def test_no_url_means_no_deliveries(outbox):
@@ -155,6 +176,7 @@ async def test_a_sent_window_is_the_body_receivers_get(clock, store):
             "status": "Running",
             "progress": 12.5,
             "estimatedCompletion": None,
+            "outputVersion": 1,
             "outputSeq": 2,
             "outputSize": 102,
             "revision": job.revision,
@@ -197,9 +219,12 @@ async def test_rendering_reads_every_chunk_when_reads_return_short_pages(outbox,
         job, delivery = await _append(outbox, store, job, data)
     limits = []
 
-    async def two_at_a_time(namespace: str, job_id: str, after_seq: int, limit: int):
+    async def two_at_a_time(namespace: str, job_id: str, version: int, after_seq: int, limit: int):
         limits.append(limit)
-        return (await store.read_output(namespace, job_id, after_seq=after_seq, limit=2))[:limit]
+        page = await store.read_output(
+            namespace, job_id, version=version, after_seq=after_seq, limit=2
+        )
+        return page[:limit]
 
     sent = json.loads(await body.render(delivery, two_at_a_time))
     assert "".join(c["data"] for c in sent["data"]["chunks"]) == "abcde"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 
 import pytest
 
@@ -15,6 +16,7 @@ from actors.render import (
     status_json,
     webhook_data,
 )
+from actors.timestamps import iso
 from storage.records import (
     Attempt,
     Chunk,
@@ -23,9 +25,11 @@ from storage.records import (
     Job,
     JobStatus,
     OutputFormat,
+    OutputVersion,
 )
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+NOON = T0 + 12 * 3600
 
 
 def make_job(**fields) -> Job:
@@ -47,6 +51,7 @@ def finished_job() -> Job:
         webhook_url="https://hooks.example.com/x",
         webhook_events=("job.completed",),
         ttl_s=3600,
+        expires_at=T0 + 3630.25,
         output_format=OutputFormat.JSON,
         revision=7,
         output_seq=3,
@@ -60,6 +65,7 @@ def test_status_json_has_what_changes_while_a_job_runs():
         "status": "Failed",
         "progress": 75.0,
         "estimatedCompletion": "2026-01-01T00:01:00.000Z",
+        "outputVersion": 1,
         "outputSeq": 3,
         "outputSize": 42,
         "revision": 7,
@@ -78,9 +84,40 @@ def test_job_json_is_the_status_plus_the_jobs_settings():
         "webhookUrl": "https://hooks.example.com/x",
         "webhookEvents": ["job.completed"],
         "retentionPolicy": {"ttl": 3600},
+        "expiresAt": "2026-01-01T01:00:30.250Z",
         "outputFormat": "json",
         "createdAt": "2026-01-01T00:00:00.000Z",
+        "versions": [
+            {
+                "version": 1,
+                "size": 42,
+                "seq": 3,
+                "sha256": None,  # a job finished before versions: its digest was never taken
+                "createdAt": "2026-01-01T00:00:00.000Z",
+                "completedAt": "2026-01-01T00:00:30.250Z",
+            }
+        ],
     }
+
+
+def test_job_json_lists_the_earlier_versions_then_the_latest():
+    job = replace(finished_job(), output_version=3, output_version_at=NOON, output_sha256="ab")
+    first = OutputVersion("acme", "j1", 1, 5, 50, created_at=0.0, completed_at=1.0, sha256="cd")
+    later = replace(first, version=3)  # not earlier than the job's latest: not listed twice
+    versions = job_json(job, [first, later])["versions"]
+    assert [v["version"] for v in versions] == [1, 3]
+    assert versions[0] == {
+        "version": 1,
+        "size": 50,
+        "seq": 5,
+        "sha256": "cd",
+        "createdAt": "1970-01-01T00:00:00.000Z",
+        "completedAt": "1970-01-01T00:00:01.000Z",
+    }
+    assert versions[1]["sha256"] == "ab" and versions[1]["createdAt"] == iso(NOON)
+    running = replace(job, status=JobStatus.RUNNING)
+    assert job_json(running)["versions"][-1]["sha256"] is None  # not complete yet
+    assert job_json(running)["versions"][-1]["completedAt"] is None
 
 
 def test_a_new_jobs_unset_fields_render_as_null():
@@ -88,7 +125,7 @@ def test_a_new_jobs_unset_fields_render_as_null():
     assert body["status"] == "Running" and body["revision"] == 1
     assert body["estimatedCompletion"] is None and body["completedAt"] is None
     assert body["webhookUrl"] is None and body["webhookEvents"] is None
-    assert body["retentionPolicy"] is None
+    assert body["retentionPolicy"] is None and body["expiresAt"] is None
     assert body["metadata"] == {"title": None, "description": None, "tags": []}
     assert body["outputFormat"] == "text"
 
@@ -152,7 +189,12 @@ def test_a_progress_event_has_the_progress_and_the_estimate():
 
 @pytest.mark.parametrize("kind", ["status", "end"])
 def test_status_and_end_events_have_the_status_the_last_seq_and_the_error(kind):
-    assert event_json(kind, finished_job()) == {"status": "Failed", "outputSeq": 3, "error": "boom"}
+    assert event_json(kind, finished_job()) == {
+        "status": "Failed",
+        "outputVersion": 1,
+        "outputSeq": 3,
+        "error": "boom",
+    }
 
 
 def test_a_heartbeat_event_is_empty():

@@ -9,9 +9,10 @@ import asyncio
 import pytest
 
 from actors.commands import Completion, JobSpec, ProgressUpdate
+from actors.limits import MAX_APPEND_BYTES
 from actors.namespace_settings import NamespaceChanges
 from actors.shard import Shard, ShardConfig
-from actors.shard_client import ShardClient
+from actors.shard_client import OUT_OF_BAND_BYTES, ShardClient
 from storage.errors import (
     BadRequest,
     Conflict,
@@ -144,7 +145,7 @@ async def test_namespaces_never_see_each_others_jobs(shards):
         with pytest.raises(NotFound):
             await call("globex", "j1")
     with pytest.raises(NotFound):
-        await shards.read_output("globex", "j1")
+        await shards.read_output("globex", "j1", version=1)
 
 
 async def test_a_namespace_of_another_shard_is_refused(store):
@@ -175,10 +176,25 @@ async def test_oversized_and_empty_chunks_are_refused(store):
     shards = ShardClient(num_shards=1, shards=[shard].__getitem__, max_chunk_bytes=8)
     await shards.submit("acme", JobSpec(), job_id="j1")
     with pytest.raises(TooLarge):
-        await shards.append("acme", "j1", b"123456789")
+        await shards.append("acme", "j1", b"1" * (MAX_APPEND_BYTES + 1))
+    ack = await shards.append("acme", "j1", b"123456789")  # over the chunk size: two chunks
+    assert (ack.seq, ack.size, ack.chunks) == (2, 9, 2)
     with pytest.raises(Invalid):
         await shards.append("acme", "j1", b"")
     await shard.stop()
+
+
+async def test_a_big_append_crosses_as_buffers_and_is_kept_as_bytes(shards, store):
+    """Over OUT_OF_BAND_BYTES the client hands the shard pickle buffers (Ray sends them
+    without a pickled copy); the shard stores bytes, whatever it was given."""
+    await shards.submit("acme", JobSpec(output_format=OutputFormat.BINARY), job_id="j1")
+    body = bytes(range(256)) * (OUT_OF_BAND_BYTES // 256 + 1)
+    ack = await shards.append("acme", "j1", body)
+    chunks = await store.read_output("acme", "j1")
+    assert ack.size == len(body) and b"".join(c.data for c in chunks) == body
+    assert {type(c.data) for c in chunks} == {bytes}
+    assert store.output[("acme", "j1")][1][1].data == chunks[0].data  # as the shard kept it
+    assert type(store.output[("acme", "j1")][1][1].data) is bytes
 
 
 async def test_text_jobs_need_utf8_and_binary_jobs_take_any_bytes(shards):

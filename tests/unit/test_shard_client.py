@@ -13,6 +13,7 @@ import ray
 
 from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.feed import EventKind
+from actors.limits import MAX_APPEND_BYTES, OUTPUT_PAGE_BYTES
 from actors.namespace_settings import NamespaceChanges
 from actors.routing import shard_for
 from actors.shard import Shard
@@ -36,7 +37,7 @@ class RecordingShard:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-        self.replies: dict[str, Any] = {"append_many": AppendManyResult()}
+        self.replies: dict[str, Any] = {"append_many": AppendManyResult(), "list_versions": []}
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -77,11 +78,14 @@ CALLS = [
     ),
     (
         lambda c, ns: c.append(ns, "j1", b"abc", seq=3),
-        ("append", {"job_id": "j1", "data": b"abc", "seq": 3}),
+        ("append", {"job_id": "j1", "chunks": [b"abc"], "seq": 3, "version": None}),
     ),
     (
-        lambda c, ns: c.append_many(ns, "j1", [b"ab", b"c"], first_seq=2),
-        ("append_many", {"job_id": "j1", "chunks": [b"ab", b"c"], "first_seq": 2}),
+        lambda c, ns: c.append_many(ns, "j1", [b"ab", b"c"], first_seq=2, version=2),
+        (
+            "append_many",
+            {"job_id": "j1", "chunks": [b"ab", b"c"], "first_seq": 2, "version": 2},
+        ),
     ),
     (
         lambda c, ns: c.set_progress(ns, "j1", ProgressUpdate(progress=5)),
@@ -95,12 +99,42 @@ CALLS = [
     (lambda c, ns: c.delete(ns, "j1", actor="me"), ("delete", {"job_id": "j1", "actor": "me"})),
     (lambda c, ns: c.get(ns, "j1"), ("get", {"job_id": "j1"})),
     (
+        lambda c, ns: c.start_version(ns, "j1", actor="me"),
+        ("start_version", {"job_id": "j1", "actor": "me"}),
+    ),
+    (
+        lambda c, ns: c.earlier_versions(Job(ns, "j1", 0, 0.0, 0.0, output_version=2)),
+        ("list_versions", {"job_id": "j1"}),
+    ),
+    (
         lambda c, ns: c.watch(ns, "j1", revision=2, after_seq=1, timeout_s=3.0),
         ("watch", {"job_id": "j1", "revision": 2, "after_seq": 1, "timeout_s": 3.0}),
     ),
     (
-        lambda c, ns: c.read_output(ns, "j1", after_seq=4, limit=5),
-        ("read_output", {"job_id": "j1", "after_seq": 4, "limit": 5}),
+        lambda c, ns: c.read_output(ns, "j1", version=2, after_seq=4, limit=5),
+        (
+            "read_output",
+            {
+                "job_id": "j1",
+                "version": 2,
+                "after_seq": 4,
+                "limit": 5,
+                "max_bytes": OUTPUT_PAGE_BYTES,
+            },
+        ),
+    ),
+    (
+        lambda c, ns: c.read_output_at(ns, "j1", version=1, offset=40, limit=5),
+        (
+            "read_output_at",
+            {
+                "job_id": "j1",
+                "version": 1,
+                "offset": 40,
+                "limit": 5,
+                "max_bytes": OUTPUT_PAGE_BYTES,
+            },
+        ),
     ),
     (
         lambda c, ns: c.create_namespace(ns, NamespaceChanges(description="d")),
@@ -171,7 +205,7 @@ async def test_ping_all_pings_every_shard():
         (lambda c: c.submit("acme", JobSpec(), job_id="x" * 129), TooLarge),
         (lambda c: c.submit("acme_corp", JobSpec(), job_id="j1"), Invalid),
         (lambda c: c.append("acme", "j1", b""), Invalid),
-        (lambda c: c.append("acme", "j1", b"123456789"), TooLarge),
+        (lambda c: c.append("acme", "j1", b"x" * (MAX_APPEND_BYTES + 1)), TooLarge),
         (lambda c: c.append("acme", "j1", b"x", seq=0), Invalid),
         (lambda c: c.append("acme", "j 1", b"x"), Invalid),
         (lambda c: c.append_many("acme", "j 1", [b"x"]), Invalid),
@@ -181,7 +215,10 @@ async def test_ping_all_pings_every_shard():
         (lambda c: c.watch("acme", "../j1"), Invalid),
         (lambda c: c.rotate_webhook_secret("acme", grace_s=-1), Invalid),
         (lambda c: c.create_namespace("-acme", NamespaceChanges()), Invalid),
-        (lambda c: c.read_output("acme", "a/b"), Invalid),
+        (lambda c: c.read_output("acme", "a/b", version=1), Invalid),
+        (lambda c: c.append("acme", "j1", b"x", version=0), Invalid),
+        (lambda c: c.append_many("acme", "j1", [b"x"], version=-1), Invalid),
+        (lambda c: c.start_version("acme", "j 1"), Invalid),
     ],
 )
 async def test_a_bad_name_or_value_is_refused_before_any_shard_is_called(call, error):
@@ -234,11 +271,20 @@ class ChunkSource:
     def __init__(self, count: int) -> None:
         self.chunks = [Chunk("acme", "j1", seq, seq - 1, b"x") for seq in range(1, count + 1)]
         self.pages: list[tuple[int, int]] = []
+        self.max_bytes: set[int | None] = set()
 
     async def read_output(
-        self, namespace: str, job_id: str, *, after_seq: int = 0, limit: int = 256
+        self,
+        namespace: str,
+        job_id: str,
+        *,
+        version: int = 1,
+        after_seq: int = 0,
+        limit: int = 256,
+        max_bytes: int | None = None,
     ) -> list[Chunk]:
         self.pages.append((after_seq, limit))
+        self.max_bytes.add(max_bytes)
         return self.chunks[after_seq : after_seq + limit]
 
 
@@ -247,22 +293,40 @@ def job_with_output(output_seq: int) -> Job:
 
 
 async def test_output_reads_page_by_page_up_to_the_jobs_last_seq():
-    source = ChunkSource(300)  # the store may hold more than the job (as fetched) has seen
+    source = ChunkSource(1200)  # the store may hold more than the job (as fetched) has seen
     fleet = Fleet()
     fleet.shards[shard_for("acme", NUM_SHARDS)] = source
-    chunks = [c async for c in fleet.client.output(job_with_output(200), after_seq=10)]
-    assert [c.seq for c in chunks] == list(range(11, 201))
+    chunks = [
+        c async for c in fleet.client.output(job_with_output(1100).current_version, after_seq=10)
+    ]
+    assert [c.seq for c in chunks] == list(range(11, 1101))
     assert len(source.pages) > 1
     positions = [after for after, _ in source.pages]
     assert positions[0] == 10 and positions == sorted(set(positions))
-    assert all(after + limit <= 200 for after, limit in source.pages)
+    assert all(after + limit <= 1100 for after, limit in source.pages)
+    assert source.max_bytes == {OUTPUT_PAGE_BYTES}  # every page bounded in bytes too
+
+
+async def test_output_that_ends_before_the_versions_last_seq_raises_not_a_short_stream():
+    """Its job was deleted while it was read: a compressed download must not end with a
+    valid end of stream, as if whole."""
+    source = ChunkSource(5)
+    fleet = Fleet()
+    fleet.shards[shard_for("acme", NUM_SHARDS)] = source
+    seen = []
+    with pytest.raises(NotFound, match="deleted while its output was read"):
+        async for chunk in fleet.client.output(job_with_output(8).current_version):
+            seen.append(chunk.seq)
+    assert seen == [1, 2, 3, 4, 5]
+    whole = [c.seq async for c in fleet.client.output(job_with_output(5).current_version)]
+    assert whole == [1, 2, 3, 4, 5]
 
 
 async def test_output_is_served_by_the_store_when_the_client_has_one():
     store = ChunkSource(5)
     fleet = Fleet()
     client = ShardClient(num_shards=NUM_SHARDS, shards=fleet._find, store=store)
-    chunks = [c async for c in client.output(job_with_output(5))]
+    chunks = [c async for c in client.output(job_with_output(5).current_version)]
     assert [c.seq for c in chunks] == [1, 2, 3, 4, 5]
     assert store.pages and fleet.calls() == [[]] * NUM_SHARDS
 

@@ -1,0 +1,119 @@
+"""Big output end to end: appends over the chunk size, bounded reads, deletes in steps."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import ray
+
+from actors.limits import MAX_CHUNK_BYTES
+from actors.routing import RAY_NAMESPACE, shard_for, shard_name
+from tests.e2e.waiting import wait_until
+
+pytestmark = pytest.mark.e2e
+IDENTITY = {"Accept-Encoding": "identity"}
+
+
+def _text(size: int) -> bytes:
+    line = "step %08d: résumé ✓ ok\n"  # multi-byte characters: cuts must fall between them
+    return "".join(line % i for i in range(size // 24 + 1)).encode()[:size]
+
+
+def _utf8_prefix(data: bytes) -> bytes:
+    return data.decode("utf-8", errors="ignore").encode()
+
+
+def test_an_append_over_the_chunk_size_is_stored_in_chunks_and_read_back_whole(tenant):
+    assert tenant.http.post("/api/v1/jobs", json={"jobId": "big"}).status_code == 201
+    body = _utf8_prefix(_text(2 * MAX_CHUNK_BYTES + 12345))
+    ack = tenant.http.post("/api/v1/jobs/big/output?seq=1", content=body, timeout=60)
+    assert ack.status_code == 200, ack.text
+    assert ack.json() == {"seq": 3, "offset": 0, "size": len(body), "chunks": 3, "version": 1}
+    retried = tenant.http.post("/api/v1/jobs/big/output?seq=1", content=body, timeout=60)
+    assert retried.json() == ack.json()  # acknowledged whole, not written twice
+    tail = tenant.http.post("/api/v1/jobs/big/output?seq=4", content=b"end\n")
+    assert tail.json()["seq"] == 4 and tail.json()["offset"] == len(body)
+    raw = tenant.http.get("/api/v1/jobs/big/output/raw", headers=IDENTITY, timeout=60)
+    assert raw.content == body + b"end\n"
+    tenant.http.post("/api/v1/jobs/big/complete", json={"status": "Succeeded"})
+    with tenant.http.stream("GET", "/api/v1/jobs/big/stream", timeout=60) as stream:
+        outputs = _output_events(stream)
+    assert [event["seq"] for event in outputs] == [1, 2, 3, 4]
+    assert all(event["size"] <= MAX_CHUNK_BYTES for event in outputs)
+    assert "".join(event["data"] for event in outputs).encode() == body + b"end\n"
+
+
+def test_a_deleted_jobs_id_is_reused_with_none_of_its_old_output(tenant):
+    assert tenant.http.post("/api/v1/jobs", json={"jobId": "again"}).status_code == 201
+    old = _utf8_prefix(_text(3 * MAX_CHUNK_BYTES))
+    assert tenant.http.post("/api/v1/jobs/again/output", content=old, timeout=60).is_success
+    tenant.http.post("/api/v1/jobs/again/complete", json={"status": "Succeeded"})
+    assert tenant.http.delete("/api/v1/jobs/again").status_code == 204
+    assert tenant.http.get("/api/v1/jobs/again/output/raw").status_code == 404
+    # Created again at once: a submit waits briefly for the old output's purge, then 503
+    # with Retry-After until it is done (a client asks again); the new job starts empty.
+    again = _retry(lambda: tenant.http.post("/api/v1/jobs", json={"jobId": "again"}).status_code)
+    assert again == 201
+    assert tenant.http.post("/api/v1/jobs/again/output", content=b"new\n").json()["seq"] == 1
+    raw = tenant.http.get("/api/v1/jobs/again/output/raw", headers=IDENTITY)
+    assert raw.content == b"new\n"
+
+
+def _output_events(stream: httpx.Response) -> list[dict]:
+    events, kind = [], ""
+    for line in stream.iter_lines():
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: ") and kind == "output":
+            events.append(json.loads(line[6:]))
+        elif line.startswith("data: ") and kind == "end":
+            return events
+    return events
+
+
+@pytest.mark.parametrize("delay_s", [0.2, 0.8])
+def test_a_shard_killed_during_a_big_append_leaves_it_whole_or_absent(tenant, delay_s):
+    """The append is one commit of many chunks: after a kill -9 of its shard the output
+    holds all of it or none of it, never some chunks; acknowledged means kept; and the
+    producer's retry with the same seq completes it exactly once."""
+    job = f"crash-{int(delay_s * 10)}"
+    assert tenant.http.post("/api/v1/jobs", json={"jobId": job}).status_code == 201
+    assert tenant.http.post(f"/api/v1/jobs/{job}/output?seq=1", content=b"head\n").is_success
+    body = _utf8_prefix(_text(8 * MAX_CHUNK_BYTES))
+    with ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(_post, tenant, f"/api/v1/jobs/{job}/output?seq=2", body)
+        time.sleep(delay_s)
+        shard = ray.get_actor(shard_name(shard_for(tenant.namespace, 2)), namespace=RAY_NAMESPACE)
+        ray.kill(shard, no_restart=False)
+        answer = sent.result()
+    size = wait_until(lambda: _output_size(tenant, job), timeout_s=60, what="the shard back")
+    assert size in (5, 5 + len(body)), size  # whole or absent, never a part
+    if answer == 200:
+        assert size == 5 + len(body)  # acknowledged: kept
+    retried = _retry(lambda: _post(tenant, f"/api/v1/jobs/{job}/output?seq=2", body))
+    assert retried == 200
+    raw = tenant.http.get(f"/api/v1/jobs/{job}/output/raw", headers=IDENTITY, timeout=60)
+    assert raw.content == b"head\n" + body
+
+
+def _post(tenant, path: str, body: bytes) -> int | None:
+    try:
+        return tenant.http.post(path, content=body, timeout=60).status_code
+    except httpx.HTTPError:
+        return None  # the connection was cut: the outcome is unknown to the producer
+
+
+def _output_size(tenant, job: str) -> int | None:
+    response = tenant.http.get(f"/api/v1/jobs/{job}")
+    return response.json()["outputSize"] if response.status_code == 200 else None
+
+
+def _retry(call, timeout_s: float = 60) -> int | None:
+    deadline = time.monotonic() + timeout_s
+    while (status := call()) in (None, 503) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return status
