@@ -17,8 +17,10 @@ from storage.errors import Invalid
 # thousands of digits is slow (Python refuses past 4300).
 _SIMPLE = re.compile(r"\s*([0-9]{1,12})\s*(ms|s|m|h|d|w)?\s*")
 _N = "[0-9]{1,12}"
+# ISO 8601 wants at least one component after P and after T: "P" and "PT" are not durations.
 _ISO = re.compile(
-    rf"P(?:(?P<w>{_N})W)?(?:(?P<d>{_N})D)?(?:T(?:(?P<h>{_N})H)?(?:(?P<m>{_N})M)?(?:(?P<s>{_N})S)?)?"
+    rf"P(?=[0-9]|T[0-9])(?:(?P<w>{_N})W)?(?:(?P<d>{_N})D)?"
+    rf"(?:T(?=[0-9])(?:(?P<h>{_N})H)?(?:(?P<m>{_N})M)?(?:(?P<s>{_N})S)?)?"
 )
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _EXAMPLES = "e.g. 3600, '90s', '12h', '30d', 'P30D'"
@@ -35,7 +37,7 @@ def parse_duration_s(value: object) -> int:
         return value
     if isinstance(value, str) and (m := _SIMPLE.fullmatch(value)):
         ms = int(m.group(1)) * _UNIT_MS[m.group(2) or "s"]
-    elif isinstance(value, str) and value != "P" and (m := _ISO.fullmatch(value.strip().upper())):
+    elif isinstance(value, str) and (m := _ISO.fullmatch(value.strip().upper())):
         ms = sum(int(m.group(k) or 0) * _UNIT_MS[k] for k in ("w", "d", "h", "m", "s"))
     else:
         raise Invalid(f"cannot read {clip(repr(value), 40)} as a duration ({_EXAMPLES})")

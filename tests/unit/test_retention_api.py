@@ -4,6 +4,7 @@ whole seconds from 1 s to 10 years) and `expiresAt` in the job record."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 from actors.limits import MAX_TTL_S
 from actors.shard import Shard, ShardConfig
 from actors.shard_client import ShardClient
+from serve_app.durations import parse_duration_s
+from storage.errors import Invalid
 from storage.memory import MemoryStore
 from tests.unit.fakes import FakeClock
 from tests.unit.test_api import ADMIN, JOBS, error_of, http, make_app, new_tenant
@@ -41,6 +44,10 @@ BAD_TTLS = [
     "1h30m",
     "P1Y",  # ISO 8601 years and months have no fixed length
     "P3651D",
+    "P",
+    "PT",
+    "P1DT",
+    "PT1H2D",  # days belong before T
     "9" * 5000 + "s",
     "\uff11s",  # a fullwidth digit
     {"seconds": 5},
@@ -102,6 +109,20 @@ async def test_a_bad_namespace_ttl_is_422_and_changes_nothing(api, acme, ttl):
         "ttlS": 60
     }
     error_of(await api.get("/api/v1/namespaces/globex", headers=ADMIN), 404)
+
+
+@pytest.mark.parametrize(
+    ("ttl", "says"),
+    [
+        ("PT", "cannot read 'PT'"),
+        ("P", "cannot read 'P'"),
+        ("PT0S", "from 1 s to"),
+        (0, "from 1 s to"),
+    ],
+)
+def test_a_ttl_of_no_duration_is_named_unreadable_and_a_zero_one_out_of_range(ttl, says):
+    with pytest.raises(Invalid, match=re.escape(says)):
+        parse_duration_s(ttl)
 
 
 @pytest.mark.parametrize(("ttl", "seconds"), GOOD_TTLS)
