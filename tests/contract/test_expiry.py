@@ -112,7 +112,7 @@ async def test_a_deletion_that_fails_part_way_leaves_the_job_whole(fresh_sql_url
         await store.close()
 
 
-async def test_jobs_finished_before_migration_3_expire_by_their_own_ttl(
+async def test_jobs_finished_before_migration_2_expire_by_their_own_ttl(
     fresh_sql_url: str,
 ) -> None:
     dialect = POSTGRES if _dialect(fresh_sql_url) == "postgres" else SQLITE
