@@ -86,21 +86,29 @@ async def test_rows_written_before_compression_read_back_beside_new_ones(tmp_pat
         await store.close()
 
 
+async def change_stored(url: str, query: str, value: object) -> None:
+    """Run `query` (one `%s` parameter) on the store's database behind its back."""
+    if url.startswith("sqlite"):
+        with closing(sqlite3.connect(path_of(url))) as conn:
+            conn.execute(query.replace("%s", "?"), (value,))
+            conn.commit()
+        return
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(query, (value,))  # type: ignore[arg-type]
+
+
 async def test_a_corrupt_or_unknown_stored_chunk_is_a_store_fault_never_wrong_output(
     sql_store: tuple[Store, str],
 ) -> None:
     store, url = sql_store
     await store.commit(Batch(jobs=[job()], chunks=[Chunk("acme", "j1", 1, 0, log_text(9000))]))
-    if not url.startswith("sqlite"):
-        pytest.skip("the stored bytes are changed with sqlite3 only; the codec is shared")
-    with closing(sqlite3.connect(path_of(url))) as conn:
-        conn.execute("UPDATE output_chunks SET data = X'28b52ffd00ff' WHERE seq = 1")
-        conn.commit()
+    # A zstd frame header, then nothing: what a torn or bit-rotted frame looks like.
+    await change_stored(
+        url, "UPDATE output_chunks SET data = %s WHERE seq = 1", b"(\xb5/\xfd\x00\xff"
+    )
     with pytest.raises(StoreUnavailable, match="corrupt"):
         await store.read_output("acme", "j1")
-    with closing(sqlite3.connect(path_of(url))) as conn:
-        conn.execute("UPDATE output_chunks SET encoding = 'lzma' WHERE seq = 1")
-        conn.commit()
+    await change_stored(url, "UPDATE output_chunks SET encoding = %s WHERE seq = 1", "lzma")
     with pytest.raises(StoreUnavailable, match="unknown encoding"):
         await store.read_output("acme", "j1")
 
