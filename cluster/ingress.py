@@ -49,6 +49,10 @@ REQUEST_HEAD_RULES = ("    timeout http-request 30s",)
 #: Seconds an HAProxy that a reload replaced keeps its connections (Serve's default, 120 s,
 #: cut every SSE stream 120 s after any reload).
 HARD_STOP_AFTER_S = 3600
+#: Seconds a starting proxy has to say it is ready before Serve's controller kills it and
+#: starts another (Serve: 5 s). HAProxy's manager starts and checks a binary first; on two
+#: busy cores that took longer, and `serve.start` failed with the proxy killed.
+PROXY_READY_S = 30
 #: A 503 without `Retry-After` comes from Serve (its queue is full) or HAProxy, not from the
 #: API (whose 503s say when to retry): answered as the API answers overload (RFC 9110 §15.6.4).
 OVERLOADED_RULES = (
@@ -77,9 +81,11 @@ def environment(
     are kept up to `hard_stop_after_s` (Serve's default, 120 s, cut every stream 120 s
     after any reload).
     """
+    ready = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": str(PROXY_READY_S)}
     if ingress == SERVE_PROXY:
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", **ready}
     env = {
+        **ready,
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),

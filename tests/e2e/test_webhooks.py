@@ -295,9 +295,13 @@ def test_pending_deliveries_survive_a_shard_restart(admin, tenant, receiver):
     )
     receiver.answers["/later"] = lambda _: 503
     for i in range(5):
-        tenant.http.post("/api/v1/jobs", json={"jobId": f"j{i}"})
-        tenant.http.post(f"/api/v1/jobs/j{i}/cancel")
-    receiver.wait_for("/later", 5)
+        assert tenant.http.post("/api/v1/jobs", json={"jobId": f"j{i}"}).status_code == 201
+        assert tenant.http.post(f"/api/v1/jobs/j{i}/cancel").status_code == 200
+    wait_until(  # each message tried at least once, all refused
+        lambda: len({g.headers["webhook-id"] for g in receiver.at("/later")}) == 5,
+        timeout_s=30,
+        what="a first attempt of each of the 5 messages",
+    )
     shard = ray.get_actor(shard_name(shard_for(tenant.namespace, 2)), namespace=RAY_NAMESPACE)
     ray.kill(shard, no_restart=False)
     receiver.answers["/later"] = lambda _: 200
@@ -315,7 +319,17 @@ def test_pending_deliveries_survive_a_shard_restart(admin, tenant, receiver):
         return ok if len({g.headers["webhook-id"] for g in ok}) >= 5 else []
 
     ok = wait_until(
-        accepted_by_all, timeout_s=60, what="all 5 messages to be accepted after the restart"
+        accepted_by_all,
+        timeout_s=60,
+        what="all 5 messages to be accepted after the restart",
+        state=lambda: {
+            "received": [(g.json["data"]["jobId"], g.answered) for g in receiver.at("/later")],
+            "deliveries": [
+                (d["status"], d.get("attempts"), d.get("nextAttemptAt"))
+                for i in range(5)
+                for d in _deliveries(tenant, f"j{i}")
+            ],
+        },
     )
     ids = {g.headers["webhook-id"] for g in receiver.at("/later")}
     assert len(ids) == 5  # every message arrived; repeats carry the same webhook-id

@@ -58,6 +58,7 @@ def test_haproxy_mode_sets_serves_switches_ports_and_the_wrapper():
     assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "3"
     assert env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"] == "3600"  # streams outlive reloads
     assert env[ADMIN_HOST_VAR] == "10.0.0.7"
+    assert env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] == "30"  # slow machines start slowly
     assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("/aos-haproxy")
     assert os.access(env[BINARY_VAR], os.X_OK) and "aos-haproxy" not in env[BINARY_VAR]
 
@@ -66,6 +67,7 @@ def test_serve_mode_turns_both_switches_off():
     assert Settings(ingress="serve").ingress_environment() == {
         "RAY_SERVE_ENABLE_HA_PROXY": "0",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0",
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
     }
 
 

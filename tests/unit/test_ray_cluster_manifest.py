@@ -79,3 +79,4 @@ def test_every_pod_runs_serve_with_haproxy_and_its_admin_ports_on_loopback():
         assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("/aos-haproxy")
         assert env["AOS_HAPROXY_ADMIN_HOST"] == "127.0.0.1"
         assert int(env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"]) >= 3600
+        assert int(env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"]) >= 30
