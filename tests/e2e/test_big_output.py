@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
 
 import httpx
 import pytest
 import ray
 
-from actors.limits import MAX_CHUNK_BYTES
+from actors.limits import MAX_APPEND_BYTES, MAX_CHUNK_BYTES
 from actors.routing import RAY_NAMESPACE, shard_for, shard_name
 from tests.e2e.waiting import wait_until
 
@@ -61,6 +64,66 @@ def test_a_deleted_jobs_id_is_reused_with_none_of_its_old_output(tenant):
     assert tenant.http.post("/api/v1/jobs/again/output", content=b"new\n").json()["seq"] == 1
     raw = tenant.http.get("/api/v1/jobs/again/output/raw", headers=IDENTITY)
     assert raw.content == b"new\n"
+
+
+def test_readers_that_stall_hold_a_few_pages_in_the_service_not_the_output(tenant):
+    """Each reader's buffer is bounded whatever its speed: four readers (two raw downloads,
+    two SSE replays) of a 192 MiB output read 1 MiB each, then stop reading. Before pages
+    were bounded in bytes, one such reader took the API replica up 263 MB and HAProxy up
+    280 MB (the output read ahead into memory); now each holds about a page (4 MiB)."""
+    assert tenant.http.post("/api/v1/jobs", json={"jobId": "stalled"}).status_code == 201
+    body = _utf8_prefix(_text(MAX_APPEND_BYTES))
+    for _ in range(3):
+        ack = tenant.http.post("/api/v1/jobs/stalled/output", content=body, timeout=120)
+        assert ack.status_code == 200, ack.text
+    tenant.http.post("/api/v1/jobs/stalled/complete", json={"status": "Succeeded"})
+    before = {pid: _private_bytes(pid) for pid in _ingress_processes()}
+    assert set(_ingress_processes().values()) == {"Api", "haproxy"}
+    with ExitStack() as readers:
+        for path in ["output/raw", "output/raw", "stream", "stream"]:
+            url = f"/api/v1/jobs/stalled/{path}"
+            stream = readers.enter_context(tenant.http.stream("GET", url, headers=IDENTITY))
+            assert stream.status_code == 200
+            got = 0
+            for piece in stream.iter_raw(64 * 1024):
+                got += len(piece)
+                if got >= 1024 * 1024:
+                    break  # and read nothing more: the service may not read ahead for it
+        time.sleep(3)
+        grown_mib = {
+            f"{kind} {pid}": (_private_bytes(pid) - before[pid]) / 2**20
+            for pid, kind in _ingress_processes().items()
+            if pid in before
+        }
+    # A page (4 MiB) or so per reader, all four on one process at worst, not the 192 MiB
+    # each could read ahead: measured +0.4 MiB; with pages of 512 MiB, +124 MiB.
+    assert max(grown_mib.values()) < 48, grown_mib
+
+
+def _ingress_processes() -> dict[int, str]:
+    """The processes a download passes through (pid: kind): API replicas and HAProxy."""
+    found = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"ServeReplica:aos:Api" in argv[0]:
+            found[int(entry)] = "Api"
+        elif os.path.basename(argv[0]) == b"haproxy":
+            found[int(entry)] = "haproxy"
+    return found
+
+
+def _private_bytes(pid: int) -> int:
+    """Resident private memory of `pid` (RssAnon), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _output_events(stream: httpx.Response) -> list[dict]:
