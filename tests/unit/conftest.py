@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 import ray
 
-from actors.shard import Shard
+from actors.shard import Shard, ShardConfig
 from actors.shard_client import ShardClient
-from tests.unit.fakes import GatedStore
+from tests.unit.fakes import GatedStore, Watched
 
 
 @pytest.fixture(autouse=True)
@@ -31,3 +33,12 @@ async def store() -> GatedStore:
 def shards(shard: Shard) -> ShardClient:
     """The shard as every caller reaches it: through a `ShardClient` (here without Ray)."""
     return ShardClient.in_process([shard])
+
+
+@pytest.fixture
+async def watched(store: GatedStore) -> AsyncIterator[Watched]:
+    """A started shard over `store` whose watches tests can count (`Watched`)."""
+    shard = Shard(store, ShardConfig(slot=0, num_shards=1))
+    await shard.start()
+    yield Watched(shard)
+    await shard.stop()

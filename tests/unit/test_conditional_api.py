@@ -9,19 +9,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from actors.shard import Shard, ShardConfig
 from actors.shard_client import ShardClient
 from storage.memory import MemoryStore
 from tests.unit.fakes import WAIT_S, Watched
 from tests.unit.test_api import JOBS, error_of, http, make_app, new_tenant, submit
-
-
-@pytest.fixture
-async def watched(store: MemoryStore) -> AsyncIterator[Watched]:
-    shard = Shard(store, ShardConfig(slot=0, num_shards=1))
-    await shard.start()
-    yield Watched(shard)
-    await shard.stop()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from actors import resume
 from actors.commands import JobSpec
 from actors.feed import EventKind, job_events
 from actors.resume import ResumePoint, event_id, incarnation, parse_resume_point, resume_after
-from actors.shard import Shard, ShardConfig
 from actors.shard_client import ShardClient
 from actors.shard_types import Update
 from storage.errors import Conflict, Invalid
@@ -26,14 +25,6 @@ from tests.unit.test_api import JOBS, error_of, http, make_app, new_tenant, sse_
 
 JOB = Job("acme", "j1", slot=0, created_at=1_764_460_000.123456, updated_at=0.0, output_seq=2)
 V1 = JOB.current_version
-
-
-@pytest.fixture
-async def watched(store: MemoryStore) -> AsyncIterator[Watched]:
-    shard = Shard(store, ShardConfig(slot=0, num_shards=1))
-    await shard.start()
-    yield Watched(shard)
-    await shard.stop()
 
 
 @pytest.fixture
