@@ -82,6 +82,23 @@ def output_text(output_format: OutputFormat, data: bytes) -> str:
     return data.decode("utf-8", "replace")  # appends are checked; "replace" keeps reads total
 
 
+#: The bytes JSON writes as a two-character escape (`\"`, `\\`, `\n`, ...): RFC 8259 §7.
+_SHORT_ESCAPES = b'"\\\b\f\n\r\t'
+#: Every byte JSON writes as it is in a string (Python's `ensure_ascii=False`).
+_AS_IS = bytes(sorted(set(range(256)) - set(range(0x20)) - set(b'"\\')))
+
+
+def inline_answer_bytes(output_format: OutputFormat, data: bytes) -> int:
+    """About how many bytes `data` takes in a JSON answer (`output_text`, written as a JSON
+    string): base64 for binary; for text each control character is six (`\u0001`), a quote,
+    a backslash or `\n`-like one two. Json documents count as text (an upper bound)."""
+    if output_format is OutputFormat.BINARY:
+        return 4 * ((len(data) + 2) // 3)
+    escaped = data.translate(None, _AS_IS)
+    short = sum(escaped.count(byte) for byte in _SHORT_ESCAPES)
+    return len(data) + short + 5 * (len(escaped) - short)
+
+
 def chunk_json(
     chunk: Chunk, output_format: OutputFormat, *, inline_max_bytes: int | None = None
 ) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """What handlers depend on, injected: the replica's config, store, shard client, key cache and
-append budget; and who is calling, and which namespace a request is about.
+byte budgets; and who is calling, and which namespace a request is about.
 
 `create_app(deps)` puts a `Deps` on the app; handlers take it with `Depends(deps)`, so a
 test builds the app around a `ShardClient.in_process(...)` and needs no Ray.
@@ -7,8 +7,6 @@ test builds the app around a `ShardClient.in_process(...)` and needs no Ray.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -18,9 +16,10 @@ from starlette.requests import HTTPConnection
 from actors.commands import check_namespace
 from actors.limits import MAX_APPEND_BYTES
 from actors.shard_client import ShardClient
+from serve_app.budget import ByteBudget
 from serve_app.keys import KeyCache, Principal
 from storage.base import Store
-from storage.errors import BadRequest, Forbidden, Overloaded
+from storage.errors import BadRequest, Forbidden
 
 
 @dataclass(frozen=True)
@@ -35,40 +34,19 @@ class ApiConfig:
     sse_retry_ms: int = 3000
 
 
-#: Append bodies one replica holds at once: two of the largest (`MAX_APPEND_BYTES`).
+#: Append bodies one replica holds at once: two of the largest (`MAX_APPEND_BYTES`); a
+#: namespace, one (`budget.NAMESPACE_SHARE`).
 APPENDS_HELD_BYTES = 2 * MAX_APPEND_BYTES
+#: Inline `/output` answers one replica builds at once (the output and its JSON answer).
+ANSWERS_HELD_BYTES = 128 * 1024 * 1024
 
 
-class AppendBudget:
-    """The bytes of append bodies one replica holds at once (they stay in memory until the
-    shard acknowledges them): past `limit`, an append is refused with 503 and `Retry-After`
-    (RFC 9110 §15.6.4) before more of it is read, so concurrent 64 MiB appends cannot take
-    the replica's memory without bound. One append always fits (`limit` >= the largest)."""
+def _appends() -> ByteBudget:
+    return ByteBudget(APPENDS_HELD_BYTES, what="append bodies")
 
-    def __init__(self, limit: int = APPENDS_HELD_BYTES) -> None:
-        self.limit = limit
-        self.held = 0
 
-    @contextmanager
-    def hold(self) -> Iterator[Callable[[int], None]]:
-        """`take(n)` reserves n more bytes for this append; all are given back at the end."""
-        taken = 0
-
-        def take(size: int) -> None:
-            nonlocal taken
-            if self.held + size > self.limit:
-                raise Overloaded(
-                    f"this replica holds {self.held} bytes of appends, its most is"
-                    f" {self.limit}; retry after the Retry-After seconds",
-                    retry_after_s=1.0,
-                )
-            self.held += size
-            taken += size
-
-        try:
-            yield take
-        finally:
-            self.held -= taken
+def _answers() -> ByteBudget:
+    return ByteBudget(ANSWERS_HELD_BYTES, what="inline output answers")
 
 
 @dataclass(frozen=True)
@@ -79,7 +57,8 @@ class Deps:
     store: Store
     shards: ShardClient
     keys: KeyCache
-    appends: AppendBudget = field(default_factory=AppendBudget)
+    appends: ByteBudget = field(default_factory=_appends)
+    answers: ByteBudget = field(default_factory=_answers)
 
     @classmethod
     def create(cls, config: ApiConfig, store: Store, shards: ShardClient) -> Deps:

@@ -12,8 +12,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from actors.limits import clip, storable
@@ -30,12 +31,16 @@ STATUS = {
     errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
+    errors.RequestTimeout: 408,
     errors.Overloaded: 503,
     errors.StoreUnavailable: 503,
     errors.ShardUnavailable: 503,
     errors.DnsUnavailable: 503,
 }
 
+
+#: The status logged for a request its client closed before it was read (no one gets it).
+CLIENT_CLOSED = 499
 
 #: An error message may quote the request (a bad field name, a bad value): it is clipped,
 #: and what UTF-8 cannot carry is replaced, so rendering an error never fails.
@@ -154,6 +159,13 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:  # RFC 9110 §15.5.6: Allow lists every method of the resource
             headers["Allow"] = ", ".join(_allowed_methods(request))
         return error_response(exc.status_code, code, str(exc.detail), headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: Exception) -> Response:
+        # No one receives this: the status is for the access log, which said 500 (a bug)
+        # for every client that hung up mid-body. 499 is nginx's "client closed request".
+        log.info("the client closed its request: %s %s", request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(Exception)
     async def _other(request: Request, exc: Exception) -> JSONResponse:

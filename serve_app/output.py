@@ -6,25 +6,36 @@ latest): a version the job does not have is 404, one that is not a positive inte
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import ExitStack
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from actors.json_document import document_error
 from actors.limits import MAX_INT64, check_append_size, parse_decimal
 from actors.pieces import Pieces
-from actors.render import output_text
+from actors.render import inline_answer_bytes, output_text
 from actors.resume import ResumePoint, resume_after
 from actors.timestamps import iso
-from serve_app.deps import D, Ns
+from serve_app.budget import ByteBudget
+from serve_app.deps import D, Deps, Ns
 from serve_app.download import not_acceptable, raw_response
 from serve_app.encoding import Coding, NotAcceptable, encode_bytes, negotiate
 from serve_app.openapi import COMMON, responses
-from storage.errors import TooLarge
-from storage.records import OutputFormat
+from storage.errors import RequestTimeout, TooLarge
+from storage.records import Job, OutputFormat, OutputVersion
+
+#: An append whose body sends nothing for this long is refused (408): it would hold its
+#: connection, and what it sent of its budget, for as long as the client liked.
+BODY_IDLE_S = 30.0
+#: `/output`'s answer may be this many times the inline limit: base64 makes binary 4/3 of
+#: its size; text full of control characters escaped (`\u0001`) would be 6 times.
+INLINE_ANSWER_FACTOR = 2
 
 #: `?version=N`: an output version of the job; the latest when not given.
 Version = Annotated[int | None, Query(ge=1, le=MAX_INT64)]
@@ -53,8 +64,8 @@ async def append(
     most the deployment's chunk size with consecutive seqs, all or none; `?seq=N` (the first
     chunk's) makes retries safe. The answer's `seq` is the last chunk's, `chunks` their count.
     `?version=N` must be the latest version, still open (409 when it is complete)."""
-    with deps.appends.hold() as take:
-        pieces = await _read_pieces(request, deps.shards.pieces(), take)
+    with deps.appends.hold(ns) as take:
+        pieces = await _read_pieces(request, deps.shards.pieces(), ns, deps.appends, take)
         ack = await deps.shards.append(ns, job_id, pieces, seq=seq, version=version)
     return {
         "seq": ack.seq,
@@ -85,7 +96,31 @@ async def output(
             f"the output is {view.size} bytes, over the {limit} bytes /output returns"
             f" inline; stream it from /api/v1/jobs/{job.job_id}/output/raw (Range works there)"
         )
+    held = ExitStack()
+    take = held.enter_context(deps.answers.hold(ns))
+    try:
+        take(view.size)
+        response = await _inline(request, deps, job, view, take)
+    except BaseException:
+        held.close()
+        raise
+    return _Released(response, held.close)
+
+
+async def _inline(
+    request: Request, deps: Deps, job: Job, view: OutputVersion, take: Callable[[int], None]
+) -> Response:
+    """The `/output` answer, its bytes held by `take` before it is built."""
     data = b"".join([chunk.data async for chunk in deps.shards.output(view)])
+    answer_size = inline_answer_bytes(job.output_format, data)
+    most = INLINE_ANSWER_FACTOR * deps.config.max_inline_output_bytes
+    if answer_size > most:
+        raise TooLarge(
+            f"the output as JSON would be {answer_size} bytes (escapes included), over the"
+            f" {most} bytes /output answers; stream it from"
+            f" /api/v1/jobs/{job.job_id}/output/raw"
+        )
+    take(answer_size)
     fields = {
         "format": job.output_format.value,
         "size": view.size,
@@ -155,16 +190,42 @@ async def encoded_body(body: bytes, accept_encoding: str | None) -> Response:
     return Response(content, media_type="application/json", headers=headers)
 
 
-async def _read_pieces(request: Request, pieces: Pieces, take: Callable[[int], None]) -> Pieces:
-    """The body, cut into chunks as it arrives; refused (`TooLarge`) as soon as it is known
-    to be over `MAX_APPEND_BYTES`, and (`Overloaded`) when the replica's append budget
-    cannot hold it (`take`: its declared length at once, else each part as it comes)."""
+async def _read_pieces(
+    request: Request, pieces: Pieces, ns: str, budget: ByteBudget, take: Callable[[int], None]
+) -> Pieces:
+    """The body, cut into chunks as it arrives. Refused (`TooLarge`) as soon as it is known
+    to be over `MAX_APPEND_BYTES`; (`Overloaded`) when its declared length does not fit the
+    replica's append budget now, or a part that arrives does not (`take` holds each part as
+    it comes, so a body that never comes holds nothing); (`RequestTimeout`, 408) when no
+    part arrives for `BODY_IDLE_S`."""
     declared = parse_decimal(request.headers.get("content-length", ""))
     if declared is not None:  # the server checked its form
         check_append_size(declared)
-        take(declared)
-    async for part in request.stream():
-        if declared is None:
-            take(len(part))
-        pieces.feed(part)
-    return pieces
+        budget.check(ns, declared)
+    parts = aiter(request.stream())
+    while True:
+        try:
+            async with asyncio.timeout(BODY_IDLE_S):
+                part = await anext(parts)
+        except StopAsyncIteration:
+            return pieces
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no part of the body came for {BODY_IDLE_S:g} s; send it again"
+            ) from None
+        pieces.feed(part)  # first: a body over MAX_APPEND_BYTES is 413, whatever the budget
+        take(len(part))
+
+
+class _Released(Response):
+    """`response`, calling `release` once it is sent (or its client is gone)."""
+
+    def __init__(self, response: Response, release: Callable[[], object]) -> None:
+        self.__dict__.update(response.__dict__)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()

@@ -83,6 +83,12 @@ class Conflict(AosError):
     code = "conflict"
 
 
+class RequestTimeout(AosError):
+    """The client stopped sending its request part way (RFC 9110 §15.5.9)."""
+
+    code = "request_timeout"
+
+
 class Overloaded(AosError):
     code = "overloaded"
 

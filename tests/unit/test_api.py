@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from actors.limits import MAX_APPEND_BYTES, MAX_CHUNK_BYTES
 from actors.shard import Shard, ShardConfig
 from actors.shard_client import ShardClient
+from serve_app import output as output_routes
 from serve_app.app import create_app
 from serve_app.deps import ApiConfig, Deps
 from serve_app.keys import key_hash
@@ -625,8 +626,9 @@ async def test_appends_past_the_replicas_budget_are_503_and_the_budget_comes_bac
     async with http(app) as api:
         acme = await new_tenant(api, "acme")
         await submit(api, acme, jobId="j1", outputFormat="binary")
-        with budget.hold() as take:
-            take(budget.limit - 10)
+        with budget.hold("a") as a, budget.hold("b") as b:
+            a(budget.namespace_limit)
+            b(budget.limit - budget.namespace_limit - 10)
             refused = await api.post(f"{JOBS}/j1/output", content=b"x" * 11, headers=acme)
             assert error_of(refused, 503)["code"] == "overloaded"
             assert refused.headers["retry-after"] == "1"
@@ -634,6 +636,118 @@ async def test_appends_past_the_replicas_budget_are_503_and_the_budget_comes_bac
             assert fits.is_success
         assert budget.held == 0
         assert (await api.post(f"{JOBS}/j1/output", content=b"y" * 11, headers=acme)).is_success
+
+
+async def test_a_namespace_holds_at_most_its_share_and_never_starves_another(store, local_shard):
+    app = make_app(store, ShardClient(num_shards=1, shards=[local_shard].__getitem__))
+    budget = app.state.deps.appends
+    async with http(app) as api:
+        acme, globex = await new_tenant(api, "acme"), await new_tenant(api, "globex")
+        for tenant in (acme, globex):
+            await submit(api, tenant, jobId="j1", outputFormat="binary")
+        with budget.hold("acme") as take:
+            take(budget.namespace_limit - 5)
+            refused = await api.post(f"{JOBS}/j1/output", content=b"x" * 6, headers=acme)
+            assert error_of(refused, 503)["code"] == "overloaded"
+            assert "for this namespace" in error_of(refused, 503)["message"]
+            other = await api.post(f"{JOBS}/j1/output", content=b"x" * 6, headers=globex)
+            assert other.is_success
+
+
+async def test_a_body_that_stops_coming_holds_only_what_came_and_is_408(
+    store, local_shard, monkeypatch
+):
+    """A client that declares 64 MiB and sends 3 bytes holds 3 bytes of the budget, not 64
+    MiB, until no more of its body has come for `BODY_IDLE_S`: then 408, nothing kept."""
+    monkeypatch.setattr(output_routes, "BODY_IDLE_S", 0.3)
+    app = make_app(store, ShardClient(num_shards=1, shards=[local_shard].__getitem__))
+    budget = app.state.deps.appends
+    stalled = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"abc"
+        await stalled.wait()  # never set: the client sends nothing more
+        yield b"d"
+
+    async with http(app) as api:
+        acme = await new_tenant(api, "acme")
+        await submit(api, acme, jobId="j1", outputFormat="binary")
+        headers = {**acme, "Content-Length": str(64 * 1024 * 1024)}
+        sent = asyncio.create_task(api.post(f"{JOBS}/j1/output", content=body(), headers=headers))
+        while budget.held == 0:
+            await asyncio.sleep(0.01)
+        assert budget.held == 3
+        assert error_of(await sent, 408)["code"] == "request_timeout"
+        assert budget.held == 0
+        assert (await api.get(f"{JOBS}/j1", headers=acme)).json()["outputSize"] == 0
+
+
+async def test_a_client_that_hangs_up_mid_body_is_no_error_and_writes_nothing(
+    store, local_shard, caplog
+):
+    app = make_app(store, ShardClient(num_shards=1, shards=[local_shard].__getitem__))
+    async with http(app) as api:
+        acme = await new_tenant(api, "acme")
+        await submit(api, acme, jobId="j1", outputFormat="binary")
+    messages = iter(
+        [
+            {"type": "http.request", "body": b"abc", "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(k.lower().encode(), v.encode()) for k, v in acme.items()]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"{JOBS}/j1/output",
+        "raw_path": f"{JOBS}/j1/output".encode(),
+        "query_string": b"",
+        "headers": [*headers, (b"content-length", b"10")],
+        "client": ("127.0.0.1", 1),
+        "server": ("t", 80),
+    }
+    with caplog.at_level("INFO"):
+        await app(scope, receive, send)
+    assert sent[0]["status"] == 499
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert app.state.deps.appends.held == 0
+    assert await store.read_output("acme", "j1") == []
+
+
+async def test_an_answer_that_escaping_would_make_too_big_is_413_and_answers_share_a_budget(
+    store, local_shard
+):
+    """/output's 16 MiB is of output bytes; JSON writes a control character as six
+    (`\\u0001`): such an answer past twice the limit is 413, and answers being built hold
+    a budget of their own (503 past it)."""
+    shards = ShardClient(num_shards=1, shards=[local_shard].__getitem__, store=store)
+    app = make_app(store, shards, max_inline_output_bytes=100)
+    async with http(app) as api:
+        acme = await new_tenant(api, "acme")
+        await submit(api, acme, jobId="j1")
+        await api.post(f"{JOBS}/j1/output", content=b"\x01" * 34, headers=acme)  # 204 as JSON
+        message = error_of(await api.get(f"{JOBS}/j1/output", headers=acme), 413)["message"]
+        assert "204 bytes" in message and "/api/v1/jobs/j1/output/raw" in message
+        await submit(api, acme, jobId="j2")
+        await api.post(f"{JOBS}/j2/output", content=b"\x01" * 33, headers=acme)  # 198
+        assert (await api.get(f"{JOBS}/j2/output", headers=acme)).json()["size"] == 33
+        answers = app.state.deps.answers
+        with answers.hold("acme") as take:
+            take(answers.namespace_limit - 100)
+            busy = await api.get(f"{JOBS}/j2/output", headers=acme)
+            assert error_of(busy, 503)["code"] == "overloaded"
+        assert answers.held == 0
 
 
 async def test_an_append_over_the_chunk_size_is_cut_at_character_boundaries(store, local_shard):

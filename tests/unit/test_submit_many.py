@@ -218,6 +218,7 @@ ERRORS = [
     errors.Forbidden,
     errors.NotFound,
     errors.Conflict,
+    errors.RequestTimeout,
     errors.Overloaded,
     errors.StoreUnavailable,
     errors.Fenced,

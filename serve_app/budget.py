@@ -1,0 +1,60 @@
+"""Bytes a replica holds for requests at once (append bodies, inline output answers), shared
+fairly between namespaces: past its budget a request is 503 `overloaded` with `Retry-After`
+(RFC 9110 §15.6.4), so no burst of big requests takes the replica's memory, and no one
+namespace can hold more than its share of it, so a tenant that opens slow or stalled
+requests never starves another tenant's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from storage.errors import Overloaded
+
+#: A namespace may hold at most this part of a budget.
+NAMESPACE_SHARE = 0.5
+
+
+class ByteBudget:
+    """At most `limit` bytes held at once by all requests, `limit * NAMESPACE_SHARE` by the
+    requests of one namespace. `what` names the bytes in the 503's message."""
+
+    def __init__(self, limit: int, *, what: str) -> None:
+        self.limit = limit
+        self.namespace_limit = int(limit * NAMESPACE_SHARE)
+        self.what = what
+        self.held = 0
+        self._by_namespace: dict[str, int] = {}
+
+    @contextmanager
+    def hold(self, namespace: str) -> Iterator[Callable[[int], None]]:
+        """`take(n)` holds n more bytes for this request (`Overloaded` when they do not fit);
+        all of them are given back when the block ends."""
+        taken = 0
+
+        def take(size: int) -> None:
+            nonlocal taken
+            self.check(namespace, size)
+            self.held += size
+            self._by_namespace[namespace] = self._by_namespace.get(namespace, 0) + size
+            taken += size
+
+        try:
+            yield take
+        finally:
+            self.held -= taken
+            left = self._by_namespace.pop(namespace, 0) - taken
+            if left:
+                self._by_namespace[namespace] = left
+
+    def check(self, namespace: str, size: int) -> None:
+        """`Overloaded` unless `size` more bytes fit now, for the replica and for `namespace`."""
+        ours = self._by_namespace.get(namespace, 0)
+        if self.held + size > self.limit or ours + size > self.namespace_limit:
+            raise Overloaded(
+                f"this replica holds {self.held} bytes of {self.what} ({ours} for this"
+                f" namespace), its most is {self.limit} ({self.namespace_limit} a namespace);"
+                " retry after the Retry-After seconds",
+                retry_after_s=1.0,
+            )
