@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -98,6 +100,27 @@ def test_readers_that_stall_hold_a_few_pages_in_the_service_not_the_output(tenan
     # A page (4 MiB) or so per reader, all four on one process at worst, not the 192 MiB
     # each could read ahead: measured +0.4 MiB; with pages of 512 MiB, +124 MiB.
     assert max(grown_mib.values()) < 48, grown_mib
+
+
+def test_uploads_that_declare_64_mib_and_send_nothing_starve_no_one(service, tenant, other_tenant):
+    """A tester's attack: connections that declare the largest append and send nothing held
+    every replica's append budget, so every tenant's appends were 503. A body now counts as
+    it arrives, and a namespace holds at most half a replica's budget."""
+    host, port = urlsplit(service.url).hostname, urlsplit(service.url).port
+    for who in (tenant, other_tenant):
+        assert who.http.post("/api/v1/jobs", json={"jobId": "small"}).status_code == 201
+    head = (
+        f"POST /api/v1/jobs/small/output HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {tenant.key}\r\nContent-Length: {MAX_APPEND_BYTES}\r\n\r\n"
+    ).encode()
+    with ExitStack() as held:
+        for _ in range(8):
+            held.enter_context(socket.create_connection((host, port))).sendall(head)
+        time.sleep(1)  # the requests reach the replicas and wait for their bodies
+        for who in (other_tenant, tenant):
+            for _ in range(4):  # whichever replica HAProxy picks
+                ack = who.http.post("/api/v1/jobs/small/output", content=b"ok\n")
+                assert ack.status_code == 200, ack.text
 
 
 def _ingress_processes() -> dict[int, str]:
