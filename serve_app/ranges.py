@@ -83,6 +83,7 @@ def _spec(text: str) -> RangeSpec | None:
 
 
 def _position(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"  # leading zeros say nothing: 000...01 is 1
     return HUGE if len(digits) > MAX_POSITION_DIGITS else int(digits)
 
 
