@@ -33,6 +33,7 @@ WHY = {
     404: "No such job, namespace, key, delivery or output version.",
     405: "The path exists, the method does not; `Allow` lists the methods.",
     406: "Not Acceptable: `Accept-Encoding` refuses every coding offered (zstd, gzip, identity).",
+    408: "The request's body stopped coming for 30 s; nothing of it was kept (send it again).",
     409: "Conflicts with the current state: a finished job, a job id taken by another request,"
     " a seq that leaves a gap or repeats with other data, a namespace that exists.",
     413: "A body, an id, a name or a field is over its limit.",

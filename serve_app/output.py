@@ -51,7 +51,7 @@ _RAW_BODY = {
 }
 
 
-@router.post("/{job_id}/output", responses=responses(409), openapi_extra=_RAW_BODY)
+@router.post("/{job_id}/output", responses=responses(408, 409), openapi_extra=_RAW_BODY)
 async def append(
     job_id: str,
     request: Request,
