@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from actors.resume import job_token
 from storage.records import Job, OutputVersion
 
 RANGE_UNIT = "bytes"
@@ -113,11 +114,11 @@ def entity_tag(job: Job, version: OutputVersion, coding: str | None = None) -> s
     """The strong `ETag` of output `version` of `job` as committed (RFC 9110 §8.8.3).
 
     The bytes of a version only grow, one append at a time, so its last seq names them,
-    and `created_at` tells this job from a deleted one of the same id. A content coding
-    is another representation, so its name is appended (the encoders are deterministic).
+    and the job's token (`actors.resume.job_token`, its creation time) tells this job from
+    a deleted one of the same id. A content coding is another representation, so its name
+    is appended (the encoders are deterministic).
     """
-    incarnation = format(round(job.created_at * 1_000_000), "x")
-    tag = f"v{version.version}.{version.last_seq}.{incarnation}"
+    tag = f"v{version.version}.{version.last_seq}.{job_token(job)}"
     return f'"{tag}-{coding}"' if coding else f'"{tag}"'
 
 
