@@ -11,10 +11,10 @@ from fastapi.responses import StreamingResponse
 
 from actors import resume
 from actors.feed import Event, EventKind
-from actors.limits import MAX_INT64
 from actors.resume import ResumePoint
 from serve_app.deps import D, Ns
 from serve_app.openapi import COMMON, responses
+from serve_app.output import Version
 from storage.errors import AosError
 
 router = APIRouter(prefix="/api/v1/jobs", responses=responses(*COMMON, 404))
@@ -32,7 +32,7 @@ async def stream(
         Query(description="Resume after this output event id (`<seq>-<incarnation>`) or seq."),
     ] = None,
     last_event_id: Annotated[str | None, Header()] = None,
-    version: Annotated[int | None, Query(ge=1, le=MAX_INT64)] = None,
+    version: Version = None,
 ) -> StreamingResponse:
     """Output of a version (`?version=N`, default: the latest; id = `<seq>-<incarnation>`),
     status, progress, then `end` once that version is complete; comments keep idle streams
