@@ -30,8 +30,8 @@ from actors.shard_types import (
 )
 from actors.webhooks.dispatcher import dispatcher_handle
 from actors.webhooks.dispatcher_client import DispatcherClient
-from storage.base import open_store
 from storage.records import ApiKey, Chunk, Delivery, Job, Namespace, OutputVersion
+from storage.registry import open_store
 
 #: Async actor concurrency: every open SSE stream and long-poll holds one slot while it waits.
 MAX_CONCURRENCY = 10_000

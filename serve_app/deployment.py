@@ -11,7 +11,7 @@ from actors.shard_actor import create_shards
 from actors.shard_client import ShardClient
 from serve_app.app import create_app
 from serve_app.deps import ApiConfig, Deps
-from storage.base import open_store
+from storage.registry import open_store
 
 #: Streams and long-polls hold a request slot for minutes: the default of 5 would let six
 #: open streams block every route (DESIGN-NOTES.md, Ray pitfalls). Past the queue: 503.

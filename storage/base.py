@@ -1,7 +1,9 @@
 """The Store protocol: the one seam between the service and its databases.
 
 It speaks the service's domain, not SQL, so document and wide-column stores fit
-the same shape. Every method is a coroutine and never blocks the event loop.
+the same shape. Every method is a coroutine and never blocks the event loop. Backends are
+found by URL scheme (`storage.registry`); what they must all do alike is written once in
+`storage.rules`, and stores without big enough transactions commit by `storage.staged`.
 """
 
 from __future__ import annotations
@@ -117,21 +119,3 @@ class Store(Protocol):
     async def list_deliveries(self, namespace: str, job_id: str) -> list[Delivery]: ...
 
     async def get_delivery(self, namespace: str, delivery_id: str) -> Delivery | None: ...
-
-
-def open_store(url: str) -> Store:
-    """The backend for `url` (not yet opened): sqlite:///path, postgresql://..., memory://."""
-    scheme = url.split(":", 1)[0].lower()
-    if scheme == "sqlite":
-        from storage.sqlite import SqliteStore
-
-        return SqliteStore(url)
-    if scheme in ("postgresql", "postgres"):
-        from storage.postgres import PostgresStore
-
-        return PostgresStore(url)
-    if scheme == "memory":
-        from storage.memory import MemoryStore
-
-        return MemoryStore()
-    raise ValueError(f"unsupported storage URL scheme {scheme!r} in {url!r}")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from storage.errors import Fenced, StoreUnavailable
+from storage import rules
+from storage.errors import StoreUnavailable
 from storage.records import (
     ApiKey,
     AuditEntry,
@@ -33,7 +34,7 @@ class MemoryStore:
 
     max_chunk_bytes = 16 * 1024 * 1024
 
-    def __init__(self) -> None:
+    def __init__(self, url: str = "memory://") -> None:
         self.jobs: dict[str, dict[str, Job]] = defaultdict(dict)
         # (namespace, job_id) -> version -> seq -> chunk; a deleted job's stays until purged.
         self.output: dict[_JobKey, dict[int, dict[int, Chunk]]] = defaultdict(
@@ -95,14 +96,8 @@ class MemoryStore:
     async def expired_jobs(
         self, slot: int, *, now: float, after: ExpiryCursor | None = None, limit: int = 100
     ) -> list[Job]:
-        found = [
-            job
-            for jobs in self.jobs.values()
-            for job in jobs.values()
-            if job.slot == slot and job.status.terminal and _expired(job, now, after)
-        ]
-        found.sort(key=_expiry_position)
-        return found[: max(0, limit)]
+        every = (job for jobs in self.jobs.values() for job in jobs.values())
+        return rules.expired_page(every, slot, now, after, limit)
 
     async def get_job(self, namespace: str, job_id: str) -> Job | None:
         jobs = self.jobs.get(namespace)
@@ -113,9 +108,7 @@ class MemoryStore:
         return [jobs[job_id] for job_id in dict.fromkeys(job_ids) if job_id in jobs]
 
     async def list_jobs(self, namespace: str, query: JobQuery) -> list[Job]:
-        found = [job for job in self.jobs.get(namespace, {}).values() if _matches(job, query)]
-        found.sort(key=lambda job: (job.created_at, job.job_id), reverse=True)
-        return found[: max(0, query.limit)]
+        return rules.page_of_jobs(self.jobs.get(namespace, {}).values(), query)
 
     async def read_output(
         self,
@@ -131,10 +124,7 @@ class MemoryStore:
             return []
         chunks = self.output.get((namespace, job_id), {}).get(version, {})
         seqs = sorted(seq for seq in chunks if seq > after_seq)[: max(0, limit)]
-        page = [chunks[seq] for seq in seqs]
-        if max_bytes is not None and page:
-            page = [c for c in page if c.offset - page[0].offset < max_bytes]
-        return page
+        return rules.page([chunks[seq] for seq in seqs], max_bytes)
 
     async def list_versions(self, namespace: str, job_id: str) -> list[OutputVersion]:
         versions = self.versions.get((namespace, job_id), {})
@@ -153,12 +143,14 @@ class MemoryStore:
             self.output.pop(key, None)
             self.purges.pop(key, None)
             return True
-        version = min(versions)
+        positions = [
+            (v, seq, versions[v][seq].offset)
+            for v in sorted(versions)
+            for seq in sorted(versions[v])
+        ]
+        version, last = rules.purge_step(positions[: rules.PURGE_STEP_CHUNKS], max_bytes)
         chunks = versions[version]
-        first = chunks[min(chunks)].offset
-        for seq in sorted(chunks):
-            if chunks[seq].offset - first >= max_bytes:
-                break
+        for seq in [seq for seq in chunks if seq <= last]:
             del chunks[seq]
         if not chunks:
             del versions[version]
@@ -196,14 +188,14 @@ class MemoryStore:
         return self.api_keys.get(key_id)
 
     async def load_pending_deliveries(self, slot: int) -> list[Delivery]:
-        return _ordered(
+        return rules.in_due_order(
             d
             for d in self.deliveries.values()
             if d.slot == slot and d.status is DeliveryStatus.PENDING
         )
 
     async def list_deliveries(self, namespace: str, job_id: str) -> list[Delivery]:
-        return _ordered(
+        return rules.in_due_order(
             d for d in self.deliveries.values() if (d.namespace, d.job_id) == (namespace, job_id)
         )
 
@@ -213,11 +205,7 @@ class MemoryStore:
 
     def _check_fence(self, slot: int, epoch: int | None) -> None:
         lease = self.leases.get(slot)
-        if lease is None or lease[0] != epoch:
-            held = "no lease" if lease is None else f"epoch {lease[0]}"
-            raise Fenced(
-                f"shard {slot} is fenced: commit carries epoch {epoch}, the store has {held}"
-            )
+        rules.check_fence(slot, epoch, None if lease is None else lease[0])
 
     def _delete(self, key: _JobKey) -> None:
         namespace, job_id = key
@@ -226,27 +214,3 @@ class MemoryStore:
         doomed = [i for i, d in self.deliveries.items() if (d.namespace, d.job_id) == key]
         for delivery_id in doomed:
             del self.deliveries[delivery_id]
-
-
-def _matches(job: Job, query: JobQuery) -> bool:
-    return (
-        (query.status is None or job.status == query.status)
-        and (query.tag is None or query.tag in job.tags)
-        and (query.created_from is None or job.created_at >= query.created_from)
-        and (query.created_to is None or job.created_at < query.created_to)
-        and (query.before is None or (job.created_at, job.job_id) < query.before)
-    )
-
-
-def _expired(job: Job, now: float, after: ExpiryCursor | None) -> bool:
-    if job.expires_at is None or job.expires_at > now:
-        return False
-    return after is None or _expiry_position(job) > after
-
-
-def _expiry_position(job: Job) -> ExpiryCursor:
-    return (job.expires_at or 0.0, job.namespace, job.job_id)
-
-
-def _ordered(deliveries: Iterable[Delivery]) -> list[Delivery]:
-    return sorted(deliveries, key=lambda d: (d.created_at, d.delivery_id))

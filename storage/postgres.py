@@ -9,16 +9,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-try:
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict
-    from psycopg.errors import ProgramLimitExceeded
-    from psycopg.types.json import Jsonb
-    from psycopg_pool import AsyncConnectionPool
-except ImportError as exc:  # pragma: no cover - psycopg is a core dependency today
-    raise ImportError("PostgresStore needs psycopg 3: pip install 'psycopg[binary,pool]'") from exc
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.errors import ProgramLimitExceeded
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 
-from storage.errors import Fenced, StoreUnavailable, Unstorable
+from storage import rules
+from storage.errors import StoreUnavailable, Unstorable
 from storage.sql import (
     BINDING_ERRORS,
     CURRENT_VERSION_SQL,
@@ -176,9 +174,7 @@ async def _check_fence(cur: psycopg.AsyncCursor[Any], fence: Fence) -> None:
     slot, epoch = fence
     await cur.execute(_pg(LEASE_EPOCH + " FOR SHARE"), (slot,))
     row = await cur.fetchone()
-    if row is None or row[0] != epoch:
-        held = "no lease" if row is None else f"epoch {row[0]}"
-        raise Fenced(f"shard {slot} is fenced: commit carries epoch {epoch}, the store has {held}")
+    rules.check_fence(slot, epoch, None if row is None else row[0])
 
 
 async def _scalar(conn: _Conn, sql: str) -> Any:

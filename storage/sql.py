@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from storage import rules
 from storage.codec import pack, unpack
 from storage.errors import StoreUnavailable
 from storage.records import (
@@ -248,8 +249,6 @@ PURGE_CHUNKS = (
     "DELETE FROM output_chunks WHERE namespace = ? AND job_id = ? AND version = ? AND seq <= ?"
 )
 PURGE_DONE = "DELETE FROM output_purges WHERE namespace = ? AND job_id = ?"
-#: At most this many chunks go in one purge step (besides its byte bound).
-PURGE_STEP_CHUNKS = 1024
 ACQUIRE_SHARD = (
     "INSERT INTO shard_leases (slot, epoch, owner, acquired_at) VALUES (?, 1, ?, ?)"
     " ON CONFLICT (slot) DO UPDATE SET epoch = shard_leases.epoch + 1,"
@@ -402,7 +401,7 @@ class SqlStore(ABC):
         if max_bytes is not None and limit > 1:
             # Offsets rise with seq: the chunks that start within `max_bytes` of the first.
             starts = await self._fetch(PROBE_OUTPUT, (*key, after_seq, limit))
-            limit = sum(1 for _, offset in starts if offset - starts[0][1] < max_bytes)
+            limit = rules.page_size([offset for _, offset in starts], max_bytes)
         rows = await self._fetch(READ_OUTPUT, (*key, after_seq, max(0, limit)))
         if sum(len(row[4]) for row in rows) > OFF_LOOP_BYTES:
             return await asyncio.to_thread(_chunks, rows)  # decompressing takes a while
@@ -421,13 +420,12 @@ class SqlStore(ABC):
         self, namespace: str, job_id: str, *, fence: tuple[int, int], max_bytes: int
     ) -> bool:
         key = (namespace, job_id)
-        left = await self._fetch(PROBE_PURGE, (*key, PURGE_STEP_CHUNKS))
+        left = await self._fetch(PROBE_PURGE, (*key, rules.PURGE_STEP_CHUNKS))
         if not left:
             await self._write(fence, [(PURGE_DONE, [key])])
             await self._reclaim(done=True)
             return True
-        version, _, first = left[0]
-        last = max(seq for v, seq, offset in left if v == version and offset - first < max_bytes)
+        version, last = rules.purge_step([tuple(row) for row in left], max_bytes)
         await self._write(fence, [(PURGE_CHUNKS, [(*key, version, last)])])
         await self._reclaim(done=False)
         return False

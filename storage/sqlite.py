@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from storage.errors import Fenced, StoreUnavailable, Unstorable
+from storage import rules
+from storage.errors import StoreUnavailable, Unstorable
 from storage.sql import (
     BINDING_ERRORS,
     CURRENT_VERSION_SQL,
@@ -270,6 +271,4 @@ def _migrate(conn: sqlite3.Connection) -> None:
 def _check_fence(conn: sqlite3.Connection, fence: Fence) -> None:
     slot, epoch = fence
     row = conn.execute(LEASE_EPOCH, (slot,)).fetchone()
-    if row is None or row[0] != epoch:
-        held = "no lease" if row is None else f"epoch {row[0]}"
-        raise Fenced(f"shard {slot} is fenced: commit carries epoch {epoch}, the store has {held}")
+    rules.check_fence(slot, epoch, None if row is None else row[0])

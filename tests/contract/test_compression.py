@@ -13,9 +13,10 @@ import psycopg
 import pytest
 
 from storage import codec
-from storage.base import Store, open_store
+from storage.base import Store
 from storage.errors import StoreUnavailable
 from storage.records import Batch, Chunk, Job
+from storage.registry import open_store
 from storage.sql import SQLITE, pending_migrations
 from storage.sqlite import path_of
 

@@ -12,9 +12,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from storage.base import Store, open_store
+from storage.base import Store
 from storage.errors import AosError
 from storage.records import Batch, Chunk, Delivery, Job, JobStatus, OutputVersion
+from storage.registry import open_store
 from storage.sql import EXPIRED_AFTER, EXPIRED_JOBS, POSTGRES, SQLITE, pending_migrations
 from storage.sqlite import path_of
 

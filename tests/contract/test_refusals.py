@@ -1,4 +1,4 @@
-"""Data a SQL store cannot hold: refused as `Unstorable`, for that write alone.
+"""Data a store cannot hold: refused as `Unstorable`, for that write alone.
 
 The API edge refuses such values first; these tests prove the defence behind it, with
 records built directly: the store says `Unstorable` without quoting the data, the group
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -20,23 +19,18 @@ from actors.shard import Shard
 from storage.base import Store
 from storage.errors import Conflict, Unstorable
 from storage.records import Batch, Job, JobStatus, Namespace
+from tests.backends import BACKENDS, PERSISTENT, TestBackend
 
 NOW = 1_700_000_000.0
 GENERIC = "the store could not hold this write's data"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The SQL stores only (the in-memory store holds any value)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/data/aos.db"
-    url: str = request.getfixturevalue("pg_database")
-    return url
-
-
-@pytest.fixture
-def backend(store_url: str) -> str:
-    return "sqlite" if store_url.startswith("sqlite") else "postgres"
+@pytest.fixture(params=PERSISTENT)
+def backend(request: pytest.FixtureRequest) -> TestBackend:
+    """The persistent stores only (the in-memory store holds any value)."""
+    chosen = BACKENDS[request.param]
+    chosen.need()
+    return chosen
 
 
 def job(job_id: str, namespace: str = "b", **changes: object) -> Job:
@@ -89,9 +83,9 @@ async def _holds(store: Store, batch: Batch) -> bool:
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 async def test_a_value_the_store_cannot_hold_is_unstorable_and_never_quoted(
-    store: Store, backend: str, case: Case
+    store: Store, backend: TestBackend, case: Case
 ) -> None:
-    if backend not in case.refused_by:
+    if backend.name not in case.refused_by:
         await store.commit(case.batch)  # what a store can hold, it holds as it is
         assert await _holds(store, case.batch)
         return
@@ -118,7 +112,7 @@ async def committer(store: Store) -> AsyncIterator[GroupCommitter]:
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 async def test_one_unstorable_write_among_100_concurrent_fails_alone(
-    store: Store, committer: GroupCommitter, backend: str, case: Case
+    store: Store, committer: GroupCommitter, backend: TestBackend, case: Case
 ) -> None:
     good = [job(f"j{i:03}", "b", title=f"title {i}") for i in range(100)]
     futures = [committer.add(jobs=[j]) for j in good[:50]]
@@ -126,7 +120,7 @@ async def test_one_unstorable_write_among_100_concurrent_fails_alone(
     futures += [committer.add(jobs=[j]) for j in good[50:]]
     results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 30)
     assert results == [None] * 100
-    if backend in case.refused_by:
+    if backend.name in case.refused_by:
         with pytest.raises(Unstorable) as refused:
             await asyncio.wait_for(bad, 30)
         assert refused.value.message == GENERIC
@@ -134,7 +128,7 @@ async def test_one_unstorable_write_among_100_concurrent_fails_alone(
         await asyncio.wait_for(bad, 30)
     for written in good:
         assert await store.get_job("b", written.job_id) == written
-    assert await _holds(store, case.batch) == (backend not in case.refused_by)
+    assert await _holds(store, case.batch) == (backend.name not in case.refused_by)
 
 
 def unstorable_completion() -> Completion:

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from storage.base import Store, open_store
+from storage.base import Store
 from storage.errors import Fenced, StoreUnavailable
 from storage.postgres import PostgresStore
 from storage.records import (
@@ -31,6 +31,7 @@ from storage.records import (
     OutputFormat,
     OutputVersion,
 )
+from storage.registry import open_store
 from storage.sql import SQLITE, pending_migrations
 from storage.sqlite import SqliteStore, path_of
 
@@ -533,34 +534,46 @@ async def test_namespaces_are_isolated(store: Store) -> None:
     assert await store.read_output("acme", "j1") == [chunk(1, b"ours")]
 
 
-# -- SQL backends: schema, sharing, durability -------------------------------------------------
+# -- persistent backends: schema, sharing, durability ------------------------------------------
 
 
-async def test_opening_again_keeps_the_schema_and_the_data(fresh_sql_url: str) -> None:
-    first = open_store(fresh_sql_url)
+async def test_opening_again_keeps_the_data(fresh_url: str) -> None:
+    first = open_store(fresh_url)
     await first.open()
     await commit(first, jobs=[full_job()])
     await first.close()
-    again = open_store(fresh_sql_url)
+    again = open_store(fresh_url)
     await again.open()
     try:
         assert await again.get_job("acme", full_job().job_id) == full_job()
+    finally:
+        await again.close()
+
+
+async def test_concurrent_opens_of_a_new_database_all_succeed(fresh_url: str) -> None:
+    stores = [open_store(fresh_url) for _ in range(4)]
+    await asyncio.gather(*(store.open() for store in stores))
+    try:
+        await asyncio.gather(*(commit(s, jobs=[make_job(f"j{n}")]) for n, s in enumerate(stores)))
+        assert len(await stores[0].list_jobs("acme", JobQuery())) == 4
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+
+
+async def test_the_sql_schema_is_made_once_and_kept(fresh_sql_url: str) -> None:
+    stores = [open_store(fresh_sql_url) for _ in range(4)]
+    await asyncio.gather(*(store.open() for store in stores))
+    await asyncio.gather(*(store.close() for store in stores))
+    again = open_store(fresh_sql_url)
+    await again.open()
+    try:
         assert await _schema_versions(fresh_sql_url) == SCHEMA_VERSIONS
     finally:
         await again.close()
 
 
-async def test_concurrent_opens_of_a_new_database_all_succeed(fresh_sql_url: str) -> None:
-    stores = [open_store(fresh_sql_url) for _ in range(4)]
-    await asyncio.gather(*(store.open() for store in stores))
-    try:
-        assert await _schema_versions(fresh_sql_url) == SCHEMA_VERSIONS
-    finally:
-        await asyncio.gather(*(store.close() for store in stores))
-
-
-async def test_two_stores_on_one_database_both_commit(fresh_sql_url: str) -> None:
-    stores = [open_store(fresh_sql_url), open_store(fresh_sql_url)]
+async def test_two_stores_on_one_database_both_commit(fresh_url: str) -> None:
+    stores = [open_store(fresh_url), open_store(fresh_url)]
     await asyncio.gather(*(store.open() for store in stores))
     try:
         await asyncio.gather(
@@ -577,8 +590,8 @@ async def test_two_stores_on_one_database_both_commit(fresh_sql_url: str) -> Non
         await asyncio.gather(*(store.close() for store in stores))
 
 
-async def test_a_new_owner_on_another_store_fences_the_old_one(fresh_sql_url: str) -> None:
-    old, new = open_store(fresh_sql_url), open_store(fresh_sql_url)
+async def test_a_new_owner_on_another_store_fences_the_old_one(fresh_url: str) -> None:
+    old, new = open_store(fresh_url), open_store(fresh_url)
     await asyncio.gather(old.open(), new.open())
     try:
         old_epoch = await old.acquire_shard(0, "old")
@@ -592,8 +605,8 @@ async def test_a_new_owner_on_another_store_fences_the_old_one(fresh_sql_url: st
         await asyncio.gather(old.close(), new.close())
 
 
-async def test_a_closed_store_is_unavailable(fresh_sql_url: str) -> None:
-    store = open_store(fresh_sql_url)
+async def test_a_closed_store_is_unavailable(fresh_url: str) -> None:
+    store = open_store(fresh_url)
     await store.open()
     await store.close()
     with pytest.raises(StoreUnavailable):

@@ -27,7 +27,7 @@ from actors.shard_client import ShardClient
 from serve_app.app import create_app
 from serve_app.deps import ApiConfig, Deps
 from serve_app.keys import key_hash
-from storage.base import open_store
+from storage.registry import open_store
 from tests.conftest import POSTGRES_URL, need_server
 from tests.fuzzing import Known, config, fuzz
 
