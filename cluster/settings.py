@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from actors.limits import MAX_CHUNK_BYTES
 from cluster.ingress import HAPROXY, HARD_STOP_AFTER_S, Ingress, environment
+from storage.registry import store_class
 
 
 class Settings(BaseSettings):
@@ -62,6 +63,17 @@ class Settings(BaseSettings):
     retention_sweep_interval_s: float = Field(default=5.0, gt=0, le=3600)
     #: ...each of at most this many jobs (so at most batch / interval jobs a second a shard).
     retention_sweep_batch: int = Field(default=100, ge=1, le=10_000)
+
+    @field_validator("storage_url")
+    @classmethod
+    def _a_backend_installed_here(cls, url: str) -> str:
+        """A URL no backend serves, or whose driver is missing, fails here, naming the extra
+        to install, not later inside the shard actors."""
+        try:
+            store_class(url)
+        except ImportError as exc:
+            raise ValueError(str(exc)) from exc
+        return url
 
     @field_validator("storage_url")
     @classmethod

@@ -8,7 +8,7 @@ names the extra. Adding a backend is one line here.
 from __future__ import annotations
 
 import importlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from storage.base import Store
 
@@ -39,6 +39,12 @@ def open_store(url: str) -> Store:
     Raises `ValueError` for a scheme no backend serves, `MissingDriver` (an `ImportError`)
     when its driver is not installed.
     """
+    store: Store = store_class(url)(url)
+    return store
+
+
+def store_class(url: str) -> type[Any]:
+    """The class of the backend for `url`, its module imported; raises as `open_store`."""
     scheme = url.split(":", 1)[0].lower()
     backend = BACKENDS.get(scheme)
     if backend is None or "://" not in url:
@@ -53,5 +59,5 @@ def open_store(url: str) -> Store:
             f"the {scheme}:// store needs its driver ({exc.name}), which is not installed:"
             f" pip install 'async-output-service[{backend.extra}]'"
         ) from exc
-    store: Store = getattr(module, backend.cls)(url)
-    return store
+    cls: type[Any] = getattr(module, backend.cls)
+    return cls

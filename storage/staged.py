@@ -34,7 +34,7 @@ import secrets
 import struct
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from storage import rules
@@ -154,9 +154,9 @@ def _sections(data: memoryview) -> list[memoryview]:
 
 
 def _plain(record: Any, skip: str | None = None) -> dict[str, Any]:
-    if skip is None:
-        return asdict(record)
-    return {f.name: getattr(record, f.name) for f in fields(record) if f.name != skip}
+    values = asdict(record)  # bytes are immutable: not copied
+    values.pop(skip, None)
+    return values
 
 
 def _job(values: dict[str, Any]) -> Job:
