@@ -37,6 +37,8 @@ class TestBackend:
     name: str
     #: False for the in-memory store: nothing outlives the store object.
     persistent = True
+    #: Whether the store talks to a server over TCP (at its URL's host and port).
+    has_server = True
 
     def need(self) -> None:
         """Skip loudly, or fail in CI, when the backend's server is unreachable."""
@@ -59,10 +61,25 @@ class TestBackend:
         """The audit log as stored, oldest first (the Store has no reader for it)."""
         raise NotImplementedError
 
+    def server(self, url: str) -> tuple[str, int]:
+        """The host and port of the server `url` names."""
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None, url
+        return parts.hostname, parts.port
+
+    def via(self, url: str, port: int) -> str:
+        """`url` with its server at 127.0.0.1:`port` (a proxy in front of it)."""
+        parts = urlsplit(url)
+        user = parts.netloc.rpartition("@")[0]
+        return parts._replace(
+            netloc=f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"
+        ).geturl()
+
 
 class Memory(TestBackend):
     name = "memory"
     persistent = False
+    has_server = False
 
     @contextmanager
     def session(self, tmp: Path) -> Iterator[str]:
@@ -78,6 +95,7 @@ _AUDIT_SQL = "SELECT at, namespace, actor, action, target, detail FROM audit_log
 
 class Sqlite(TestBackend):
     name = "sqlite"
+    has_server = False
 
     @contextmanager
     def session(self, tmp: Path) -> Iterator[str]:
@@ -154,3 +172,4 @@ BACKENDS: dict[str, TestBackend] = {
     )
 }
 PERSISTENT = [name for name, backend in BACKENDS.items() if backend.persistent]
+WITH_A_SERVER = [name for name, backend in BACKENDS.items() if backend.has_server]

@@ -11,14 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.backends import BACKENDS, PERSISTENT
+from tests.backends import BACKENDS, WITH_A_SERVER
 from tests.conftest import free_port
 from tests.e2e import served
 from tests.e2e.sse import event, frames, read_until
 
 pytestmark = pytest.mark.e2e
 
-WITH_A_SERVER = [name for name in PERSISTENT if name != "sqlite"]
 LIVE_S = 15.0
 NS = {"namespace": "default"}
 
