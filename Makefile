@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-http bench-spine bench-webhooks bench-output bench-ranges services services-stop clean
+.PHONY: install run test lint bench bench-http bench-spine bench-webhooks bench-output bench-ranges bench-stores services services-stop clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ bench-output: install
 
 bench-ranges: install
 	$(BIN)/python bench/ranges.py $(BENCH_ARGS)
+
+# Each store backend's group commits/s, appends/s with 32 writers, rows per commit (make services first).
+bench-stores: install
+	$(BIN)/python bench/stores.py $(BENCH_ARGS)
 
 # Every server the full suite uses (PostgreSQL, MariaDB), under .services/; see .ci/services.
 services:
