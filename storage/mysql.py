@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -23,7 +23,6 @@ from storage import rules
 from storage.errors import AosError, StoreUnavailable, Unstorable
 from storage.mysql_sql import (
     FENCE,
-    INSERT_PART,
     MIN_PACKET_BYTES,
     MYSQL,
     NOPAD_COLLATIONS,
@@ -32,13 +31,14 @@ from storage.mysql_sql import (
     SNAPSHOT,
     TABLES,
     TAKE_LEASE,
+    joined,
+    parted,
     spelled,
 )
 from storage.records import Batch
 from storage.sql import (
     BINDING_ERRORS,
     CURRENT_VERSION_SQL,
-    INSERT_CHUNK,
     LEASE_EPOCH,
     READ_OUTPUT,
     RECORD_VERSION_SQL,
@@ -139,7 +139,7 @@ class MysqlStore(SqlStore):
             await _retrying(run)
 
     def _steps(self, batch: Batch) -> list[Step]:
-        return [part for step in super()._steps(batch) for part in _parted(step)]
+        return [part for step in super()._steps(batch) for part in parted(step)]
 
     async def _chunk_rows(self, key: tuple[str, str, int], after_seq: int, limit: int) -> list[Row]:
         rows = await super()._chunk_rows(key, after_seq, limit)
@@ -155,7 +155,7 @@ class MysqlStore(SqlStore):
                 if not parted:
                     return rows
                 await cur.execute(*_driver(READ_PARTS, (*key, parted[0], parted[-1])))
-                return _joined(rows, await cur.fetchall())
+                return joined(rows, await cur.fetchall())
 
     def _dump_json(self, value: Any) -> Any:
         return json.dumps(value, separators=(",", ":"))
@@ -336,34 +336,6 @@ async def _check_fence(cur: Cursor, fence: Fence) -> None:
     await cur.execute(*_driver(FENCE, (slot,)))
     row = await cur.fetchone()
     rules.check_fence(slot, epoch, None if row is None else row[0])
-
-
-def _parted(step: Step) -> list[Step]:
-    """A commit's chunk rows cut to `PART_BYTES`: the first part in the chunk's row, the
-    rest in rows of `output_chunk_parts`."""
-    sql, rows = step
-    if sql != INSERT_CHUNK:
-        return [step]
-    firsts: list[Params] = []
-    further: list[Params] = []
-    for namespace, job_id, seq, offset, stored, version, encoding in rows:
-        first, *rest = rules.parts(stored, PART_BYTES)
-        firsts.append((namespace, job_id, seq, offset, first, version, encoding))
-        further.extend(
-            (namespace, job_id, version, seq, part, data) for part, data in enumerate(rest, 1)
-        )
-    return [(sql, firsts), *([(INSERT_PART, further)] if further else [])]
-
-
-def _joined(rows: list[Row], parts: Iterable[Row]) -> list[Row]:
-    """The chunk rows with their further parts (seq, data; in seq and part order) joined."""
-    further: dict[int, list[bytes]] = {}
-    for seq, data in parts:
-        further.setdefault(seq, []).append(data)
-    return [
-        (*row[:4], b"".join([row[4], *further[row[2]]]), *row[5:]) if row[2] in further else row
-        for row in rows
-    ]
 
 
 async def _dialect(cur: Cursor) -> Dialect:

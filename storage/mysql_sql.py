@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 
-from storage import sql
-from storage.sql import Dialect
+from storage import rules, sql
+from storage.sql import Dialect, Params, Row, Step
 
 #: Tables in InnoDB, text in utf8mb4 compared byte by byte with no trailing-space padding
 #: (the collation is settled when the store opens: `NOPAD_COLLATIONS`), so "a", "A" and
@@ -119,3 +120,31 @@ def spelled(statement: str) -> tuple[str, ...]:
 
 def _driver(statement: str) -> str:
     return statement.replace("%", "%%").replace("?", "%s")
+
+
+def parted(step: Step) -> list[Step]:
+    """A commit's chunk rows cut to `PART_BYTES`: the first part in the chunk's row, the
+    rest in rows of `output_chunk_parts`."""
+    statement, rows = step
+    if statement != sql.INSERT_CHUNK:
+        return [step]
+    firsts: list[Params] = []
+    further: list[Params] = []
+    for namespace, job_id, seq, offset, stored, version, encoding in rows:
+        first, *rest = rules.parts(stored, PART_BYTES)
+        firsts.append((namespace, job_id, seq, offset, first, version, encoding))
+        further.extend(
+            (namespace, job_id, version, seq, part, data) for part, data in enumerate(rest, 1)
+        )
+    return [(statement, firsts), *([(INSERT_PART, further)] if further else [])]
+
+
+def joined(rows: list[Row], parts: Iterable[Row]) -> list[Row]:
+    """The chunk rows with their further parts (seq, data; in seq and part order) joined."""
+    further: dict[int, list[bytes]] = {}
+    for seq, data in parts:
+        further.setdefault(seq, []).append(data)
+    return [
+        (*row[:4], b"".join([row[4], *further[row[2]]]), *row[5:]) if row[2] in further else row
+        for row in rows
+    ]
