@@ -57,6 +57,8 @@ def unavailable(where: str) -> StoreUnavailable:
 class Dialect:
     """The few words the SQL backends spell differently. Statements use `?` placeholders."""
 
+    #: Picks a migration's statements spelled for this dialect alone (`Spelled`).
+    name: str
     blob: str
     json: str
     double: str
@@ -65,9 +67,14 @@ class Dialect:
     identity: str
     #: `jobs.tags` contains the one tag in the JSON array bound to `?`.
     tag_filter: str
+    #: A text column in a key or an index (MySQL indexes a bounded VARCHAR only).
+    key: str = "TEXT"
+    #: After a CREATE TABLE's column list (MySQL: the engine and the collation).
+    table_options: str = ""
 
 
 SQLITE = Dialect(
+    name="sqlite",
     blob="BLOB",
     json="TEXT",
     double="REAL",
@@ -80,6 +87,7 @@ SQLITE = Dialect(
 )
 
 POSTGRES = Dialect(
+    name="postgres",
     blob="BYTEA",
     json="JSONB",
     double="DOUBLE PRECISION",
@@ -95,51 +103,62 @@ SCHEMA_VERSION_DDL = (
 CURRENT_VERSION_SQL = "SELECT COALESCE(MAX(version), 0) FROM schema_version"
 RECORD_VERSION_SQL = "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)"
 
+#: A statement some dialects spell their own way: by `Dialect.name`, "" for the others; a
+#: dialect named nowhere skips it (a table only its own design needs).
+Spelled = dict[str, str]
+
 # Numbered and append-only: a released migration is never edited, a change is a new entry.
-_MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
+_MIGRATIONS: list[tuple[int, tuple[str | Spelled, ...]]] = [
     (
         1,
         (
             """CREATE TABLE jobs (
-                namespace TEXT NOT NULL, job_id TEXT NOT NULL, slot INTEGER,
+                namespace {key} NOT NULL, job_id {key} NOT NULL, slot INTEGER,
                 created_at {double} NOT NULL, updated_at {double} NOT NULL,
-                status TEXT NOT NULL, progress {double} NOT NULL,
+                status {key} NOT NULL, progress {double} NOT NULL,
                 estimated_completion {double}, completed_at {double}, error TEXT,
                 title TEXT, description TEXT, tags {json} NOT NULL,
                 webhook_url TEXT, webhook_events {json}, ttl_s {bigint},
                 output_format TEXT NOT NULL, revision {bigint} NOT NULL,
                 output_seq {bigint} NOT NULL, output_size {bigint} NOT NULL,
                 request_hash TEXT NOT NULL,
-                PRIMARY KEY (namespace, job_id))""",
-            # Partial: recovery only ever asks for a slot's Running jobs.
-            "CREATE INDEX jobs_running_by_slot ON jobs (slot) WHERE status = 'Running'",
+                PRIMARY KEY (namespace, job_id)){table_options}""",
+            # Partial: recovery only ever asks for a slot's Running jobs (MySQL has no
+            # partial indexes: the status is the index's second column).
+            {
+                "": "CREATE INDEX jobs_running_by_slot ON jobs (slot) WHERE status = 'Running'",
+                "mysql": "CREATE INDEX jobs_running_by_slot ON jobs (slot, status)",
+            },
             "CREATE INDEX jobs_by_created ON jobs (namespace, created_at, job_id)",
             """CREATE TABLE output_chunks (
-                namespace TEXT NOT NULL, job_id TEXT NOT NULL, version INTEGER NOT NULL,
+                namespace {key} NOT NULL, job_id {key} NOT NULL, version INTEGER NOT NULL,
                 seq {bigint} NOT NULL, "offset" {bigint} NOT NULL, data {blob} NOT NULL,
-                PRIMARY KEY (namespace, job_id, version, seq))""",
+                PRIMARY KEY (namespace, job_id, version, seq)){table_options}""",
             """CREATE TABLE output_versions (
-                namespace TEXT NOT NULL, job_id TEXT NOT NULL, version INTEGER NOT NULL,
+                namespace {key} NOT NULL, job_id {key} NOT NULL, version INTEGER NOT NULL,
                 last_seq {bigint} NOT NULL, size {bigint} NOT NULL, updated_at {double} NOT NULL,
-                PRIMARY KEY (namespace, job_id, version))""",
+                PRIMARY KEY (namespace, job_id, version)){table_options}""",
             """CREATE TABLE webhook_deliveries (
-                delivery_id TEXT PRIMARY KEY, namespace TEXT NOT NULL, job_id TEXT NOT NULL,
+                delivery_id {key} PRIMARY KEY, namespace {key} NOT NULL, job_id {key} NOT NULL,
                 slot INTEGER NOT NULL, event_type TEXT NOT NULL, url TEXT NOT NULL,
-                payload {blob} NOT NULL, created_at {double} NOT NULL, status TEXT NOT NULL,
-                attempts {json} NOT NULL, next_attempt_at {double})""",
+                payload {blob} NOT NULL, created_at {double} NOT NULL, status {key} NOT NULL,
+                attempts {json} NOT NULL, next_attempt_at {double}){table_options}""",
             "CREATE INDEX webhook_deliveries_by_slot ON webhook_deliveries (slot, status)",
             "CREATE INDEX webhook_deliveries_by_job ON webhook_deliveries (namespace, job_id)",
             """CREATE TABLE namespaces (
-                name TEXT PRIMARY KEY, created_at {double} NOT NULL, config {json} NOT NULL)""",
+                name {key} PRIMARY KEY, created_at {double} NOT NULL, config {json} NOT NULL
+                ){table_options}""",
             """CREATE TABLE api_keys (
-                key_id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, namespaces {json} NOT NULL,
-                created_at {double} NOT NULL, admin {boolean} NOT NULL, revoked_at {double})""",
+                key_id {key} PRIMARY KEY, secret_hash TEXT NOT NULL, namespaces {json} NOT NULL,
+                created_at {double} NOT NULL, admin {boolean} NOT NULL, revoked_at {double}
+                ){table_options}""",
             """CREATE TABLE audit_log (
                 id {identity}, at {double} NOT NULL, namespace TEXT, actor TEXT NOT NULL,
-                action TEXT NOT NULL, target TEXT NOT NULL, detail {json} NOT NULL)""",
+                action TEXT NOT NULL, target TEXT NOT NULL, detail {json} NOT NULL
+                ){table_options}""",
             """CREATE TABLE shard_leases (
                 slot INTEGER PRIMARY KEY, epoch {bigint} NOT NULL, owner TEXT NOT NULL,
-                acquired_at {double} NOT NULL)""",
+                acquired_at {double} NOT NULL){table_options}""",
         ),
     ),
     (
@@ -149,9 +168,16 @@ _MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "ALTER TABLE output_chunks ADD COLUMN encoding TEXT",
             # A deleted job whose output is still being removed, in steps (`purge_output`).
             """CREATE TABLE output_purges (
-                namespace TEXT NOT NULL, job_id TEXT NOT NULL, slot INTEGER,
-                deleted_at {double} NOT NULL, PRIMARY KEY (namespace, job_id))""",
+                namespace {key} NOT NULL, job_id {key} NOT NULL, slot INTEGER,
+                deleted_at {double} NOT NULL, PRIMARY KEY (namespace, job_id)){table_options}""",
             "CREATE INDEX output_purges_by_slot ON output_purges (slot)",
+            # MySQL keeps a chunk in rows small enough for its packets (storage/mysql.py).
+            {
+                "mysql": """CREATE TABLE output_chunk_parts (
+                    namespace {key} NOT NULL, job_id {key} NOT NULL, version INTEGER NOT NULL,
+                    seq {bigint} NOT NULL, part INTEGER NOT NULL, data {blob} NOT NULL,
+                    PRIMARY KEY (namespace, job_id, version, seq, part)){table_options}"""
+            },
             # `read_output_at`: the chunk holding a byte offset, found without a scan. Chunk
             # offsets grow with seq; the index also holds seq, so the look-up needs no row.
             """CREATE INDEX output_chunks_by_offset
@@ -161,9 +187,13 @@ _MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             # from their completion as for every job since (actors/retention.py).
             """UPDATE jobs SET expires_at = completed_at + ttl_s
                 WHERE status <> 'Running' AND completed_at IS NOT NULL AND ttl_s IS NOT NULL""",
-            # Partial: only jobs that will expire; the sweeper reads a slot's in order.
-            "CREATE INDEX jobs_expiring_by_slot ON jobs (slot, expires_at)"
-            " WHERE expires_at IS NOT NULL",
+            # Partial: only jobs that will expire; the sweeper reads a slot's in order (MySQL:
+            # every job; the range on expires_at skips those without one).
+            {
+                "": "CREATE INDEX jobs_expiring_by_slot ON jobs (slot, expires_at)"
+                " WHERE expires_at IS NOT NULL",
+                "mysql": "CREATE INDEX jobs_expiring_by_slot ON jobs (slot, expires_at)",
+            },
             # Output versions: the job row holds its latest version (number, start, and the
             # SHA-256 of its bytes once complete); output_versions holds the versions a later
             # one completed, written once. Its rows so far were each job's version 1, the
@@ -184,10 +214,16 @@ def pending_migrations(dialect: Dialect, current: int) -> list[tuple[int, list[s
     """The migrations after version `current`, in order, spelled for `dialect`."""
     words = asdict(dialect)
     return [
-        (number, [ddl.format(**words) for ddl in statements])
+        (number, [ddl.format(**words) for ddl in _spelled(statements, dialect.name)])
         for number, statements in _MIGRATIONS
         if number > current
     ]
+
+
+def _spelled(statements: Iterable[str | Spelled], dialect: str) -> list[str]:
+    """The statements as `dialect` spells them; those it has no spelling of left out."""
+    chosen = (s if isinstance(s, str) else s.get(dialect, s.get("", "")) for s in statements)
+    return [ddl for ddl in chosen if ddl]
 
 
 def _columns(record: type) -> tuple[str, ...]:
@@ -402,10 +438,16 @@ class SqlStore(ABC):
             # Offsets rise with seq: the chunks that start within `max_bytes` of the first.
             starts = await self._fetch(PROBE_OUTPUT, (*key, after_seq, limit))
             limit = rules.page_size([offset for _, offset in starts], max_bytes)
-        rows = await self._fetch(READ_OUTPUT, (*key, after_seq, max(0, limit)))
+        rows = await self._chunk_rows(key, after_seq, max(0, limit))
         if sum(len(row[4]) for row in rows) > OFF_LOOP_BYTES:
             return await asyncio.to_thread(_chunks, rows)  # decompressing takes a while
         return _chunks(rows)
+
+    async def _chunk_rows(self, key: tuple[str, str, int], after_seq: int, limit: int) -> list[Row]:
+        """The stored rows (`STORED_CHUNK_COLUMNS`) of the chunks of `key` (namespace, job_id,
+        version) after `after_seq`, at most `limit`, in seq order; a backend that stores a
+        chunk in several rows joins them here."""
+        return await self._fetch(READ_OUTPUT, (*key, after_seq, limit))
 
     async def list_versions(self, namespace: str, job_id: str) -> list[OutputVersion]:
         rows = await self._fetch(LIST_VERSIONS, (namespace, job_id))
