@@ -200,7 +200,7 @@ class MongoStore(MongoReads, StagedStore):
     async def _stage(self, commit_id: str, slot: int | None, parts: list[bytes]) -> None:
         docs = [
             {
-                "_id": f"{commit_id}/{number:06d}",
+                "_id": _part_id(commit_id, number),
                 "commit": commit_id,
                 "slot": _lease_key(slot),
                 "part": number,
@@ -239,9 +239,13 @@ class MongoStore(MongoReads, StagedStore):
         return [] if doc is None else list(doc.get("commits", []))
 
     async def _staged(self, commit_id: str) -> list[bytes]:
+        # Part by part, by `_id`: one reply holds one part (FerretDB 1.24 neither caps a
+        # reply nor uses an index but `_id`'s, so a query by commit reads every part).
+        parts: list[bytes] = []
         with self._translated("staged"):
-            docs = await self._col(STAGED).find({"commit": commit_id}).sort("part").to_list()
-        return [bytes(doc["data"]) for doc in docs]
+            while doc := await self._col(STAGED).find_one({"_id": _part_id(commit_id, len(parts))}):
+                parts.append(bytes(doc["data"]))
+        return parts
 
     async def _forget(self, slot: int | None, commit_id: str) -> None:
         with self._translated("forget"):
@@ -251,12 +255,18 @@ class MongoStore(MongoReads, StagedStore):
 
     async def _staged_ids(self, slot: int | None) -> list[str]:
         with self._translated("staged"):
-            cursor = self._col(STAGED).find({"slot": _lease_key(slot), "part": 0}, {"commit": 1})
-            return [doc["commit"] for doc in await cursor.to_list()]
+            cursor = self._col(STAGED).find({"slot": _lease_key(slot)}, {"commit": 1})
+            return list(dict.fromkeys(doc["commit"] for doc in await cursor.to_list()))
 
     async def _drop(self, slot: int | None, commit_id: str) -> None:
+        # By `_id` first (each a small write on FerretDB too), then whatever an earlier,
+        # interrupted drop left past a gap.
         with self._translated("drop"):
-            await self._col(STAGED).delete_many({"commit": commit_id})
+            staged = self._col(STAGED)
+            number = 0
+            while (await staged.delete_one({"_id": _part_id(commit_id, number)})).deleted_count:
+                number += 1
+            await staged.delete_many({"commit": commit_id})
 
     async def purge_output(
         self, namespace: str, job_id: str, *, fence: tuple[int, int], max_bytes: int
@@ -360,6 +370,10 @@ class MongoStore(MongoReads, StagedStore):
 
 def _chunk_docs(batch: Batch) -> list[Doc]:
     return [doc for chunk in batch.chunks for doc in chunk_docs(chunk)]
+
+
+def _part_id(commit_id: str, number: int) -> str:
+    return f"{commit_id}/{number:06d}"
 
 
 def _lease_key(slot: int | None) -> int | str:

@@ -170,6 +170,7 @@ def chunk_docs(chunk: Chunk) -> list[Doc]:
             "part": number,
             "parts": len(parts),
             "encoding": encoding,
+            "bytes": len(part),
             "data": Binary(part),
         }
         for number, part in enumerate(parts)

@@ -44,6 +44,9 @@ from storage.records import (
     OutputVersion,
 )
 
+#: The most data one reply of a read should carry. MongoDB stops a batch at 16 MiB by
+#: itself; FerretDB 1.24 does not, and a reply over its 48 MB message limit fails.
+MESSAGE_BYTES = 32 * 1024 * 1024
 #: Ids per `get_jobs` query.
 IDS_PER_QUERY = 500
 #: A read of more stored chunk bytes than this unpacks them on a worker thread.
@@ -151,21 +154,25 @@ class MongoReads(ABC):
         )
         if purged is not None or not starts:
             return []  # a deleted job's output is gone to readers at once
-        count = rules.page_size([offset for _, offset in starts], max_bytes)
+        count = rules.page_size([offset for _, offset, _ in starts], max_bytes)
         last = starts[count - 1][0]
+        largest = max(size for _, _, size in starts[:count])  # a part holds no more
         query = {**of_job, "seq": {"$gt": after_seq, "$lte": last}}
-        docs = await self._find(CHUNKS, query, sort=[("seq", 1), ("part", 1)])
+        with self._translated("query"):
+            cursor = self._col(CHUNKS).find(query, sort=[("seq", 1), ("part", 1)])
+            docs = await cursor.batch_size(max(1, MESSAGE_BYTES // max(1, largest))).to_list()
         if sum(len(doc["data"]) for doc in docs) > OFF_LOOP_BYTES:
             return await asyncio.to_thread(chunks_of, docs)  # decompressing takes a while
         return chunks_of(docs)
 
-    async def _probe(self, query: Doc, limit: int) -> list[tuple[int, int]]:
-        """(seq, offset) of the first `limit` chunks `query` finds, without their data."""
+    async def _probe(self, query: Doc, limit: int) -> list[tuple[int, int, int]]:
+        """(seq, offset, stored bytes of its first part) of the first `limit` chunks `query`
+        finds, without their data."""
         with self._translated("query"):
             cursor = self._col(CHUNKS).find(
-                query, {"seq": 1, "offset": 1}, sort=[("seq", 1)], limit=limit
+                query, {"seq": 1, "offset": 1, "bytes": 1}, sort=[("seq", 1)], limit=limit
             )
-            return [(doc["seq"], doc["offset"]) for doc in await cursor.to_list()]
+            return [(doc["seq"], doc["offset"], doc["bytes"]) for doc in await cursor.to_list()]
 
     async def read_output_at(
         self,
