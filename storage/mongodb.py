@@ -59,8 +59,10 @@ from storage.staged import StagedStore
 log = logging.getLogger(__name__)
 
 #: Bounds on every call, so a dead server is `StoreUnavailable` within about 10 s (a read
-#: is retried once, after a new server selection), not a hang. A URL may set its own.
-TIMEOUTS_MS = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000, "socketTimeoutMS": 5000}
+#: is retried once, after a new server selection), not a hang; a slow but live server
+#: (FerretDB on a busy machine: seconds for a bulk write) still answers within 8 s. A URL
+#: may set its own.
+TIMEOUTS_MS = {"serverSelectionTimeoutMS": 2500, "connectTimeoutMS": 2500, "socketTimeoutMS": 8000}
 #: Staged commits are cut to parts of this size: a BSON document holds 16 MiB.
 STAGE_PART_BYTES = 8 * 1024 * 1024
 #: A commit with more chunk bytes than this packs them on a worker thread.
