@@ -27,6 +27,7 @@ BACKENDS: dict[str, Backend] = {
     "postgresql": Backend("storage.postgres", "PostgresStore", "postgresql"),
     "postgres": Backend("storage.postgres", "PostgresStore", "postgresql"),
     "mysql": Backend("storage.mysql", "MysqlStore", "mysql"),
+    "mongodb": Backend("storage.mongodb", "MongoStore", "mongodb"),
 }
 
 

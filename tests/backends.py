@@ -22,9 +22,11 @@ from urllib.parse import urlsplit
 import asyncmy
 import psycopg
 from psycopg import sql
+from pymongo import AsyncMongoClient, MongoClient
 
 from storage.base import Store
 from storage.memory import MemoryStore
+from storage.mongodb_docs import AUDIT, audit_of
 from storage.records import AuditEntry
 from tests.conftest import POSTGRES_URL, need_server
 
@@ -236,6 +238,40 @@ class Mysql(TestBackend):
         ]
 
 
+#: The MongoDB-protocol test server (`make services`: FerretDB on SQLite).
+MONGODB_URL = os.environ.get("AOS_TEST_MONGODB_URL", "mongodb://127.0.0.1:27017/")
+
+
+class Mongodb(TestBackend):
+    """A database per location: FerretDB's SQLite handler makes each one a file of its own."""
+
+    name = "mongodb"
+
+    def need(self) -> None:
+        parts = urlsplit(MONGODB_URL)
+        need_server(parts.hostname or "127.0.0.1", parts.port or 27017, "MongoDB (FerretDB)")
+
+    @contextmanager
+    def fresh(self, tmp: Path) -> Iterator[str]:
+        name = f"aos_contract_{secrets.token_hex(6)}"
+        try:
+            yield urlsplit(MONGODB_URL)._replace(path=f"/{name}").geturl()
+        finally:
+            with MongoClient(MONGODB_URL, serverSelectionTimeoutMS=5000) as client:
+                client.drop_database(name)
+
+    async def empty(self, store: Store, url: str) -> None:
+        async with AsyncMongoClient(url) as client:
+            db = client.get_default_database()
+            for name in await db.list_collection_names():
+                await db[name].delete_many({})
+
+    async def audit(self, store: Store, url: str) -> list[AuditEntry]:
+        async with AsyncMongoClient(url) as client:
+            docs = await client.get_default_database()[AUDIT].find(sort=[("_id", 1)]).to_list()
+        return [audit_of(doc) for doc in docs]
+
+
 #: Every backend, by the name tests are parametrized with.
 BACKENDS: dict[str, TestBackend] = {
     backend.name: backend
@@ -244,6 +280,7 @@ BACKENDS: dict[str, TestBackend] = {
         Sqlite(),
         Postgres(),
         Mysql(),
+        Mongodb(),
     )
 }
 PERSISTENT = [name for name, backend in BACKENDS.items() if backend.persistent]
