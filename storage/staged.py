@@ -155,7 +155,8 @@ def _sections(data: memoryview) -> list[memoryview]:
 
 def _plain(record: Any, skip: str | None = None) -> dict[str, Any]:
     values = asdict(record)  # bytes are immutable: not copied
-    values.pop(skip, None)
+    if skip is not None:
+        del values[skip]
     return values
 
 
