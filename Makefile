@@ -46,10 +46,12 @@ bench-output: install
 bench-ranges: install
 	$(BIN)/python bench/ranges.py $(BENCH_ARGS)
 
-# Every server the full suite uses (PostgreSQL, MariaDB), under .services/; see .ci/services.
+# Every server the full suite uses (PostgreSQL, MariaDB, DynamoDB on moto, MongoDB on FerretDB,
+# Cassandra), under .services/; one "<name> <url>" line each on stdout. See .ci/services.
 services:
 	@bash .ci/services start
 
+# Stops only what `make services` started (by its PID files).
 services-stop:
 	@bash .ci/services stop
 
