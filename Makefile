@@ -50,10 +50,12 @@ bench-ranges: install
 bench-stores: install
 	$(BIN)/python bench/stores.py $(BENCH_ARGS)
 
-# Every server the full suite uses (PostgreSQL, MariaDB), under .services/; see .ci/services.
+# Every server the full suite uses (PostgreSQL, MariaDB, DynamoDB on moto, MongoDB on FerretDB,
+# Cassandra), under .services/; one "<name> <url>" line each on stdout. See .ci/services.
 services:
 	@bash .ci/services start
 
+# Stops only what `make services` started (by its PID files).
 services-stop:
 	@bash .ci/services stop
 
