@@ -26,6 +26,7 @@ BACKENDS: dict[str, Backend] = {
     "sqlite": Backend("storage.sqlite", "SqliteStore", None),
     "postgresql": Backend("storage.postgres", "PostgresStore", "postgresql"),
     "postgres": Backend("storage.postgres", "PostgresStore", "postgresql"),
+    "dynamodb": Backend("storage.dynamodb", "DynamoStore", "dynamodb"),
 }
 
 
