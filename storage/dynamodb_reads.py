@@ -9,6 +9,7 @@ second) is missed by that one call. DESIGN-NOTES.md says what that means for eac
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from storage import dynamodb_items as items
@@ -34,6 +35,11 @@ from storage.sql import OFF_LOOP_BYTES
 MAX_PAGE = 1000
 
 
+def _held(table: tables.Table, item: Item) -> bool:
+    """False for a tombstone: tables whose records are deleted leave their key alone."""
+    return "doc" in item or table not in (tables.JOBS, tables.DELIVERIES)
+
+
 class DynamoReads:
     """The Store's reads; `storage.dynamodb.DynamoStore` adds opening and writes."""
 
@@ -50,15 +56,19 @@ class DynamoReads:
         return f"{self._prefix}-{table.name}"
 
     async def _get(self, table: tables.Table, key: Item) -> Item | None:
+        """The item at `key` (a consistent read); None for none, or a tombstone (no `doc`:
+        `dynamodb_writes.tombstone`) where a record stands."""
         answer = await self._live().call(
             "get_item", TableName=self._name(table), Key=key, ConsistentRead=True
         )
-        return answer.get("Item")
+        item: Item | None = answer.get("Item")
+        return None if item is None or not _held(table, item) else item
 
     async def _reread(self, table: tables.Table, found: list[Item]) -> list[Item]:
-        """The items of `table` that index entries `found` point to, read consistently."""
+        """The records of `table` that index entries `found` point to, read consistently."""
         keys = [{name: entry[name] for name in table.keys} for entry in found]
-        return await self._live().get_many(self._name(table), keys) if keys else []
+        got = await self._live().get_many(self._name(table), keys) if keys else []
+        return [item for item in got if "doc" in item]
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -66,10 +76,9 @@ class DynamoReads:
         item = await self._get(tables.JOBS, items.job_key(namespace, job_id))
         return None if item is None else items.job_of(item)
 
-    async def get_jobs(self, namespace: str, job_ids: list[str] | Any) -> list[Job]:
+    async def get_jobs(self, namespace: str, job_ids: Sequence[str]) -> list[Job]:
         keys = [items.job_key(namespace, job_id) for job_id in dict.fromkeys(job_ids)]
-        found = await self._live().get_many(self._name(tables.JOBS), keys) if keys else []
-        return [items.job_of(item) for item in found]
+        return [items.job_of(item) for item in await self._reread(tables.JOBS, keys)]
 
     async def load_shard(self, slot: int) -> list[Job]:
         found = await self._live().query(
@@ -321,7 +330,7 @@ class DynamoReads:
             ExpressionAttributeValues={":k": S(items.key(namespace, job_id))},
             ConsistentRead=True,
         )
-        return rules.in_due_order(map(items.delivery_of, found))
+        return rules.in_due_order(items.delivery_of(item) for item in found if "doc" in item)
 
     async def get_delivery(self, namespace: str, delivery_id: str) -> Delivery | None:
         found = await self._live().query(

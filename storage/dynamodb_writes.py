@@ -189,7 +189,6 @@ async def deletes(
     guard = None if batch.slot is None or batch.epoch is None else Guard(batch.slot, batch.epoch)
     at = int(commit_id[:20]) / 1e9  # the commit's time: the same when applied again
     found = await gather(_stored(dynamo, key, name) for key in batch.deleted)
-    checked = guard if guarded else None
     writes: list[Write] = []
     for (ns, job_id), (versions, deliveries) in zip(batch.deleted, found, strict=True):
         # The batch's own versions and deliveries of the job go too: deletes come last.
@@ -202,13 +201,23 @@ async def deletes(
             if (d.namespace, d.job_id) == (ns, job_id)
         ]
         writes += [delete(name(tables.VERSIONS), _key(v, tables.VERSIONS)) for v in versions]
+        # A deleted job or delivery leaves a tombstone: the epoch that deleted it, so a stale
+        # owner's late apply cannot bring it back (`Guard`); DynamoDB's TTL removes it.
         writes += [
-            delete(name(tables.DELIVERIES), _key(d, tables.DELIVERIES), checked) for d in deliveries
+            put(name(tables.DELIVERIES), tombstone(_key(d, tables.DELIVERIES), at), guard, guarded)
+            for d in deliveries
         ]
-        writes.append(delete(name(tables.JOBS), items.job_key(ns, job_id), checked))
+        writes.append(
+            put(name(tables.JOBS), tombstone(items.job_key(ns, job_id), at), guard, guarded)
+        )
         purges = purge_items(batch.slot, ns, job_id, at)
         writes += [put(name(tables.PURGES), item, None, False) for item in purges]
     return writes
+
+
+def tombstone(key: Item, at: float) -> Item:
+    """What a deleted item leaves: its key, no record (`doc`), no index attribute."""
+    return key | {"ttl": N(int(at) + items.TTL_GRACE_S)}
 
 
 def _key(item: Item, table: tables.Table) -> Item:

@@ -181,24 +181,24 @@ class DynamoDB(TestBackend):
 
         async def empty(client: Any, table: dynamodb_tables.Table) -> None:
             name = f"{prefix}-{table.name}"
-            found = await _scan(client, name, ", ".join(table.keys))
+            found = await scan_table(client, name, ", ".join(table.keys))
             for i in range(0, len(found), 25):
                 requests = [{"DeleteRequest": {"Key": key}} for key in found[i : i + 25]]
                 await client.batch_write_item(RequestItems={name: requests})
 
-        async with _dynamodb(url) as client:
+        async with dynamodb_client(url) as client:
             await asyncio.gather(*(empty(client, table) for table in dynamodb_tables.TABLES))
 
     async def audit(self, store: Store, url: str) -> list[AuditEntry]:
         name = f"{parse_url(url)[1]}-{dynamodb_tables.AUDIT.name}"
-        async with _dynamodb(url) as client:
-            found = await _scan(client, name, None)
+        async with dynamodb_client(url) as client:
+            found = await scan_table(client, name, None)
         found.sort(key=lambda item: item["id"]["S"])
         return [dynamodb_items.audit_of(item) for item in found]
 
 
 @asynccontextmanager
-async def _dynamodb(url: str) -> AsyncIterator[Any]:
+async def dynamodb_client(url: str) -> AsyncIterator[Any]:
     endpoint, _, region = parse_url(url)
     async with _session().client(
         "dynamodb", endpoint_url=endpoint, region_name=region or DEFAULT_REGION
@@ -211,7 +211,7 @@ def _session() -> Any:
     return aioboto3.Session()
 
 
-async def _scan(client: Any, table: str, projection: str | None) -> list[dict[str, Any]]:
+async def scan_table(client: Any, table: str, projection: str | None) -> list[dict[str, Any]]:
     params: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
     if projection is not None:
         params["ProjectionExpression"] = projection
