@@ -127,14 +127,14 @@ class DynamoStore(DynamoReads, StagedStore):
                 config=config,
             )
         )
-        dynamo = Dynamo(client, self._where)
+        self._dynamo, self._exits = Dynamo(client, self._where), exits
         try:
-            with dynamo.translated("open"):
+            with self._dynamo.translated("open"):
                 await self._make_tables(client)
+            await self.recover(None)  # admin and unfenced commits a crash left recorded
         except BaseException:
-            await exits.aclose()
+            await self.close()
             raise
-        self._dynamo, self._exits = dynamo, exits
 
     async def _make_tables(self, client: Any) -> None:
         names = [self._name(table) for table in tables.TABLES]

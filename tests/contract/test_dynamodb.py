@@ -241,6 +241,25 @@ async def test_a_commit_cut_after_its_record_is_whole_once_the_shard_is_taken_ag
         await asyncio.gather(reader.close(), crashing.close())
 
 
+async def test_an_unfenced_commit_cut_after_its_record_is_whole_once_a_store_opens(
+    url: str,
+) -> None:
+    crashing = CrashesWhileApplying(url, writes=120)
+    await crashing.open()
+    batch = big_batch(0, None)
+    batch.slot = None  # admin and unfenced commits record on a lease of their own
+    with pytest.raises(StoreUnavailable):
+        await crashing.commit(batch)
+    await crashing.close()
+    opened = DynamoStore(url)
+    await opened.open()
+    try:
+        assert await holds(opened, batch)
+        assert await raw(url, tables.STAGED) == []
+    finally:
+        await opened.close()
+
+
 async def test_a_commit_cut_before_its_record_is_absent_and_its_parts_dropped(url: str) -> None:
     crashing = CrashesBeforeRecording(url)
     await crashing.open()
