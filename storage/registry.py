@@ -28,6 +28,7 @@ BACKENDS: dict[str, Backend] = {
     "postgres": Backend("storage.postgres", "PostgresStore", "postgresql"),
     "mysql": Backend("storage.mysql", "MysqlStore", "mysql"),
     "mongodb": Backend("storage.mongodb", "MongoStore", "mongodb"),
+    "dynamodb": Backend("storage.dynamodb", "DynamoStore", "dynamodb"),
 }
 
 

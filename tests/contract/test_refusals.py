@@ -49,7 +49,7 @@ CASES = [
     Case(
         "lone surrogate in a title",
         Batch(jobs=[job("x", "a", title="\ud800")]),
-        frozenset({"sqlite", "postgres", "mysql", "mongodb"}),
+        frozenset({"sqlite", "postgres", "mysql", "mongodb", "dynamodb"}),
     ),
     Case("NUL in a title", Batch(jobs=[job("x", "a", title="a\x00b")]), frozenset({"postgres"})),
     Case(
@@ -60,12 +60,17 @@ CASES = [
     Case(
         "lone surrogate in a namespace's JSON config",
         Batch(namespaces=[Namespace("a", NOW, {"note": "\ud800"})]),
-        frozenset({"postgres", "mysql"}),
+        frozenset({"postgres", "mysql", "dynamodb"}),
     ),
     Case(
         "an int over 64 bits",
         Batch(jobs=[job("x", "a", output_size=2**63)]),
         frozenset({"sqlite", "postgres", "mysql", "mongodb"}),
+    ),
+    Case(
+        "a job record over DynamoDB's 400 KB item",
+        Batch(jobs=[job("x", "a", description="d" * 450_000)]),
+        frozenset({"dynamodb"}),
     ),
 ]
 
