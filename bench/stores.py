@@ -3,7 +3,7 @@ concurrent writers, and mean rows per commit, beside SQLite's in the same run.
 
 One command: `.venv/bin/python bench/stores.py [--quick] [--backends sqlite,postgres,...]`
 (`make bench-stores`). Each backend runs on a fresh location of the server `make services`
-started (tests/backends.py: the same locations the contract suite uses); a backend whose
+started (tests/backends: the same locations the contract suite uses); a backend whose
 server is not running is reported as such and left out.
 
 - group commits/s: one writer, one commit at a time, each a job's new revision and a 64-byte

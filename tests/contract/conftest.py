@@ -1,4 +1,4 @@
-"""Contract fixtures: an opened, empty Store per backend (tests/backends.py lists them).
+"""Contract fixtures: an opened, empty Store per backend (tests/backends lists them).
 
 Each persistent backend's tests share one location for the session (a file, a database),
 emptied before each test; tests that need a brand-new schema get a location of their own.

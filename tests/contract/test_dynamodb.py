@@ -21,7 +21,8 @@ from storage.dynamodb_items import TTL_GRACE_S
 from storage.errors import Fenced, StoreUnavailable
 from storage.records import Batch, Chunk, Delivery, Job, JobQuery, JobStatus
 from storage.staged import encode
-from tests.backends import BACKENDS, dynamodb_client, scan_table
+from tests.backends import BACKENDS
+from tests.backends.dynamodb import dynamodb_client, scan_table
 
 NOW = 1_700_000_000.25
 MiB = 1024 * 1024

@@ -17,7 +17,8 @@ from storage.errors import StoreUnavailable
 from storage.mysql import MysqlStore
 from storage.mysql_sql import PART_BYTES
 from storage.records import Batch, Chunk, Job
-from tests.backends import BACKENDS, mysql_run
+from tests.backends import BACKENDS
+from tests.backends.mysql import mysql_run
 from tests.conftest import IN_CI, free_port
 
 MiB = 1024 * 1024
