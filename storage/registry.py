@@ -26,6 +26,7 @@ BACKENDS: dict[str, Backend] = {
     "sqlite": Backend("storage.sqlite", "SqliteStore", None),
     "postgresql": Backend("storage.postgres", "PostgresStore", "postgresql"),
     "postgres": Backend("storage.postgres", "PostgresStore", "postgresql"),
+    "cassandra": Backend("storage.cassandra", "CassandraStore", "cassandra"),
 }
 
 

@@ -104,7 +104,12 @@ def encode(batch: Batch) -> bytes:
         "versions": [_plain(v) for v in batch.versions],
         "deleted": [list(key) for key in batch.deleted],
         "deliveries": [
-            {**_plain(d, skip="payload"), "payload": blob(d.payload)} for d in batch.deliveries
+            {
+                **_plain(d, skip="payload"),
+                "attempts": [asdict(attempt) for attempt in d.attempts],
+                "payload": blob(d.payload),
+            }
+            for d in batch.deliveries
         ],
         "namespaces": [_plain(ns) for ns in batch.namespaces],
         "api_keys": [_plain(key) for key in batch.api_keys],

@@ -7,18 +7,24 @@ server is unreachable skips loudly, or fails when CI=true (`need_server`).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import secrets
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
 
+from storage import cassandra_schema
 from storage.base import Store
+from storage.cassandra_driver import location, new_cluster
+from storage.cassandra_rows import load_audit
 from storage.memory import MemoryStore
 from storage.records import AuditEntry
 from tests.conftest import POSTGRES_URL, need_server
@@ -144,6 +150,72 @@ class Postgres(TestBackend):
             return [AuditEntry(*row) for row in await cur.fetchall()]
 
 
+CASSANDRA_URL = os.environ.get("AOS_TEST_CASSANDRA_URL", "cassandra://127.0.0.1:9042/aos_test")
+
+
+class Cassandra(TestBackend):
+    """A keyspace per session (tables take ~0.3 s each to make), emptied partition by
+    partition: a DELETE per partition the last test wrote, ~20x faster than TRUNCATE."""
+
+    name = "cassandra"
+
+    def __init__(self) -> None:
+        self._driver: Any = None
+
+    def need(self) -> None:
+        where = location(CASSANDRA_URL)
+        need_server(where.hosts[0], where.port, "Cassandra")
+
+    def _session(self) -> Any:
+        """One driver session for the test process (the driver shuts it down at exit)."""
+        if self._driver is None:
+            self._driver = new_cluster(location(CASSANDRA_URL)).connect()
+        return self._driver
+
+    @contextmanager
+    def fresh(self, tmp: Path) -> Iterator[str]:
+        keyspace = f"aos_test_{secrets.token_hex(4)}"
+        try:
+            yield urlsplit(CASSANDRA_URL)._replace(path=f"/{keyspace}").geturl()
+        finally:
+            self._session().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
+
+    async def empty(self, store: Store, url: str) -> None:
+        await asyncio.to_thread(self._empty, location(url).keyspace)
+
+    def _empty(self, keyspace: str) -> None:
+        session = self._session()
+        for table in cassandra_schema.TABLE_NAMES:
+            keys = session.execute(
+                "SELECT column_name, kind, position FROM system_schema.columns"
+                " WHERE keyspace_name = %s AND table_name = %s",
+                (keyspace, table),
+            )
+            names = [
+                name
+                for name, kind, _ in sorted(keys, key=lambda k: k[2])
+                if kind == "partition_key"
+            ]
+            columns = ", ".join(f'"{name}"' for name in names)
+            where = " AND ".join(f'"{name}" = %s' for name in names)
+            partitions = session.execute(f"SELECT DISTINCT {columns} FROM {keyspace}.{table}")
+            futures = [
+                session.execute_async(f"DELETE FROM {keyspace}.{table} WHERE {where}", row)
+                for row in partitions
+            ]
+            for future in futures:
+                future.result()
+
+    async def audit(self, store: Store, url: str) -> list[AuditEntry]:
+        keyspace = location(url).keyspace
+
+        def read() -> list[AuditEntry]:
+            rows = self._session().execute(f"SELECT commit_id, n, record FROM {keyspace}.audit")
+            return [load_audit(record) for _, _, record in sorted(rows)]
+
+        return await asyncio.to_thread(read)
+
+
 #: Every backend, by the name tests are parametrized with.
 BACKENDS: dict[str, TestBackend] = {
     backend.name: backend
@@ -151,6 +223,7 @@ BACKENDS: dict[str, TestBackend] = {
         Memory(),
         Sqlite(),
         Postgres(),
+        Cassandra(),
     )
 }
 PERSISTENT = [name for name, backend in BACKENDS.items() if backend.persistent]
