@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from cassandra import InvalidRequest
 from cassandra.cluster import Cluster, Session
 
 from storage import cassandra_schema as cql
@@ -59,6 +60,8 @@ class CassandraStore(CassandraReads, StagedStore):
 
     max_chunk_bytes = MAX_CHUNK_BYTES
     stage_part_bytes = 1024 * 1024
+    #: Reads the durable setting (`durable_sync`) from the node the store connected to.
+    durable_query = cql.COMMITLOG_SYNC
 
     def __init__(self, url: str) -> None:
         StagedStore.__init__(self)
@@ -109,16 +112,11 @@ class CassandraStore(CassandraReads, StagedStore):
         await self._fetch("PING")
 
     async def _check_durable(self, session: Session) -> None:
-        """Acknowledged writes must be in a synced commit log: `commitlog_sync` batch or
-        group, never periodic (it acknowledges before the sync)."""
-        rows = await run(session, cql.COMMITLOG_SYNC)
-        value = rows[0][0] if rows else None
-        if value not in DURABLE_SYNC:
-            raise StoreUnavailable(
-                f"cassandra {self._at.where} has commitlog_sync={value}; the service"
-                " acknowledges a write only once it is durable, so it must be 'batch'"
-                " (or 'group')"
-            )
+        try:
+            rows = await run(session, self.durable_query)
+        except InvalidRequest:  # no system_views before Cassandra 4.0: cannot tell
+            rows = []
+        durable_sync(self._at.where, rows[0][0] if rows else None)
 
     async def _create_schema(self, session: Session) -> None:
         """Make the keyspace and every table missing, each `IF NOT EXISTS`: concurrent opens
@@ -229,8 +227,9 @@ class CassandraStore(CassandraReads, StagedStore):
             return
         key = ADMIN if slot is None else slot
         self._slot_of[commit_id] = key
-        await asyncio.gather(
-            *(self._fetch("STAGE", (key, commit_id, n, part)) for n, part in enumerate(parts))
+        # One partition: batches of BATCH_BYTES, each one mutation (no batch log).
+        await self._write_all(
+            [("STAGE", (key, commit_id, n, part)) for n, part in enumerate(parts)]
         )
 
     async def _record(self, slot: int | None, epoch: int | None, commit_id: str) -> None:
@@ -388,6 +387,18 @@ def _purge_step(
         ("PURGE_PARTS", (stamp, *key, version, seq)) for seq, _, parts in removed if parts > 1
     ]
     return writes
+
+
+def durable_sync(where: str, value: str | None) -> None:
+    """Acknowledged writes must be in a synced commit log: `commitlog_sync` batch or group
+    (both acknowledge a write once its commit log segment is synced), never periodic (it
+    acknowledges first and syncs every `commitlog_sync_period`). `StoreUnavailable`
+    otherwise, or when the setting cannot be read (Cassandra before 4.0)."""
+    if value not in DURABLE_SYNC:
+        raise StoreUnavailable(
+            f"cassandra {where} has commitlog_sync={value}; the service acknowledges a write"
+            " only once it is durable, so it must be 'batch' (or 'group')"
+        )
 
 
 def _groups(

@@ -132,10 +132,14 @@ async def run(session: Any, statement: Any, params: Sequence[Any] = ()) -> list[
     done: asyncio.Future[list[Row]] = loop.create_future()
 
     def ok(rows: list[Row]) -> None:
-        loop.call_soon_threadsafe(_settle, done, rows, None)
+        settle(rows, None)
 
     def failed(exc: BaseException) -> None:
-        loop.call_soon_threadsafe(_settle, done, None, exc)
+        settle(None, exc)
+
+    def settle(rows: list[Row] | None, exc: BaseException | None) -> None:
+        if not loop.is_closed():  # an answer after its caller's loop ended has nobody to tell
+            loop.call_soon_threadsafe(_settle, done, rows, exc)
 
     future = session.execute_async(statement, params or None)
     future.add_callbacks(ok, failed)

@@ -166,7 +166,7 @@ class Cassandra(TestBackend):
         where = location(CASSANDRA_URL)
         need_server(where.hosts[0], where.port, "Cassandra")
 
-    def _session(self) -> Any:
+    def driver(self) -> Any:
         """One driver session for the test process (the driver shuts it down at exit)."""
         if self._driver is None:
             self._driver = new_cluster(location(CASSANDRA_URL)).connect()
@@ -178,13 +178,13 @@ class Cassandra(TestBackend):
         try:
             yield urlsplit(CASSANDRA_URL)._replace(path=f"/{keyspace}").geturl()
         finally:
-            self._session().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
+            self.driver().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
 
     async def empty(self, store: Store, url: str) -> None:
         await asyncio.to_thread(self._empty, location(url).keyspace)
 
     def _empty(self, keyspace: str) -> None:
-        session = self._session()
+        session = self.driver()
         for table in cassandra_schema.TABLE_NAMES:
             keys = session.execute(
                 "SELECT column_name, kind, position FROM system_schema.columns"
@@ -210,7 +210,7 @@ class Cassandra(TestBackend):
         keyspace = location(url).keyspace
 
         def read() -> list[AuditEntry]:
-            rows = self._session().execute(f"SELECT commit_id, n, record FROM {keyspace}.audit")
+            rows = self.driver().execute(f"SELECT commit_id, n, record FROM {keyspace}.audit")
             return [load_audit(record) for _, _, record in sorted(rows)]
 
         return await asyncio.to_thread(read)
