@@ -31,7 +31,7 @@ from storage.cassandra_driver import (
     translated,
 )
 from storage.cassandra_reads import CassandraReads
-from storage.cassandra_rows import Before, PackedChunk, Wanted, check_keys, pack_chunks, plan
+from storage.cassandra_rows import Before, PackedChunk, Unit, Wanted, check_keys, pack_chunks, plan
 from storage.errors import StoreUnavailable
 from storage.records import Batch
 from storage.staged import StagedStore
@@ -42,8 +42,12 @@ MAX_CHUNK_BYTES = 16 * 1024 * 1024
 #: A commit whose staged form is at most this big rides inside its record (the lease's
 #: LWT); a bigger one is staged in `staged` rows first.
 INLINE_BYTES = 64 * 1024
-#: Statements per logged batch stop adding rows past this many bytes of values.
+#: A logged batch holds at most this many bytes of values and statements (a batch of many
+#: partitions costs the node more than a few batches of fewer, run side by side).
 BATCH_BYTES = 8 * 1024 * 1024
+BATCH_WRITES = 64
+#: Batches of one commit in flight at once.
+PARALLEL = 4
 #: Chunk bytes past which packing runs on a worker thread.
 OFF_LOOP_BYTES = 256 * 1024
 #: The lease row of admin commits (no slot): written without LWT, it has no epoch.
@@ -168,16 +172,23 @@ class CassandraStore(CassandraReads, StagedStore):
                 return await run(session, serial_read(statement, params))
             return await run(session, statement, params)
 
-    async def _write_all(self, writes: list[tuple[str, tuple[Any, ...]]]) -> None:
-        """`writes` in logged batches of at most `BATCH_BYTES` of values, one after the other."""
+    async def _write_all(self, units: list[Unit]) -> None:
+        """`units` in logged batches (each unit whole in one) of at most `BATCH_BYTES` of
+        values and `BATCH_WRITES` statements, `PARALLEL` at a time. A batch of one
+        partition is one mutation: Cassandra writes no batch log for it."""
         session = self._live()
-        for group in _groups(writes, BATCH_BYTES):
-            with translated(self._at.where, "commit"):
-                statements = [(self._prepared[name], params) for name, params in group]
-                if len(statements) == 1:
-                    await run(session, *statements[0])
-                else:
-                    await run(session, logged_batch(statements))
+        running = asyncio.Semaphore(PARALLEL)
+
+        async def write(group: Unit) -> None:
+            statements = [(self._prepared[name], params) for name, params in group]
+            async with running:
+                with translated(self._at.where, "commit"):
+                    if len(statements) == 1:
+                        await run(session, *statements[0])
+                    else:
+                        await run(session, logged_batch(statements))
+
+        await asyncio.gather(*(write(group) for group in _groups(units)))
 
     def _stamp(self, slot: int) -> int:
         """The next write stamp (microseconds): above the clock's, this store's last and
@@ -231,7 +242,7 @@ class CassandraStore(CassandraReads, StagedStore):
         self._slot_of[commit_id] = key
         # One partition: batches of BATCH_BYTES, each one mutation (no batch log).
         await self._write_all(
-            [("STAGE", (key, commit_id, n, part)) for n, part in enumerate(parts)]
+            [[("STAGE", (key, commit_id, n, part))] for n, part in enumerate(parts)]
         )
 
     async def _record(self, slot: int | None, epoch: int | None, commit_id: str) -> None:
@@ -365,23 +376,23 @@ class CassandraStore(CassandraReads, StagedStore):
         if left:
             version, last = rules.purge_step([row[:3] for row in left], max_bytes)
             removed = [row[1:] for row in left if row[0] == version and row[1] <= last]
-            await self._write_all(_purge_step(key, version, last, removed, stamp))
+            await self._write_all([_purge_step(key, version, last, removed, stamp)])
             return False
         purge = await self._fetch("GET_PURGE", key)
-        done: list[tuple[str, tuple[Any, ...]]] = [("DELETE_PURGE", (stamp, *key))]
+        done: Unit = [("DELETE_PURGE", (stamp, *key))]
         if purge and purge[0][0] is not None:
             where = (purge[0][0], cql.PURGING, purge[0][1], *key)
             done.append(("DELETE_INDEXED", (stamp, *where)))
-        await self._write_all(done)
+        await self._write_all([done])
         return True
 
 
 def _purge_step(
     key: tuple[str, str], version: int, last: int, removed: list[Row], stamp: int
-) -> list[tuple[str, tuple[Any, ...]]]:
+) -> Unit:
     """The deletes of one purge step: chunks of `version` up to seq `last` (`removed`:
     their (seq, offset, parts))."""
-    writes: list[tuple[str, tuple[Any, ...]]] = [
+    writes: Unit = [
         ("PURGE_CHUNKS", (stamp, *key, version, last)),
         ("PURGE_OFFSETS", (stamp, *key, version, max(offset for _, offset, _ in removed))),
     ]
@@ -403,17 +414,17 @@ def durable_sync(where: str, value: str | None) -> None:
         )
 
 
-def _groups(
-    writes: list[tuple[str, tuple[Any, ...]]], limit: int
-) -> list[list[tuple[str, tuple[Any, ...]]]]:
-    """`writes` cut into runs of at most `limit` bytes of values (one write may pass it)."""
-    groups: list[list[tuple[str, tuple[Any, ...]]]] = []
-    size = limit
-    for write in writes:
-        weight = sum(len(v) for v in write[1] if isinstance(v, bytes | str)) + 64
-        if size + weight > limit:
-            groups.append([])
-            size = 0
-        groups[-1].append(write)
-        size += weight
+def _groups(units: list[Unit]) -> list[Unit]:
+    """`units` packed in order into groups of at most `BATCH_BYTES` of values and
+    `BATCH_WRITES` statements (a unit larger than that is a group of its own)."""
+    groups: list[Unit] = []
+    size = BATCH_BYTES
+    for unit in units:
+        weight = sum(len(v) for _, values in unit for v in values if isinstance(v, bytes | str))
+        if groups and size + weight <= BATCH_BYTES and len(groups[-1]) + len(unit) <= BATCH_WRITES:
+            groups[-1] += unit
+            size += weight
+        else:
+            groups.append(list(unit))
+            size = weight
     return groups

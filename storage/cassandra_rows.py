@@ -50,6 +50,9 @@ _DELIVERY_FIELDS = tuple(f.name for f in fields(Delivery) if f.name != "payload"
 
 #: One statement (a `storage.cassandra_schema` name) and its values.
 Write = tuple[str, tuple[Any, ...]]
+#: The writes of one record (a job and its index rows, a chunk and its parts): applied
+#: together in one logged batch, so a crash never leaves a record without its index.
+Unit = list[Write]
 
 
 # -- codecs -----------------------------------------------------------------------------------
@@ -192,8 +195,8 @@ class Plan:
     points to first (output, versions, deliveries, admin records, audit), then the jobs
     and deletes (`storage.staged.VISIBILITY`). Every write carries the commit's stamp."""
 
-    first: list[Write]
-    then: list[Write]
+    first: list[Unit]
+    then: list[Unit]
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,32 +248,33 @@ def plan(
     """The writes of `batch` at write timestamp `stamp` (microseconds). Raises `Unstorable`
     for a value the rows cannot hold."""
     now = time.time()
+    versions = _last({(v.namespace, v.job_id, v.version): v for v in batch.versions})
     first = [
         *_chunk_writes(chunks, before, stamp),
         *(
-            ("PUT_VERSION", (v.namespace, v.job_id, v.version, version_bytes(v), 0, stamp))
-            for v in _last({(v.namespace, v.job_id, v.version): v for v in batch.versions})
+            [("PUT_VERSION", (v.namespace, v.job_id, v.version, version_bytes(v), 0, stamp))]
+            for v in versions
             if (v.namespace, v.job_id, v.version) not in before.versions
         ),
         *_delivery_writes(batch.deliveries, before, stamp),
         *(
-            ("PUT_NAMESPACE", (ns.name, namespace_bytes(ns), stamp))
+            [("PUT_NAMESPACE", (ns.name, namespace_bytes(ns), stamp))]
             for ns in _last({ns.name: ns for ns in batch.namespaces})
         ),
         *(
-            ("PUT_API_KEY", (key.key_id, api_key_bytes(key), stamp))
+            [("PUT_API_KEY", (key.key_id, api_key_bytes(key), stamp))]
             for key in _last({key.key_id: key for key in batch.api_keys})
         ),
-        *(
+        [
             ("PUT_AUDIT", (_day(commit_id), commit_id, n, audit_bytes(e), stamp))
             for n, e in enumerate(batch.audit)
-        ),
+        ],
     ]
     then = [
         *_job_writes(batch.jobs, before, stamp, now),
         *_delete_writes(batch, before, stamp, now),
     ]
-    return Plan(first, then)
+    return Plan([unit for unit in first if unit], then)
 
 
 def _last(by_key: dict[Any, Any]) -> list[Any]:
@@ -282,17 +286,19 @@ def _day(commit_id: str) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(int(commit_id.split("-", 1)[0]) / 1e9))
 
 
-def _chunk_writes(chunks: list[PackedChunk], before: Before, stamp: int) -> Iterable[Write]:
+def _chunk_writes(chunks: list[PackedChunk], before: Before, stamp: int) -> Iterable[Unit]:
     for packed in chunks:
         c = packed.chunk
         if (c.namespace, c.job_id, c.version, c.seq) in before.chunks:
             continue  # a chunk is written once: a retried commit's copy is a no-op
         key = (c.namespace, c.job_id, c.version)
         first, *rest = packed.parts
-        yield "PUT_CHUNK", (*key, c.seq, c.offset, packed.encoding, len(packed.parts), first, stamp)
-        for part, data in enumerate(rest, start=1):
-            yield "PUT_PART", (*key, c.seq, part, data, stamp)
-        yield "PUT_OFFSET", (*key, c.offset, c.seq, stamp)
+        parts = len(packed.parts)
+        yield [
+            ("PUT_CHUNK", (*key, c.seq, c.offset, packed.encoding, parts, first, stamp)),
+            *(("PUT_PART", (*key, c.seq, n, data, stamp)) for n, data in enumerate(rest, 1)),
+            ("PUT_OFFSET", (*key, c.offset, c.seq, stamp)),
+        ]
 
 
 def _job_rows(job: Job) -> dict[tuple[Any, ...], str]:
@@ -308,18 +314,19 @@ def _job_rows(job: Job) -> dict[tuple[Any, ...], str]:
     return rows
 
 
-def _job_writes(jobs: list[Job], before: Before, stamp: int, now: float) -> Iterable[Write]:
+def _job_writes(jobs: list[Job], before: Before, stamp: int, now: float) -> Iterable[Unit]:
     for job in _last({job.key: job for job in jobs}):
         record, ttl = job_bytes(job), ttl_of(job, now)
-        yield "PUT_JOB", (job.namespace, job.job_id, record, ttl, stamp)
+        unit: Unit = [("PUT_JOB", (job.namespace, job.job_id, record, ttl, stamp))]
         rows = _job_rows(job)
         for key, statement in rows.items():
             values = (*key[1:], record) + ((None,) if key[0] == "indexed" else ())
-            yield statement, (*values, ttl, stamp)
+            unit.append((statement, (*values, ttl, stamp)))
         old = before.jobs.get(job.key)
         if old is not None:
-            for write in _unindex(key for key in _job_rows(old) if key not in rows):
-                yield write[0], (stamp, *write[1])
+            stale = _unindex(key for key in _job_rows(old) if key not in rows)
+            unit += [(statement, (stamp, *key)) for statement, key in stale]
+        yield unit
 
 
 def _unindex(keys: Iterable[tuple[Any, ...]]) -> Iterable[Write]:
@@ -339,34 +346,33 @@ def _delivery_rows(d: Delivery) -> dict[tuple[Any, ...], str]:
     return rows
 
 
-def _delivery_writes(deliveries: list[Delivery], before: Before, stamp: int) -> Iterable[Write]:
+def _delivery_writes(deliveries: list[Delivery], before: Before, stamp: int) -> Iterable[Unit]:
     for d in _last({(d.namespace, d.delivery_id): d for d in deliveries}):
         record, rows = delivery_bytes(d), _delivery_rows(d)
-        for key, statement in rows.items():
-            yield statement, (*key[1:], record, d.payload, 0, stamp)
+        unit: Unit = [
+            (statement, (*key[1:], record, d.payload, 0, stamp)) for key, statement in rows.items()
+        ]
         old = before.deliveries.get((d.namespace, d.delivery_id))
         if old is not None:
-            for key in _delivery_rows(old):
-                if key not in rows:
-                    yield key[0], (stamp, *key[1:])
+            unit += [(k[0], (stamp, *k[1:])) for k in _delivery_rows(old) if k not in rows]
+        yield unit
 
 
-def _delete_writes(batch: Batch, before: Before, stamp: int, now: float) -> Iterable[Write]:
+def _delete_writes(batch: Batch, before: Before, stamp: int, now: float) -> Iterable[Unit]:
     """A deleted job's rows go, at the commit's own stamp: a tie with a write of the same
     commit goes to the delete. Its output stays, hidden by its purge row, until purged."""
     upserted = {job.key: job for job in batch.jobs}
+    doomed = [*before.doomed_deliveries, *batch.deliveries]
     for key in dict.fromkeys(batch.deleted):
         known = [j for j in (before.jobs.get(key), upserted.get(key)) if j is not None]
-        yield "DELETE_JOB", (stamp, *key)
-        yield "DELETE_VERSIONS", (stamp, *key)
+        unit: Unit = [("DELETE_JOB", (stamp, *key)), ("DELETE_VERSIONS", (stamp, *key))]
         for job in known:
-            for write in _unindex(_job_rows(job)):
-                yield write[0], (stamp, *write[1])
-        doomed = [d for d in [*before.doomed_deliveries, *batch.deliveries] if d.job_id == key[1]]
+            unit += [(statement, (stamp, *k)) for statement, k in _unindex(_job_rows(job))]
         for d in doomed:
-            if d.namespace == key[0]:
-                for row in _delivery_rows(d):
-                    yield row[0], (stamp, *row[1:])
-        yield "PUT_PURGE", (*key, batch.slot, now, stamp)
+            if (d.namespace, d.job_id) == key:
+                unit += [(row[0], (stamp, *row[1:])) for row in _delivery_rows(d)]
+        unit.append(("PUT_PURGE", (*key, batch.slot, now, stamp)))
         if batch.slot is not None:
-            yield "PUT_INDEXED", (batch.slot, cql.PURGING, now, *key, None, None, 0, stamp)
+            purging = (batch.slot, cql.PURGING, now, *key, None, None, 0, stamp)
+            unit.append(("PUT_INDEXED", purging))
+        yield unit

@@ -15,7 +15,7 @@ import pytest
 from storage import cassandra_schema as cql
 from storage.cassandra import INLINE_BYTES, CassandraStore, durable_sync
 from storage.cassandra_driver import location
-from storage.cassandra_rows import TTL_GRACE_S
+from storage.cassandra_rows import TTL_GRACE_S, Unit
 from storage.errors import Fenced, StoreUnavailable
 from storage.records import Batch, Chunk, Job, JobQuery, JobStatus
 from tests.backends import BACKENDS
@@ -96,21 +96,21 @@ async def test_an_unreachable_server_is_unavailable_quickly_and_never_quoted(
 
 
 class StopsApplying(CassandraStore):
-    """Dies in `_apply` after `writes` of its statements went out (one at a time)."""
+    """Dies in `_apply` after `writes` of its units went out (one at a time)."""
 
     def __init__(self, url: str, writes: int) -> None:
         super().__init__(url)
         self.writes_left = writes
 
-    async def _write_all(self, writes: list[tuple[str, tuple[Any, ...]]]) -> None:
-        if writes and writes[0][0] == "STAGE":  # staging, before the commit's record
-            await super()._write_all(writes)
+    async def _write_all(self, units: list[Unit]) -> None:
+        if units and units[0][0][0] == "STAGE":  # staging, before the commit's record
+            await super()._write_all(units)
             return
-        for write in writes:
+        for unit in units:
             if self.writes_left == 0:
                 raise Interrupted()
             self.writes_left -= 1
-            await super()._write_all([write])
+            await super()._write_all([unit])
 
 
 async def test_a_commit_interrupted_after_its_record_is_whole_once_the_shard_is_taken(
@@ -167,7 +167,7 @@ async def test_a_commit_larger_than_many_logged_batches_is_all_or_nothing(url: s
     """500 jobs and 64 MiB of chunks: several staged parts, over eight logged batches."""
     jobs = [job(f"j{i:03}", title=f"job {i}") for i in range(500)]
     output = chunks("j000", 16, 4 * MiB)
-    crashing = await opened(StopsApplying(url, writes=40))
+    crashing = await opened(StopsApplying(url, writes=10))
     epoch = await crashing.acquire_shard(0, "old")
     with pytest.raises(Interrupted):
         await crashing.commit(Batch(slot=0, epoch=epoch, jobs=jobs, chunks=output))
