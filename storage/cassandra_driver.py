@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from cassandra import ConsistencyLevel, DriverException, InvalidRequest
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
-from cassandra.connection import ConnectionException
+from cassandra.connection import ConnectionBusy, ConnectionException
 from cassandra.policies import ExponentialReconnectionPolicy, RoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, tuple_factory
 
@@ -31,6 +31,8 @@ DEFAULT_KEYSPACE = "aos"
 #: A request (and a connection attempt) that takes longer is StoreUnavailable.
 TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
+#: The first wait before a request the driver refused as busy is sent again (doubling).
+BUSY_RETRY_S = 0.005
 
 Row = tuple[Any, ...]
 
@@ -127,7 +129,25 @@ def translated(where: str, action: str) -> Iterator[None]:
 
 
 async def run(session: Any, statement: Any, params: Sequence[Any] = ()) -> list[Row]:
-    """Run one statement (prepared, bound or a batch); its rows (paging is off)."""
+    """Run one statement (prepared, bound or a batch); its rows (paging is off).
+
+    The driver refuses a request at once (`ConnectionBusy`, unsent) while its connection's
+    socket is full, e.g. behind an 8 MiB batch: such a request is sent again shortly,
+    until `TIMEOUT_S` has passed."""
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + TIMEOUT_S, BUSY_RETRY_S
+    while True:
+        try:
+            return await _once(session, statement, params)
+        except NoHostAvailable as exc:
+            busy = exc.errors and all(isinstance(e, ConnectionBusy) for e in exc.errors.values())
+            if not busy or loop.time() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
+async def _once(session: Any, statement: Any, params: Sequence[Any]) -> list[Row]:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[list[Row]] = loop.create_future()
 

@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import sql
 
-from storage import cassandra_schema
 from storage.base import Store
 from storage.cassandra_driver import location, new_cluster
 from storage.cassandra_rows import load_audit
@@ -185,19 +184,9 @@ class Cassandra(TestBackend):
 
     def _empty(self, keyspace: str) -> None:
         session = self.driver()
-        for table in cassandra_schema.TABLE_NAMES:
-            keys = session.execute(
-                "SELECT column_name, kind, position FROM system_schema.columns"
-                " WHERE keyspace_name = %s AND table_name = %s",
-                (keyspace, table),
-            )
-            names = [
-                name
-                for name, kind, _ in sorted(keys, key=lambda k: k[2])
-                if kind == "partition_key"
-            ]
-            columns = ", ".join(f'"{name}"' for name in names)
-            where = " AND ".join(f'"{name}" = %s' for name in names)
+        for table, key in self._partition_keys(keyspace).items():
+            columns = ", ".join(f'"{name}"' for name in key)
+            where = " AND ".join(f'"{name}" = %s' for name in key)
             partitions = session.execute(f"SELECT DISTINCT {columns} FROM {keyspace}.{table}")
             futures = [
                 session.execute_async(f"DELETE FROM {keyspace}.{table} WHERE {where}", row)
@@ -205,6 +194,19 @@ class Cassandra(TestBackend):
             ]
             for future in futures:
                 future.result()
+
+    def _partition_keys(self, keyspace: str) -> dict[str, list[str]]:
+        """Each table's partition key columns, in order, as the keyspace holds them."""
+        rows = self.driver().execute(
+            "SELECT table_name, column_name, kind, position FROM system_schema.columns"
+            " WHERE keyspace_name = %s",
+            (keyspace,),
+        )
+        keys: dict[str, list[tuple[int, str]]] = {}
+        for table, column, kind, position in rows:
+            if kind == "partition_key":
+                keys.setdefault(table, []).append((position, column))
+        return {table: [name for _, name in sorted(key)] for table, key in keys.items()}
 
     async def audit(self, store: Store, url: str) -> list[AuditEntry]:
         keyspace = location(url).keyspace

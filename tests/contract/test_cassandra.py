@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from cassandra.cluster import NoHostAvailable
+from cassandra.connection import ConnectionBusy
 
 from storage import cassandra_schema as cql
 from storage.cassandra import INLINE_BYTES, CassandraStore, durable_sync
-from storage.cassandra_driver import location
+from storage.cassandra_driver import location, run
 from storage.cassandra_rows import TTL_GRACE_S, Unit
 from storage.errors import Fenced, StoreUnavailable
 from storage.records import Batch, Chunk, Job, JobQuery, JobStatus
@@ -244,3 +246,31 @@ async def test_a_finished_jobs_rows_carry_a_ttl_past_its_expiry(url: str) -> Non
         assert abs(ttls["done"] - (3600 + TTL_GRACE_S)) < 60
     finally:
         await store.close()
+
+
+async def test_a_request_the_driver_refuses_as_busy_is_sent_again() -> None:
+    """The driver refuses a request unsent while its socket is full (behind a large batch);
+    `run` sends it again shortly, and raises any other failure at once."""
+
+    class Answer:
+        def __init__(self, outcome: Any) -> None:
+            self.outcome = outcome
+
+        def add_callbacks(self, ok: Any, failed: Any) -> None:
+            (failed if isinstance(self.outcome, BaseException) else ok)(self.outcome)
+
+    class Session:
+        def __init__(self, failure: BaseException) -> None:
+            self.failure, self.calls = failure, 0
+
+        def execute_async(self, statement: Any, params: Any) -> Answer:
+            self.calls += 1
+            return Answer(self.failure if self.calls < 3 else [(1,)])
+
+    busy = Session(NoHostAvailable("busy", {"h": ConnectionBusy("overloaded")}))
+    assert await run(busy, "SELECT") == [(1,)]
+    assert busy.calls == 3
+    down = Session(NoHostAvailable("down", {"h": OSError("refused")}))
+    with pytest.raises(NoHostAvailable):
+        await run(down, "SELECT")
+    assert down.calls == 1
