@@ -23,6 +23,8 @@ from storage import rules
 from storage.cassandra_driver import (
     Location,
     Row,
+    durable_sync,
+    in_batches,
     location,
     logged_batch,
     new_cluster,
@@ -42,18 +44,12 @@ MAX_CHUNK_BYTES = 16 * 1024 * 1024
 #: A commit whose staged form is at most this big rides inside its record (the lease's
 #: LWT); a bigger one is staged in `staged` rows first.
 INLINE_BYTES = 64 * 1024
-#: A logged batch holds at most this many bytes of values and statements (a batch of many
-#: partitions costs the node more than a few batches of fewer, run side by side).
-BATCH_BYTES = 8 * 1024 * 1024
-BATCH_WRITES = 64
 #: Batches of one commit in flight at once.
 PARALLEL = 4
 #: Chunk bytes past which packing runs on a worker thread.
 OFF_LOOP_BYTES = 256 * 1024
 #: The lease row of admin commits (no slot): written without LWT, it has no epoch.
 ADMIN = -1
-#: Durable settings: both acknowledge a write only once the commit log is synced.
-DURABLE_SYNC = ("batch", "group")
 
 _STAMP = struct.Struct(">q")
 _NOT_PREPARED = ("KEYSPACE_DDL", "EXISTING_TABLES", "COMMITLOG_SYNC")
@@ -174,7 +170,7 @@ class CassandraStore(CassandraReads, StagedStore):
 
     async def _write_all(self, units: list[Unit]) -> None:
         """`units` in logged batches (each unit whole in one) of at most `BATCH_BYTES` of
-        values and `BATCH_WRITES` statements, `PARALLEL` at a time. A batch of one
+        values and `BATCH_WRITES` statements (`in_batches`), `PARALLEL` at a time. A batch of one
         partition is one mutation: Cassandra writes no batch log for it."""
         session = self._live()
         running = asyncio.Semaphore(PARALLEL)
@@ -188,7 +184,7 @@ class CassandraStore(CassandraReads, StagedStore):
                     else:
                         await run(session, logged_batch(statements))
 
-        await asyncio.gather(*(write(group) for group in _groups(units)))
+        await asyncio.gather(*(write(group) for group in in_batches(units)))
 
     def _stamp(self, slot: int) -> int:
         """The next write stamp (microseconds): above the clock's, this store's last and
@@ -208,7 +204,9 @@ class CassandraStore(CassandraReads, StagedStore):
             packed = await asyncio.to_thread(pack_chunks, batch.chunks)
         else:
             packed = pack_chunks(batch.chunks)
-        plan(batch, [], Before(), stamp=0, commit_id=f"{time.time_ns():020d}-")  # its records
+        # Encodes every record now: a value JSON or UTF-8 cannot hold fails here, not after
+        # the commit is recorded (a recorded commit that cannot be applied stops its shard).
+        plan(batch, [], Before(), stamp=0, commit_id=f"{time.time_ns():020d}-")
         self._packed[id(batch)] = packed
         try:
             await super().commit(batch)
@@ -240,7 +238,7 @@ class CassandraStore(CassandraReads, StagedStore):
             return
         key = ADMIN if slot is None else slot
         self._slot_of[commit_id] = key
-        # One partition: batches of BATCH_BYTES, each one mutation (no batch log).
+        # One partition: batches of `BATCH_BYTES`, each one mutation (no batch log).
         await self._write_all(
             [[("STAGE", (key, commit_id, n, part))] for n, part in enumerate(parts)]
         )
@@ -304,6 +302,7 @@ class CassandraStore(CassandraReads, StagedStore):
         commit; rolling it forward again meanwhile rewrites what it wrote at its stamp);
         any other leaves now, then its parts go."""
         self._stamps.pop(commit_id, None)
+        self._inline.pop(commit_id, None)
         staged = commit_id in self._slot_of
         if slot is None:
             await self._fetch("FORGET_ADMIN", (commit_id, self._stamp(ADMIN), ADMIN))
@@ -400,31 +399,3 @@ def _purge_step(
         ("PURGE_PARTS", (stamp, *key, version, seq)) for seq, _, parts in removed if parts > 1
     ]
     return writes
-
-
-def durable_sync(where: str, value: str | None) -> None:
-    """Acknowledged writes must be in a synced commit log: `commitlog_sync` batch or group
-    (both acknowledge a write once its commit log segment is synced), never periodic (it
-    acknowledges first and syncs every `commitlog_sync_period`). `StoreUnavailable`
-    otherwise, or when the setting cannot be read (Cassandra before 4.0)."""
-    if value not in DURABLE_SYNC:
-        raise StoreUnavailable(
-            f"cassandra {where} has commitlog_sync={value}; the service acknowledges a write"
-            " only once it is durable, so it must be 'batch' (or 'group')"
-        )
-
-
-def _groups(units: list[Unit]) -> list[Unit]:
-    """`units` packed in order into groups of at most `BATCH_BYTES` of values and
-    `BATCH_WRITES` statements (a unit larger than that is a group of its own)."""
-    groups: list[Unit] = []
-    size = BATCH_BYTES
-    for unit in units:
-        weight = sum(len(v) for _, values in unit for v in values if isinstance(v, bytes | str))
-        if groups and size + weight <= BATCH_BYTES and len(groups[-1]) + len(unit) <= BATCH_WRITES:
-            groups[-1] += unit
-            size += weight
-        else:
-            groups.append(list(unit))
-            size = weight
-    return groups

@@ -22,6 +22,7 @@ from cassandra.connection import ConnectionBusy, ConnectionException
 from cassandra.policies import ExponentialReconnectionPolicy, RoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, tuple_factory
 
+from storage.cassandra_rows import Unit
 from storage.errors import StoreUnavailable, Unstorable
 
 log = logging.getLogger("storage.cassandra")
@@ -31,6 +32,12 @@ DEFAULT_KEYSPACE = "aos"
 #: A request (and a connection attempt) that takes longer is StoreUnavailable.
 TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
+#: A logged batch holds at most this many bytes of values and statements (a batch of many
+#: partitions costs the node more than a few batches of fewer, run side by side).
+BATCH_BYTES = 8 * 1024 * 1024
+BATCH_WRITES = 64
+#: Durable settings: both acknowledge a write only once the commit log is synced.
+DURABLE_SYNC = ("batch", "group")
 #: The first wait before a request the driver refused as busy is sent again (doubling).
 BUSY_RETRY_S = 0.005
 
@@ -102,8 +109,6 @@ def new_cluster(where: Location) -> Cluster:
         connect_timeout=CONNECT_TIMEOUT_S,
         control_connection_timeout=CONNECT_TIMEOUT_S,
         reconnection_policy=ExponentialReconnectionPolicy(0.5, 5.0),
-        idle_heartbeat_interval=5,
-        idle_heartbeat_timeout=5,
         protocol_version=5,
     )
 
@@ -190,3 +195,31 @@ def logged_batch(writes: Sequence[tuple[PreparedStatement, Sequence[Any]]]) -> B
     for prepared, params in writes:
         batch.add(prepared, params)
     return batch
+
+
+def durable_sync(where: str, value: str | None) -> None:
+    """Acknowledged writes must be in a synced commit log: `commitlog_sync` batch or group
+    (both acknowledge a write once its commit log segment is synced), never periodic (it
+    acknowledges first and syncs every `commitlog_sync_period`). `StoreUnavailable`
+    otherwise, or when the setting cannot be read (Cassandra before 4.0)."""
+    if value not in DURABLE_SYNC:
+        raise StoreUnavailable(
+            f"cassandra {where} has commitlog_sync={value}; the service acknowledges a write"
+            " only once it is durable, so it must be 'batch' (or 'group')"
+        )
+
+
+def in_batches(units: list[Unit]) -> list[Unit]:
+    """`units` packed in order into groups of at most `BATCH_BYTES` of values and
+    `BATCH_WRITES` statements (a unit larger than that is a group of its own)."""
+    groups: list[Unit] = []
+    size = BATCH_BYTES
+    for unit in units:
+        weight = sum(len(v) for _, values in unit for v in values if isinstance(v, bytes | str))
+        if groups and size + weight <= BATCH_BYTES and len(groups[-1]) + len(unit) <= BATCH_WRITES:
+            groups[-1] += unit
+            size += weight
+        else:
+            groups.append(list(unit))
+            size = weight
+    return groups

@@ -15,8 +15,8 @@ from cassandra.cluster import NoHostAvailable
 from cassandra.connection import ConnectionBusy
 
 from storage import cassandra_schema as cql
-from storage.cassandra import INLINE_BYTES, CassandraStore, durable_sync
-from storage.cassandra_driver import location, run
+from storage.cassandra import INLINE_BYTES, CassandraStore
+from storage.cassandra_driver import durable_sync, location, run
 from storage.cassandra_rows import TTL_GRACE_S, Unit
 from storage.errors import Fenced, StoreUnavailable
 from storage.records import Batch, Chunk, Job, JobQuery, JobStatus
