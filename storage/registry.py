@@ -29,6 +29,7 @@ BACKENDS: dict[str, Backend] = {
     "mysql": Backend("storage.mysql", "MysqlStore", "mysql"),
     "mongodb": Backend("storage.mongodb", "MongoStore", "mongodb"),
     "dynamodb": Backend("storage.dynamodb", "DynamoStore", "dynamodb"),
+    "cassandra": Backend("storage.cassandra", "CassandraStore", "cassandra"),
 }
 
 

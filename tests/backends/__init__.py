@@ -9,6 +9,7 @@ whose server is unreachable skips loudly, or fails when CI=true (`need_server`).
 from __future__ import annotations
 
 from tests.backends.base import TestBackend
+from tests.backends.cassandra import Cassandra
 from tests.backends.dynamodb import DynamoDB
 from tests.backends.local import Memory, Sqlite
 from tests.backends.mongodb import Mongodb
@@ -27,6 +28,7 @@ BACKENDS: dict[str, TestBackend] = {
         Mysql(),
         Mongodb(),
         DynamoDB(),
+        Cassandra(),
     )
 }
 PERSISTENT = [name for name, backend in BACKENDS.items() if backend.persistent]

@@ -49,7 +49,7 @@ CASES = [
     Case(
         "lone surrogate in a title",
         Batch(jobs=[job("x", "a", title="\ud800")]),
-        frozenset({"sqlite", "postgres", "mysql", "mongodb", "dynamodb"}),
+        frozenset({"sqlite", "postgres", "mysql", "mongodb", "dynamodb", "cassandra"}),
     ),
     Case("NUL in a title", Batch(jobs=[job("x", "a", title="a\x00b")]), frozenset({"postgres"})),
     Case(
@@ -60,7 +60,7 @@ CASES = [
     Case(
         "lone surrogate in a namespace's JSON config",
         Batch(namespaces=[Namespace("a", NOW, {"note": "\ud800"})]),
-        frozenset({"postgres", "mysql", "dynamodb"}),
+        frozenset({"postgres", "mysql", "dynamodb", "cassandra"}),
     ),
     Case(
         "an int over 64 bits",
