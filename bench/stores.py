@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import statistics
 import sys
@@ -135,6 +136,9 @@ def reachable(name: str, url: str) -> bool:
 
 
 def main() -> None:
+    # The local DynamoDB server (moto) takes any credentials; botocore wants some.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="200 commits, 3 s of appends")
     parser.add_argument(
