@@ -20,8 +20,9 @@ reopened:
 `acquire_shard` takes the lease (a new epoch, so the old owner can record nothing more),
 applies every commit still recorded on it, in id order, and drops parts nobody recorded.
 A commit that failed after its record may be recorded: this store finishes it (applies or
-drops it, whichever its record says) before its next call, so a shard that reloads what
-did not commit reads the truth.
+drops it, whichever its record says) before its next call, reads included (`READS`), so a
+shard that reloads what did not commit reads the truth, and never reuses a seq whose chunk
+such a commit holds.
 
 A backend supplies the hooks below; it may commit a batch at once where its database can
 (`_commit_at_once`, e.g. one DynamoDB transaction) and take the staged path otherwise.
@@ -29,13 +30,17 @@ A backend supplies the hooks below; it may commit a batch at once where its data
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import json
 import secrets
 import struct
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from storage import rules
 from storage.errors import Fenced, StoreUnavailable
@@ -68,6 +73,9 @@ VISIBILITY = (
 )
 
 _LENGTH = struct.Struct(">Q")
+T = TypeVar("T")
+#: Set in the task finishing a store's unfinished commits, and so in the tasks it starts.
+_FINISHING: contextvars.ContextVar[bool] = contextvars.ContextVar("finishing", default=False)
 
 
 #: Admin commits staged and never recorded are dropped by the next `open` this long after.
@@ -187,6 +195,36 @@ def _delivery(values: dict[str, Any], blobs: list[bytes]) -> Delivery:
 # -- the protocol ------------------------------------------------------------------------
 
 
+#: The Store reads a `StagedStore` answers only once no commit of its own is unfinished.
+READS = (
+    "load_shard",
+    "expired_jobs",
+    "get_job",
+    "get_jobs",
+    "list_jobs",
+    "read_output",
+    "read_output_at",
+    "list_versions",
+    "load_purges",
+    "purge_output",
+    "get_namespace",
+    "get_api_key",
+    "load_pending_deliveries",
+    "list_deliveries",
+    "get_delivery",
+)
+
+
+def _after_unfinished(read: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(read)
+    async def settled(self: StagedStore, *args: Any, **kwargs: Any) -> T:
+        await self._finish_unfinished()
+        return await read(self, *args, **kwargs)
+
+    settled.__wrapped_reads__ = True  # type: ignore[attr-defined]
+    return settled
+
+
 @dataclass(frozen=True, slots=True)
 class _Unfinished:
     """A commit that failed at or after its record: it may be recorded."""
@@ -204,6 +242,14 @@ class StagedStore(ABC):
 
     def __init__(self) -> None:
         self._unfinished: list[_Unfinished] = []
+        self._finish_lock = asyncio.Lock()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in READS:
+            read = getattr(cls, name, None)
+            if read is not None and not getattr(read, "__wrapped_reads__", False):
+                setattr(cls, name, _after_unfinished(read))
 
     async def commit(self, batch: Batch) -> None:
         await self._finish_unfinished()
@@ -254,15 +300,24 @@ class StagedStore(ABC):
                 await self._drop(slot, commit_id)
 
     async def _finish_unfinished(self) -> None:
-        while self._unfinished:
-            unfinished = self._unfinished[0]
-            slot = unfinished.batch.slot
-            if unfinished.commit_id in await self._recorded(slot):
-                await self._apply(unfinished.batch, unfinished.commit_id)
-                await self._forget(slot, unfinished.commit_id)
-            else:
-                await self._drop(slot, unfinished.commit_id)
-            self._unfinished.pop(0)
+        """Finish what `_unfinished` holds; every other caller waits for it. The finishing
+        task and the tasks it starts (an apply may read) go on: they are the finishing."""
+        if not self._unfinished or _FINISHING.get():
+            return
+        async with self._finish_lock:
+            token = _FINISHING.set(True)
+            try:
+                while self._unfinished:
+                    unfinished = self._unfinished[0]
+                    slot = unfinished.batch.slot
+                    if unfinished.commit_id in await self._recorded(slot):
+                        await self._apply(unfinished.batch, unfinished.commit_id)
+                        await self._forget(slot, unfinished.commit_id)
+                    else:
+                        await self._drop(slot, unfinished.commit_id)
+                    self._unfinished.pop(0)
+            finally:
+                _FINISHING.reset(token)
 
     async def _commit_at_once(self, batch: Batch) -> bool:
         """Commit `batch` in one native transaction, fenced, if the database can; False to

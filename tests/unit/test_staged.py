@@ -7,6 +7,7 @@ contract suite.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -80,7 +81,12 @@ class DictStaged(StagedStore):
     async def _staged(self, commit_id: str) -> list[bytes]:
         return self.parts[commit_id][1]
 
+    async def get_job(self, namespace: str, job_id: str) -> Job | None:
+        return await self.data.get_job(namespace, job_id)  # type: ignore[no-any-return]
+
     async def _apply(self, batch: Batch, commit_id: str) -> None:
+        # As a backend may: read what the writes replace, from tasks of its own.
+        await asyncio.gather(*(self.get_job(*job.key) for job in batch.jobs))
         for number, name in enumerate(VISIBILITY):
             if self.crash_in_apply_after == number:
                 raise Crash(f"crashed before {name}")
@@ -193,3 +199,19 @@ async def test_parts_never_recorded_are_dropped_when_the_slot_is_taken() -> None
     assert list(store.parts) == ["1-admin"]
     await store.recover(None)  # admin parts this young may be another process's, staging
     assert list(store.parts) == ["1-admin"]
+
+
+async def test_a_read_after_a_cut_commit_waits_until_this_store_finished_it() -> None:
+    """Else a shard reloading what failed would see the job without its last chunk, and
+    give that chunk's seq to the next append, whose data the commit's chunk would hide."""
+    store = DictStaged()
+    epoch = await store.acquire_shard(0, "a")
+    store.crash_in_apply_after = 1  # the chunk is in, the job is not
+    cut = Batch(slot=0, epoch=epoch, jobs=[job("j1", output_seq=1, output_size=1)])
+    cut.chunks.append(Chunk("acme", "j1", 1, 0, b"x"))
+    with pytest.raises(Crash):
+        await store.commit(cut)
+    store.crash_in_apply_after = None
+    found = await asyncio.gather(*(store.get_job("acme", "j1") for _ in range(3)))
+    assert found == [cut.jobs[0]] * 3
+    assert store.parts == {} and store.leases[0]["commits"] == set()
