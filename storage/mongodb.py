@@ -62,6 +62,11 @@ log = logging.getLogger(__name__)
 #: is retried once, after a new server selection), not a hang; a slow but live server
 #: (FerretDB on a busy machine: seconds for a bulk write) still answers within 8 s. A URL
 #: may set its own.
+#: Replacements per `update` command. FerretDB 1.24 (the test server) answers 50 in 0.1 s
+#: and stalls past 100 s on 100; every slice is its own step, so a big commit advances.
+UPDATES_PER_CALL = 32
+#: Ids per `$in` look-up.
+IDS_PER_CALL = 500
 TIMEOUTS_MS = {"serverSelectionTimeoutMS": 2500, "connectTimeoutMS": 2500, "socketTimeoutMS": 8000}
 #: Staged commits are cut to parts of this size: a BSON document holds 16 MiB.
 STAGE_PART_BYTES = 8 * 1024 * 1024
@@ -342,10 +347,28 @@ class MongoStore(MongoReads, StagedStore):
             return
         docs = list({doc["_id"]: doc for doc in docs}.values())
         guard = fence_guard(fence)
-        replaces = [ReplaceOne({"_id": doc["_id"], **guard}, doc) for doc in docs]
-        result = await self._col(name).bulk_write(replaces, ordered=False)
-        if result.matched_count < len(docs):  # absent (insert) or newer (kept: duplicate)
-            await self._insert_absent(name, docs)
+        # Replace only what is there: FerretDB scans the collection for each replacement
+        # whose `_id` is absent (38 ms each at 1,500 documents); new ones are inserted.
+        there = await self._existing(name, [doc["_id"] for doc in docs])
+        absent = [doc for doc in docs if doc["_id"] not in there]
+        present = [doc for doc in docs if doc["_id"] in there]
+        for start in range(0, len(present), UPDATES_PER_CALL):
+            part = present[start : start + UPDATES_PER_CALL]
+            replaces = [ReplaceOne({"_id": doc["_id"], **guard}, doc) for doc in part]
+            result = await self._col(name).bulk_write(replaces, ordered=False)
+            if result.matched_count < len(part):  # absent (insert) or newer (kept: duplicate)
+                absent += part
+        await self._insert_absent(name, absent)
+
+    async def _existing(self, name: str, ids: list[Any]) -> set[Any]:
+        """Which of `ids` the collection holds."""
+        found: set[Any] = set()
+        for start in range(0, len(ids), IDS_PER_CALL):
+            wanted = {"_id": {"$in": ids[start : start + IDS_PER_CALL]}}
+            found.update(
+                doc["_id"] for doc in await self._col(name).find(wanted, {"_id": 1}).to_list()
+            )
+        return found
 
     async def _delete(
         self, keys: Sequence[tuple[str, str]], slot: int | None, fence: Fence
@@ -383,10 +406,11 @@ def _lease_key(slot: int | None) -> int | str:
 
 
 def durable_options(options: Any, where: str) -> dict[str, Any]:
-    """The write concern every write carries: `w: majority, j: true`. A URL asking for less
-    (w=0, w=1, journal=false) is refused, naming the setting; a larger w it sets is kept."""
+    """The write concern every write carries: `w: majority, j: true`. A URL asking for
+    another `w` (a number says nothing of the set's size: w=2 of 5 is below a majority) or
+    for journal=false is refused, naming the setting."""
     w = options.get("w", "majority")
-    if w in (0, 1):
+    if w != "majority":
         raise StoreUnavailable(
             f"mongodb {where} asks for w={w}; the service acknowledges a write only once a"
             " majority holds it journaled: use w=majority (or leave w out)"

@@ -43,7 +43,8 @@ def open_store(url: str) -> Store:
     Raises `ValueError` for a scheme no backend serves, `MissingDriver` (an `ImportError`)
     when its driver is not installed.
     """
-    store: Store = store_class(url)(url)
+    scheme, _, rest = url.partition(":")
+    store: Store = store_class(url)(f"{scheme.lower()}:{rest}")  # a backend reads it lower-case
     return store
 
 

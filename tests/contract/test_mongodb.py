@@ -100,7 +100,7 @@ async def leftovers(raw: Any) -> tuple[int, list[str]]:
 # -- durability and reachability ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("option", ["w=0", "w=1", "journal=false"])
+@pytest.mark.parametrize("option", ["w=0", "w=1", "w=2", "journal=false"])
 async def test_a_url_asking_for_less_than_majority_journaled_is_refused(option: str) -> None:
     store = MongoStore(f"mongodb://aos:s3cret@127.0.0.1:1/aos?{option}")
     with pytest.raises(StoreUnavailable, match=option) as raised:
@@ -286,3 +286,21 @@ def test_a_chunk_over_one_document_reads_back_only_when_all_its_parts_are_there(
     assert [c.data for c in chunks_of(docs)] == [data, b"x"]
     assert chunks_of(docs[:1]) == []  # part 1 not written yet: nothing, never a torn chunk
     assert chunks_of([docs[0], docs[2]]) == []
+
+
+async def test_a_batch_of_1000_new_jobs_commits_beside_500_others(url: str) -> None:
+    """A tester's batch submit wedged a shard for good: 1,000 replacements of absent ids in
+    one command took FerretDB past the socket timeout, and every retry did the same. New
+    documents are inserted now, and replacements go 32 to a command."""
+    store = await opened(url)
+    try:
+        epoch = await store.acquire_shard(0, "test")
+        await store.commit(Batch(slot=0, epoch=epoch, jobs=[job(f"a{i}") for i in range(500)]))
+        # Before: StoreUnavailable (a timed-out command) here, and in every retry.
+        await store.commit(Batch(slot=0, epoch=epoch, jobs=[job(f"k{i}") for i in range(1000)]))
+        updated = [job(f"a{i}", progress=0.5) for i in range(64)]
+        await store.commit(Batch(slot=0, epoch=epoch, jobs=updated))
+        assert len(await store.list_jobs("acme", JobQuery(limit=2000))) == 1500
+        assert await store.get_job("acme", "a63") == updated[-1]
+    finally:
+        await store.close()

@@ -18,7 +18,8 @@ from storage.sqlite import SqliteStore
 def test_each_scheme_opens_its_backend() -> None:
     assert isinstance(open_store("memory://"), MemoryStore)
     assert isinstance(open_store("sqlite:///tmp/x.db"), SqliteStore)
-    assert isinstance(open_store("SQLite:///tmp/x.db"), SqliteStore)  # schemes ignore case
+    upper = open_store("SQLite:///tmp/x.db")  # schemes ignore case, and reach the backend
+    assert isinstance(upper, SqliteStore) and upper._path == "tmp/x.db"
 
 
 @pytest.mark.parametrize("url", ["redis://localhost", "sqlite", "", "memory"])
