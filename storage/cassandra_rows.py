@@ -27,9 +27,7 @@ from storage.records import (
     Delivery,
     DeliveryStatus,
     Job,
-    JobStatus,
     Namespace,
-    OutputFormat,
     OutputVersion,
 )
 
@@ -75,15 +73,7 @@ def job_bytes(job: Job) -> bytes:
 
 
 def load_job(stored: bytes) -> Job:
-    values = load(stored)
-    events = values["webhook_events"]
-    values.update(
-        status=JobStatus(values["status"]),
-        output_format=OutputFormat(values["output_format"]),
-        tags=tuple(values["tags"]),
-        webhook_events=None if events is None else tuple(events),
-    )
-    return Job(**values)
+    return Job.from_plain(load(stored))
 
 
 def delivery_bytes(delivery: Delivery) -> bytes:

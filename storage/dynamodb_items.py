@@ -19,15 +19,12 @@ from urllib.parse import quote, unquote
 from storage.codec import pack, unpack
 from storage.records import (
     ApiKey,
-    Attempt,
     AuditEntry,
     Chunk,
     Delivery,
     DeliveryStatus,
     Job,
-    JobStatus,
     Namespace,
-    OutputFormat,
     OutputVersion,
 )
 
@@ -153,17 +150,7 @@ def job_item(job: Job) -> Item:
 
 
 def job_of(item: Mapping[str, Any]) -> Job:
-    values = _load(item)
-    events = values["webhook_events"]
-    return Job(
-        **{
-            **values,
-            "status": JobStatus(values["status"]),
-            "output_format": OutputFormat(values["output_format"]),
-            "tags": tuple(values["tags"]),
-            "webhook_events": None if events is None else tuple(events),
-        }
-    )
+    return Job.from_plain(_load(item))
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -243,15 +230,7 @@ def delivery_item(delivery: Delivery) -> Item:
 
 
 def delivery_of(item: Mapping[str, Any]) -> Delivery:
-    values = _load(item)
-    return Delivery(
-        **{
-            **values,
-            "payload": bytes(item["p"]["B"]),
-            "status": DeliveryStatus(values["status"]),
-            "attempts": tuple(Attempt(**attempt) for attempt in values["attempts"]),
-        }
-    )
+    return Delivery.from_plain(_load(item), bytes(item["p"]["B"]))
 
 
 # -- namespaces, keys, audit --------------------------------------------------------------------

@@ -29,11 +29,8 @@ from storage.records import (
     Batch,
     Chunk,
     Delivery,
-    DeliveryStatus,
     Job,
-    JobStatus,
     Namespace,
-    OutputFormat,
     OutputVersion,
 )
 
@@ -145,13 +142,7 @@ def job_doc(job: Job, fence: Fence) -> Doc:
 
 
 def job_of(doc: Mapping[str, Any]) -> Job:
-    values = {name: doc[name] for name in _JOB_FIELDS}
-    values["status"] = JobStatus(values["status"])
-    values["output_format"] = OutputFormat(values["output_format"])
-    values["tags"] = tuple(values["tags"])
-    events = values["webhook_events"]
-    values["webhook_events"] = None if events is None else tuple(events)
-    return Job(**values)
+    return Job.from_plain({name: doc[name] for name in _JOB_FIELDS})
 
 
 def chunk_docs(chunk: Chunk) -> list[Doc]:
@@ -229,13 +220,8 @@ def delivery_doc(delivery: Delivery, fence: Fence) -> Doc:
 
 
 def delivery_of(doc: Mapping[str, Any]) -> Delivery:
-    values = {name: doc[name] for name in _DELIVERY_FIELDS}
-    values["status"] = DeliveryStatus(values["status"])
-    return Delivery(
-        **values,
-        payload=bytes(doc["payload"]),
-        attempts=tuple(Attempt(**attempt) for attempt in doc["attempts"]),
-    )
+    values = {name: doc[name] for name in (*_DELIVERY_FIELDS, "attempts")}
+    return Delivery.from_plain(values, bytes(doc["payload"]))
 
 
 def namespace_doc(namespace: Namespace, fence: Fence) -> Doc:

@@ -113,6 +113,21 @@ class Job:
         """The next revision of this job with `changes` applied."""
         return dataclasses.replace(self, revision=self.revision + 1, **changes)
 
+    @classmethod
+    def from_plain(cls, values: dict[str, Any]) -> Job:
+        """The job whose fields `values` holds as JSON gives them back: enums as their
+        strings, tuples as lists (how every backend but memory keeps a job's fields)."""
+        events = values["webhook_events"]
+        return cls(
+            **{
+                **values,
+                "status": JobStatus(values["status"]),
+                "output_format": OutputFormat(values["output_format"]),
+                "tags": tuple(values["tags"]),
+                "webhook_events": None if events is None else tuple(events),
+            }
+        )
+
 
 @pickled_by_fields
 @dataclass(frozen=True, slots=True)
@@ -201,6 +216,19 @@ class Delivery:
     status: DeliveryStatus = DeliveryStatus.PENDING
     attempts: tuple[Attempt, ...] = ()
     next_attempt_at: float | None = None
+
+    @classmethod
+    def from_plain(cls, values: dict[str, Any], payload: bytes) -> Delivery:
+        """The delivery whose fields (but its payload) `values` holds as JSON gives them
+        back: the status as its string, each attempt as an object of its fields."""
+        return cls(
+            **{
+                **values,
+                "payload": payload,
+                "status": DeliveryStatus(values["status"]),
+                "attempts": tuple(Attempt(**attempt) for attempt in values["attempts"]),
+            }
+        )
 
 
 @dataclass(frozen=True, slots=True)

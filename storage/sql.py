@@ -19,13 +19,10 @@ from storage.records import (
     Batch,
     Chunk,
     Delivery,
-    DeliveryStatus,
     ExpiryCursor,
     Job,
     JobQuery,
-    JobStatus,
     Namespace,
-    OutputFormat,
     OutputVersion,
 )
 
@@ -566,12 +563,10 @@ class SqlStore(ABC):
 
     def _job(self, row: Row) -> Job:
         values = dict(zip(JOB_COLUMNS, row, strict=True))
-        values["status"] = JobStatus(values["status"])
-        values["output_format"] = OutputFormat(values["output_format"])
-        values["tags"] = tuple(self._load_json(values["tags"]))
+        values["tags"] = self._load_json(values["tags"])
         events = values["webhook_events"]
-        values["webhook_events"] = None if events is None else tuple(self._load_json(events))
-        return Job(**values)
+        values["webhook_events"] = None if events is None else self._load_json(events)
+        return Job.from_plain(values)
 
     def _delivery_params(self, delivery: Delivery) -> Params:
         def attempts(items: tuple[Attempt, ...]) -> Any:
@@ -581,10 +576,8 @@ class SqlStore(ABC):
 
     def _delivery(self, row: Row) -> Delivery:
         values = dict(zip(DELIVERY_COLUMNS, row, strict=True))
-        values["payload"] = bytes(values["payload"])
-        values["status"] = DeliveryStatus(values["status"])
-        values["attempts"] = tuple(Attempt(**a) for a in self._load_json(values["attempts"]))
-        return Delivery(**values)
+        values["attempts"] = self._load_json(values["attempts"])
+        return Delivery.from_plain(values, bytes(values.pop("payload")))
 
 
 def _params(record: Any, columns: Sequence[str], encode: dict[str, Callable[[Any], Any]]) -> Params:

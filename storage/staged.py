@@ -46,16 +46,12 @@ from storage import rules
 from storage.errors import Fenced, StoreUnavailable
 from storage.records import (
     ApiKey,
-    Attempt,
     AuditEntry,
     Batch,
     Chunk,
     Delivery,
-    DeliveryStatus,
     Job,
-    JobStatus,
     Namespace,
-    OutputFormat,
     OutputVersion,
 )
 
@@ -134,11 +130,11 @@ def decode(data: bytes) -> Batch:
         return Batch(
             slot=header["slot"],
             epoch=header["epoch"],
-            jobs=[_job(values) for values in header["jobs"]],
+            jobs=[Job.from_plain(values) for values in header["jobs"]],
             chunks=[Chunk(**{**c, "data": blobs[c["data"]]}) for c in header["chunks"]],
             versions=[OutputVersion(**v) for v in header["versions"]],
             deleted=[(ns, job_id) for ns, job_id in header["deleted"]],
-            deliveries=[_delivery(d, blobs) for d in header["deliveries"]],
+            deliveries=[Delivery.from_plain(d, blobs[d["payload"]]) for d in header["deliveries"]],
             namespaces=[Namespace(**ns) for ns in header["namespaces"]],
             api_keys=[
                 ApiKey(**{**k, "namespaces": tuple(k["namespaces"])}) for k in header["api_keys"]
@@ -166,30 +162,6 @@ def _plain(record: Any, skip: str | None = None) -> dict[str, Any]:
     if skip is not None:
         del values[skip]
     return values
-
-
-def _job(values: dict[str, Any]) -> Job:
-    events = values["webhook_events"]
-    return Job(
-        **{
-            **values,
-            "status": JobStatus(values["status"]),
-            "output_format": OutputFormat(values["output_format"]),
-            "tags": tuple(values["tags"]),
-            "webhook_events": None if events is None else tuple(events),
-        }
-    )
-
-
-def _delivery(values: dict[str, Any], blobs: list[bytes]) -> Delivery:
-    return Delivery(
-        **{
-            **values,
-            "payload": blobs[values["payload"]],
-            "status": DeliveryStatus(values["status"]),
-            "attempts": tuple(Attempt(**a) for a in values["attempts"]),
-        }
-    )
 
 
 # -- the protocol ------------------------------------------------------------------------
