@@ -30,11 +30,15 @@ def test_a_database_stopped_mid_write_answers_503_then_recovers_without_a_restar
     service: PgService,
 ) -> None:
     marks: dict[str, float] = {}
+    key = _namespace_key(service)
+    keyed: list[tuple[int, str | None, float]] = []
 
     def outage() -> None:
         marks["stop"] = time.monotonic()
         service.pg.stop("immediate")
-        time.sleep(DOWN_S)
+        time.sleep(1.5)  # past the ingress's key cache (1 s): the key is looked up again
+        keyed.extend(_submits_with(service, key, 3))
+        time.sleep(max(0.0, marks["stop"] + DOWN_S - time.monotonic()))
         service.pg.start()
         marks["start"] = time.monotonic()
 
@@ -49,12 +53,36 @@ def test_a_database_stopped_mid_write_answers_503_then_recovers_without_a_restar
         f"stop -> first 503: {_s(first_503, stopped)}; "
         f"restart -> first 2xx: {_s(first_2xx, started)}"
     )
+    print("namespace-key submits during the outage (status, Retry-After, seconds):", keyed)
     assert report.ok, report.summary()
+    assert all(status == 503 and retry for status, retry, _ in keyed), keyed
     assert report.codes["503 store_unavailable"] > 0, "the outage was never seen"
     assert set(report.codes) <= {"503 store_unavailable"}, report.codes
     assert first_2xx is not None, "no write succeeded after the database came back"
     assert report.acked["append"] > 0 and not report.unknown, report.summary()
     _writes_now(service)
+
+
+def _namespace_key(service: PgService) -> str:
+    headers = {"Authorization": f"Bearer {service.admin_key}"}
+    with httpx.Client(base_url=service.url, headers=headers, timeout=30) as http:
+        made = http.post("/api/v1/namespaces/default/keys", json={})
+        assert made.status_code == 201, made.text
+        return str(made.json()["key"])
+
+
+def _submits_with(service: PgService, key: str, count: int) -> list[tuple[int, str | None, float]]:
+    """`count` submits with a namespace key, one after another: each one's status,
+    `Retry-After` and seconds taken."""
+    answers = []
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=service.url, headers=headers, timeout=60) as http:
+        for _ in range(count):
+            started = time.monotonic()
+            answer = http.post("/api/v1/jobs", json={})
+            took = round(time.monotonic() - started, 2)
+            answers.append((answer.status_code, answer.headers.get("Retry-After"), took))
+    return answers
 
 
 def _writes_now(service: PgService) -> None:

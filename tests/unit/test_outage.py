@@ -1,5 +1,6 @@
 """A store that goes down: the writes after its first failed commit are refused at once, never
-reaching it, until a probe finds it answering; then the shard writes again by itself."""
+reaching it, until a probe finds it answering; then the shard writes again by itself. The
+ingress's key lookups likewise."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 from actors.commands import Completion, JobSpec
 from actors.outage import StoreOutage
 from actors.shard_types import SubmitItem
+from serve_app.keys import KeyCache, key_hash, mint
 from storage.errors import StoreUnavailable
-from storage.records import JobStatus
+from storage.memory import MemoryStore
+from storage.records import ApiKey, Batch, JobStatus
 from tests.unit.fakes import until
 
 #: "At once": far below any store timeout (PostgreSQL's is 10 s), whatever the machine.
@@ -90,3 +93,49 @@ async def test_the_probe_pings_until_the_store_answers_then_stops():
     assert pings == 3
     outage.check()
     await outage.stop()
+
+
+class _KeyStore(MemoryStore):
+    """Keys from memory; down (every call `StoreUnavailable`) while `down` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.lookups = 0
+
+    async def ping(self) -> None:
+        if self.down:
+            raise StoreUnavailable("down")
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        self.lookups += 1
+        if self.down:
+            raise StoreUnavailable("down")
+        return await super().get_api_key(key_id)
+
+
+async def test_key_lookups_fail_at_once_while_the_store_is_down_then_work_again():
+    store = _KeyStore()
+    await store.open()
+    key, secret = mint(("acme",), now=0.0)
+    await store.commit(Batch(api_keys=[key]))
+    keys = KeyCache(store, admin_key_sha256=key_hash("admin"), ttl_s=0.0)
+    bearer = f"Bearer {secret}"
+    store.down = True
+    with pytest.raises(StoreUnavailable):
+        await keys.authenticate(bearer)  # found out: the store's own failure
+    with pytest.raises(StoreUnavailable) as refused:
+        await keys.authenticate(bearer)  # at once, without asking the store
+    assert store.lookups == 1 and refused.value.retry_after_s
+    assert (await keys.authenticate("Bearer admin")).admin  # the admin key needs no store
+    store.down = False
+    await until(lambda: keys_answer(keys, bearer), timeout_s=5)
+    assert (await keys.authenticate(bearer)).namespaces == {"acme"}
+
+
+async def keys_answer(keys: KeyCache, bearer: str) -> bool:
+    try:
+        await keys.authenticate(bearer)
+    except StoreUnavailable:
+        return False
+    return True
