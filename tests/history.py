@@ -29,6 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -122,15 +123,16 @@ class _Run:
         return self.now() < self.duration_s
 
     async def answered(
-        self, method: str, url: str, **kwargs: object
+        self, method: str, url: str, **kwargs: Any
     ) -> tuple[httpx.Response | None, bool]:
         """Send until answered with anything but a retryable failure: (the answer or None
         once the settle time is over, whether an earlier attempt may have taken effect)."""
         uncertain = False
         deadline = self.duration_s + SETTLE_S
         while self.now() < deadline:
+            sent = self.now()
             try:
-                response = await self.http.request(method, url, **kwargs)  # type: ignore[arg-type]
+                response = await self.http.request(method, url, **kwargs)
             except httpx.TimeoutException:
                 self._answer(0, f"{method} {url}: no answer within {REQUEST_TIMEOUT_S} s")
                 uncertain = True
@@ -142,6 +144,7 @@ class _Run:
                 await asyncio.sleep(MAX_RETRY_WAIT_S)
                 continue
             status = response.status_code
+            self.report.slowest_s = max(self.report.slowest_s, self.now() - sent)
             if status >= 300:
                 self.report.codes[f"{status} {_code(response)}"] += 1
             if status < 500:

@@ -43,6 +43,8 @@ class Report:
     timeline: list[tuple[float, int]] = field(default_factory=list)
     #: When the fault callback started and returned (seconds since the start).
     fault_s: tuple[float, float] | None = None
+    #: The longest any request took to be answered (seconds).
+    slowest_s: float = 0.0
     acked: Counter[str] = field(default_factory=Counter)
     unknown: Counter[str] = field(default_factory=Counter)
     bad: list[str] = field(default_factory=list)
@@ -78,7 +80,7 @@ class Report:
         lines = [
             f"acked {dict(self.acked)}, unknown {dict(self.unknown)}, "
             f"answers {dict(sorted(self.answers.items()))}, {dict(self.codes)}, "
-            f"fault {self.fault_s}",
+            f"fault {self.fault_s}, slowest answer {self.slowest_s:.2f} s",
             *(f"{name}: {len(found)}" for name, found in problems.items()),
         ]
         lines += [f"  {line}" for found in problems.values() for line in found[:10]]
@@ -153,12 +155,9 @@ def _check_output(
 def _check_status(name: str, job: JobHistory, status: str, report: Report) -> None:
     how, outcome = job.finish or ("", "")
     target = _FINISHED.get(how)
-    if outcome == "acked":
-        allowed = {target}
-    elif target is not None:  # unknown or refused: either
-        allowed = {"Running", target}
-    else:
-        allowed = {"Running"}
+    allowed = {"Running"}
+    if target is not None:  # when not acknowledged (unknown, refused): either
+        allowed = {target} if outcome == "acked" else {"Running", target}
     if status not in allowed:
         report.wrong_status.append(f"{name}: {status}, expected one of {sorted(allowed)}")
 
