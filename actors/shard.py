@@ -25,6 +25,7 @@ from actors.job_table import JobTable, Key, LiveJob
 from actors.limits import OUTPUT_PAGE_BYTES
 from actors.namespace_settings import NamespaceChanges
 from actors.namespaces import NamespaceBook, audit_entry
+from actors.outage import StoreOutage
 from actors.purger import Purger
 from actors.retention import RETENTION_ACTOR, Sweeper, expires_at
 from actors.sealing import Sealer, needs_json_check
@@ -50,6 +51,7 @@ from storage.errors import (
     Invalid,
     NotFound,
     Overloaded,
+    StoreUnavailable,
 )
 from storage.records import (
     ApiKey,
@@ -93,6 +95,7 @@ class Shard:
             store, tail=self._tail, terminal_cache_jobs=config.terminal_cache_jobs
         )
         self._fenced = False
+        self._outage = StoreOutage(store.ping)
         self._committer: GroupCommitter | None = None
         self._allowed = config.allowed_networks
         self.namespaces = NamespaceBook(
@@ -162,6 +165,7 @@ class Shard:
         self.sweeper.start()
 
     async def stop(self) -> None:
+        await self._outage.stop()
         await self._purger.stop()
         await self.sweeper.stop()
         await self._webhooks.stop()
@@ -171,6 +175,11 @@ class Shard:
     async def ping(self) -> None:
         """Readiness: raise unless the store answers."""
         await self._store.ping()
+
+    @property
+    def store_down(self) -> bool:
+        """Whether new writes are refused because the store is down (`actors.outage`)."""
+        return self._outage.down
 
     async def stats(self) -> dict[str, Any]:
         committer = self._require_committer()
@@ -200,6 +209,10 @@ class Shard:
     async def submit_many(self, items: Sequence[SubmitItem]) -> list[SubmitResult]:
         """Create jobs, each as `submit` would; one result per item, in order
         (`actors.submits.Submits.submit_many`)."""
+        try:
+            self._admit()
+        except StoreUnavailable as exc:
+            return [SubmitResult(error=exc) for _ in items]
         return await self._submits.submit_many(items)
 
     async def append(
@@ -212,6 +225,7 @@ class Shard:
         version: int | None = None,
     ) -> AppendAck:
         """Add one append of output, all of its chunks or none (`actors.appends`)."""
+        self._admit()
         return await self._appends.append(
             namespace, job_id=job_id, chunks=chunks, seq=seq, version=version
         )
@@ -226,11 +240,16 @@ class Shard:
         version: int | None = None,
     ) -> AppendManyResult:
         """Append `chunks` in order, up to the first one refused (`actors.appends`)."""
+        try:
+            self._admit()
+        except StoreUnavailable as exc:
+            return AppendManyResult((), exc)
         return await self._appends.append_many(
             namespace, job_id=job_id, chunks=chunks, first_seq=first_seq, version=version
         )
 
     async def set_progress(self, namespace: str, *, job_id: str, update: ProgressUpdate) -> Job:
+        self._admit()
         live = await self._load(namespace, job_id)
         self._check_running(live.current, "update")
         job = live.current.evolve(updated_at=self._clock(), **update.changes())
@@ -238,6 +257,7 @@ class Shard:
 
     async def complete(self, namespace: str, *, job_id: str, completion: Completion) -> Job:
         """The producer finishes the job. Repeating the same completion is acknowledged."""
+        self._admit()
         live = await self._load(namespace, job_id)
         job = live.current
         if job.status is completion.status and job.error == completion.error:
@@ -245,12 +265,14 @@ class Shard:
         return await self._finish(live, completion.status, completion.error, action="job.complete")
 
     async def cancel(self, namespace: str, *, job_id: str, actor: str = "") -> Job:
+        self._admit()
         live = await self._load(namespace, job_id)
         return await self._finish(live, JobStatus.CANCELLED, None, action="job.cancel", actor=actor)
 
     async def delete(self, namespace: str, *, job_id: str, actor: str = "") -> None:
         """Delete a terminal job and all its output: gone to every reader once this returns;
         the output's bytes leave the store afterwards, in steps (`actors.purger`)."""
+        self._admit()
         live = await self._load(namespace, job_id)
         await self._delete(live, audit_entry(self._clock(), namespace, actor, "job.delete", job_id))
 
@@ -263,6 +285,7 @@ class Shard:
         empty version from now on. When the latest version is still empty and open, it is
         the one a re-run writes to, and none is started: `(job, False)` (a retried request
         lands here). `Conflict` past `MAX_OUTPUT_VERSIONS`."""
+        self._admit()
         live = await self._load(namespace, job_id)
         if not open_and_empty(live.current):
             live, sha256 = await self._sealer.seal(live)
@@ -412,6 +435,7 @@ class Shard:
     async def create_namespace(
         self, namespace: str, *, changes: NamespaceChanges, actor: str = ""
     ) -> Namespace:
+        self._admit()
         return await self.namespaces.create(namespace, changes, actor=actor)
 
     async def get_namespace(self, namespace: str) -> Namespace:
@@ -420,14 +444,17 @@ class Shard:
     async def update_namespace(
         self, namespace: str, *, changes: NamespaceChanges, actor: str = ""
     ) -> Namespace:
+        self._admit()
         return await self.namespaces.update(namespace, changes, actor=actor)
 
     async def rotate_webhook_secret(
         self, namespace: str, *, grace_s: float, actor: str = ""
     ) -> Namespace:
+        self._admit()
         return await self.namespaces.rotate_secret(namespace, grace_s=grace_s, actor=actor)
 
     async def put_api_key(self, namespace: str, *, key: ApiKey, actor: str = "") -> None:
+        self._admit()
         if namespace not in key.namespaces:
             raise Invalid(f"key {key.key_id!r} is not a key of namespace {namespace!r}")
         await self.namespaces.put_api_key(key, actor=actor)
@@ -436,6 +463,7 @@ class Shard:
         self, namespace: str, *, delivery_id: str, actor: str = ""
     ) -> Delivery:
         """Send a delivery again now, with the same id (receivers dedupe on webhook-id)."""
+        self._admit()
         await self.namespaces.get(namespace)
         again = await self._webhooks.retry_now(namespace, delivery_id)
         audit = audit_entry(self._clock(), namespace, actor, "webhook.retry", delivery_id)
@@ -524,9 +552,16 @@ class Shard:
         """Forget what did not commit: the next access reloads the store's truth."""
         if isinstance(exc, Fenced):
             self._fenced = True
+        elif isinstance(exc, StoreUnavailable):
+            self._outage.begin()
         self._webhooks.failed(batch.deliveries)
         self._jobs.on_failed(batch)
         self.namespaces.forget(batch.namespaces)
+
+    def _admit(self) -> None:
+        """A new write: refused at once while the store is down (`actors.outage`). Writes
+        admitted before it went down go on: they commit, or fail with the store."""
+        self._outage.check()
 
     def _check_running(self, job: Job, verb: str) -> None:
         if job.status.terminal:

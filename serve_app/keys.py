@@ -9,8 +9,9 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from actors.outage import StoreOutage
 from storage.base import Store
-from storage.errors import Unauthorized
+from storage.errors import StoreUnavailable, Unauthorized
 from storage.records import ApiKey
 
 KEY_PREFIX = "aos_"
@@ -44,13 +45,17 @@ def mint(namespaces: tuple[str, ...], *, now: float) -> tuple[ApiKey, str]:
 
 
 class KeyCache:
-    """Checks bearer keys against the store, caching hits briefly (revocation: <= ttl_s)."""
+    """Checks bearer keys against the store, caching hits briefly (revocation: <= ttl_s).
+
+    Once a lookup finds the store unavailable, lookups fail at once (503) until it answers
+    a ping again (`actors.outage`), rather than each waiting for the store's timeout."""
 
     def __init__(self, store: Store, *, admin_key_sha256: str, ttl_s: float = 1.0) -> None:
         self._store = store
         self._admin_sha256 = admin_key_sha256
         self._ttl_s = ttl_s
         self._cache: dict[str, tuple[float, ApiKey]] = {}
+        self._outage = StoreOutage(store.ping)
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller of `Authorization: Bearer <key>` (the scheme is case-insensitive,
@@ -83,7 +88,12 @@ class KeyCache:
         hit = self._cache.get(key_id)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        key = await self._store.get_api_key(key_id)
+        self._outage.check()
+        try:
+            key = await self._store.get_api_key(key_id)
+        except StoreUnavailable:
+            self._outage.begin()
+            raise
         if key is not None:
             if len(self._cache) > 10_000:
                 self._cache.clear()

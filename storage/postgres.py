@@ -41,6 +41,15 @@ _TRANSLATED: tuple[type[Exception], ...] = (psycopg.Error, OSError, *BINDING_ERR
 SCHEMA_LOCK_KEY = 0x616F735F736368
 _Conn = psycopg.AsyncConnection[Any]
 
+#: How long the pool retries one lost connection before it gives up on that attempt. The
+#: pool's retries back off (1 s, 2 s, 4 s...), so after a long outage its next attempt could
+#: come many seconds after the database is back; giving up early lets the next caller start
+#: a fresh attempt at once (DESIGN-NOTES: "When the database goes away").
+RECONNECT_GIVE_UP_S = 2.0
+#: A ping waits this long for a connection, not the pool's full timeout: a shard probing a
+#: database that is down pings often, and each ping is a fresh connection attempt.
+PING_TIMEOUT_S = 2.0
+
 
 @functools.cache
 def _pg(sql: str) -> str:
@@ -71,6 +80,7 @@ class PostgresStore(SqlStore):
             min_size=self._min_size,
             max_size=self._max_size,
             timeout=self._timeout_s,
+            reconnect_timeout=RECONNECT_GIVE_UP_S,
             kwargs={"autocommit": True},
             open=False,
             name="aos-store",
@@ -90,6 +100,11 @@ class PostgresStore(SqlStore):
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+    async def ping(self) -> None:
+        with self._translated("ping"):
+            async with self._live().connection(timeout=PING_TIMEOUT_S) as conn:
+                await conn.execute("SELECT 1")
 
     async def _fetch(self, sql: str, params: Params = (), *, write: bool = False) -> list[Row]:
         # A single statement in autocommit is its own transaction, so `write` needs nothing more.

@@ -45,6 +45,11 @@ class GatedStore(MemoryStore):
         self.commits: list[Batch] = []
         self.reads = 0
 
+    async def ping(self) -> None:
+        if self.fail_commits:  # a store that fails its commits is down: it fails pings too
+            raise StoreUnavailable("injected ping failure")
+        await super().ping()
+
     async def commit(self, batch: Batch) -> None:
         self.arrived.set()
         if self.gate is not None:

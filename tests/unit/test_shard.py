@@ -255,12 +255,13 @@ async def test_a_newer_owner_fences_the_old_shard(store, shards):
     await usurper.stop()
 
 
-async def test_a_failed_commit_is_reported_and_nothing_of_it_is_kept(store, shards):
+async def test_a_failed_commit_is_reported_and_nothing_of_it_is_kept(store, shard, shards):
     await shards.submit("acme", JobSpec(), job_id="j1")
     store.fail_commits = True
     with pytest.raises(StoreUnavailable):
         await shards.append("acme", "j1", b"lost")
     store.fail_commits = False
+    await until(lambda: not shard.store_down)  # tests/unit/test_outage.py
     assert (await shards.get("acme", "j1")).output_seq == 0
     assert (await shards.append("acme", "j1", b"next")).seq == 1
 

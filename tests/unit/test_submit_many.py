@@ -32,7 +32,7 @@ from storage.errors import (
     Unstorable,
 )
 from storage.records import Job, JobStatus
-from tests.unit.fakes import GatedStore
+from tests.unit.fakes import GatedStore, until
 
 MARK = "unstorable-title-7f3a"
 
@@ -169,6 +169,7 @@ async def test_a_failed_commit_fails_the_new_jobs_but_not_those_already_there(sh
         (None, False, StoreUnavailable),
     ]
     store.fail_commits = False
+    await until(lambda: not shard.store_down)  # tests/unit/test_outage.py
     again = await shard.submit_many([item("new1"), item("new2")])
     assert [outcome(r) for r in again] == [("new1", True, None), ("new2", True, None)]
 
