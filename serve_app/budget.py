@@ -1,4 +1,7 @@
-"""Bytes a replica holds for requests at once (append bodies, inline output answers), shared
+"""What a replica holds at once: requests in flight (`InFlight`, which serve_app/shedding.py
+bounds), and bytes.
+
+Bytes a replica holds for requests at once (append bodies, inline output answers), shared
 fairly between namespaces: past its budget a request is 503 `overloaded` with `Retry-After`
 (RFC 9110 §15.6.4), so no burst of big requests takes the replica's memory, and no one
 namespace can hold more than its share of it, so a tenant that opens slow or stalled
@@ -58,3 +61,24 @@ class ByteBudget:
                 " retry after the Retry-After seconds",
                 retry_after_s=1.0,
             )
+
+
+class InFlight:
+    """How many requests a replica works on, and its bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        #: Requests refused since the replica started.
+        self.shed = 0
+
+    def enter(self) -> bool:
+        """Take a place; False (and counted as shed) when all `limit` are taken."""
+        if self.count >= self.limit:
+            self.shed += 1
+            return False
+        self.count += 1
+        return True
+
+    def leave(self) -> None:
+        self.count -= 1
