@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from actors.admission import retry_after_s
 from storage.errors import Overloaded
 
 #: A namespace may hold at most this part of a budget.
@@ -59,7 +60,7 @@ class ByteBudget:
                 f"this replica holds {self.held} bytes of {self.what} ({ours} for this"
                 f" namespace), its most is {self.limit} ({self.namespace_limit} a namespace);"
                 " retry after the Retry-After seconds",
-                retry_after_s=1.0,
+                retry_after_s=retry_after_s(1.0),
             )
 
 
