@@ -147,10 +147,10 @@ class GroupCommitter:
         full = self._pending_items >= self._max_pending_items or (
             self._pending_bytes > 0 and self._pending_bytes + size > self._max_pending_bytes
         )
-        wait_s = self.pace.wait_s(self._pending_items)
-        slow = self._pending_items >= self._max_batch_items and (
-            wait_s is not None and wait_s > self._max_commit_wait_s
-        )
+        wait_s = None
+        if self._pending_items >= self._max_batch_items:
+            wait_s = self.pace.wait_s(self._pending_items)
+        slow = wait_s is not None and wait_s > self._max_commit_wait_s
         if full or slow:
             why = "is full" if full else f"holds {wait_s:.0f} s of commits"
             raise Overloaded(
