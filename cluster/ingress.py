@@ -69,6 +69,12 @@ OVERLOADED_RULES = (
 )
 
 
+#: Each request is stamped with the time HAProxy received it (ms since the epoch, replacing
+#: any a client sent): a replica sheds a request that waited too long to reach it
+#: (serve_app/shedding.py `RECEIVED_HEADER`, `AOS_MAX_QUEUED_S`).
+RECEIVED_RULES = ("    http-request set-header X-Aos-Received-Ms %[date(0,ms)]",)
+
+
 def environment(
     ingress: Ingress,
     *,
@@ -124,8 +130,8 @@ def haproxy_binary() -> str:
 
 def rewrite(config: str, admin_host: str) -> str:
     """`config` (Serve's haproxy.cfg) with the stats and metrics sections bound to
-    `admin_host`, `OVERLOADED_RULES` in the API's frontend and `REQUEST_HEAD_RULES` and
-    `QUEUE_RULES` in the defaults. Idempotent."""
+    `admin_host`, `OVERLOADED_RULES` and `RECEIVED_RULES` in the API's frontend and
+    `REQUEST_HEAD_RULES` and `QUEUE_RULES` in the defaults. Idempotent."""
     lines: list[str] = []
     section = ""
     for line in config.splitlines():
@@ -134,11 +140,12 @@ def rewrite(config: str, admin_host: str) -> str:
         match = _BIND.fullmatch(line)
         if match and section.startswith(_ADMIN_SECTIONS):
             line = f"{match[1]}{admin_host}:{match[2]}{match[3]}"
-        if line in OVERLOADED_RULES or line in REQUEST_HEAD_RULES or line in QUEUE_RULES:
+        if line in (*OVERLOADED_RULES, *RECEIVED_RULES, *REQUEST_HEAD_RULES, *QUEUE_RULES):
             continue  # put back below, once
         lines.append(line)
         if section == _API_FRONTEND and line == section:
             lines.extend(OVERLOADED_RULES)
+            lines.extend(RECEIVED_RULES)
         if section == _DEFAULTS and line == section:
             lines.extend(REQUEST_HEAD_RULES)
             lines.extend(QUEUE_RULES)

@@ -65,21 +65,29 @@ class ByteBudget:
 
 
 class InFlight:
-    """How many requests a replica works on, and its bound."""
+    """The requests a replica works on, and its two bounds: how many at once (`limit`), and
+    how long a request may have waited before the replica starts on it (`max_queued_s`)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, max_queued_s: float | None = None) -> None:
         self.limit = limit
+        self.max_queued_s = max_queued_s
         self.count = 0
         #: Requests refused since the replica started.
         self.shed = 0
 
-    def enter(self) -> bool:
-        """Take a place; False (and counted as shed) when all `limit` are taken."""
-        if self.count >= self.limit:
-            self.shed += 1
-            return False
-        self.count += 1
-        return True
+    def enter(self, *, queued_s: float | None = None) -> str | None:
+        """Take a place for a request that waited `queued_s` (if known) to get here; else
+        why not (and the request counts as shed)."""
+        if self.max_queued_s is not None and queued_s is not None and queued_s > self.max_queued_s:
+            most = f"{self.max_queued_s:g}"
+            why = f"this request waited {queued_s:.1f} s for the replica (at most {most} s)"
+        elif self.count >= self.limit:
+            why = f"this replica is working on {self.limit} requests"
+        else:
+            self.count += 1
+            return None
+        self.shed += 1
+        return why
 
     def leave(self) -> None:
         self.count -= 1

@@ -34,6 +34,8 @@ class ApiConfig:
     sse_retry_ms: int = 3000
     #: Requests a replica works on at once, long-polls aside (serve_app/shedding.py).
     max_in_flight: int = 512
+    #: A request that waited longer than this to reach the replica is shed (the same module).
+    max_queued_s: float = 5.0
 
 
 #: Append bodies one replica holds at once: two of the largest (`MAX_APPEND_BYTES`); a
@@ -66,7 +68,8 @@ class Deps:
     @classmethod
     def create(cls, config: ApiConfig, store: Store, shards: ShardClient) -> Deps:
         keys = KeyCache(store, admin_key_sha256=config.admin_key_sha256, ttl_s=config.key_cache_s)
-        return cls(config, store, shards, keys, InFlight(config.max_in_flight))
+        in_flight = InFlight(config.max_in_flight, max_queued_s=config.max_queued_s)
+        return cls(config, store, shards, keys, in_flight)
 
 
 def of(connection: HTTPConnection) -> Deps:

@@ -5,17 +5,19 @@ not count; places come back when requests end."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
 from actors.shard import Shard, ShardConfig
 from actors.shard_client import ShardClient
 from serve_app.budget import InFlight
-from serve_app.shedding import Shedder, counted
+from serve_app.shedding import RECEIVED_HEADER, Shedder, counted, queued_s
 from tests.unit.fakes import WAIT_S, GatedStore
 from tests.unit.test_api import ADMIN, JOBS, http, make_app
 
@@ -24,10 +26,30 @@ NS = {"namespace": "acme"}
 
 def test_in_flight_refuses_past_its_bound_and_counts_what_it_sheds():
     slots = InFlight(2)
-    assert slots.enter() and slots.enter()
-    assert not slots.enter() and slots.shed == 1
+    assert slots.enter() is None and slots.enter() is None
+    assert "working on 2 requests" in (slots.enter() or "") and slots.shed == 1
     slots.leave()
-    assert slots.enter() and slots.count == 2
+    assert slots.enter() is None and slots.count == 2
+
+
+def test_in_flight_refuses_a_request_that_waited_too_long_to_arrive():
+    slots = InFlight(10, max_queued_s=5)
+    assert "waited 7.5 s" in (slots.enter(queued_s=7.5) or "") and slots.count == 0
+    assert slots.enter(queued_s=4.9) is None
+    assert slots.enter(queued_s=None) is None  # no stamp: only the count bounds it
+    assert InFlight(10).enter(queued_s=1e6) is None  # no bound on the wait
+    assert slots.shed == 1 and slots.count == 2
+
+
+def test_the_wait_is_read_from_haproxys_stamp():
+    def waited(stamp: str | None, now_s: float = 100.0) -> float | None:
+        raw = [] if stamp is None else [(RECEIVED_HEADER.encode(), stamp.encode())]
+        return queued_s(Headers(raw=raw), now_s)
+
+    assert waited("97500") == 2.5
+    assert waited("100200") == 0.0  # another node's clock a little ahead: no wait
+    assert waited(None) is None and waited("soon") is None and waited("-5") is None
+    assert waited("1000", now_s=1e6) is None  # a clock gone wrong, not a queue
 
 
 @pytest.mark.parametrize(
@@ -97,7 +119,11 @@ async def test_past_its_bound_a_replica_sheds_at_once_and_takes_requests_again_a
         polled = await api.get(f"{JOBS}/none/status", params={**NS, "wait": "1"}, headers=ADMIN)
         assert polled.status_code == 404
         assert (await api.get("/healthz")).status_code == 200
-        assert in_flight.shed == 2
+        # A request HAProxy received 10 s ago is shed, whatever the count.
+        late = {**ADMIN, RECEIVED_HEADER: str(int((time.time() - 10) * 1000))}
+        gone = await api.post(JOBS, params=NS, json={"jobId": "late"}, headers=late)
+        assert gone.status_code == 503 and "waited" in gone.json()["error"]["message"]
+        assert in_flight.shed == 3
 
         store.gate.set()
         assert [r.status_code for r in await asyncio.gather(*held)] == [201, 201]
