@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(default=512, ge=1)
     #: A request that waited longer than this (since HAProxy received it) before its replica
     #: starts on it: 503 at once (serve_app/shedding.py).
-    max_queued_s: float = Field(default=5.0, gt=0)
+    max_queued_s: float = Field(default=3.0, gt=0)
     tail_bytes_total: int = Field(default=64 * 1024 * 1024, ge=0)
 
     # webhooks

@@ -35,7 +35,7 @@ class ApiConfig:
     #: Requests a replica works on at once, long-polls aside (serve_app/shedding.py).
     max_in_flight: int = 512
     #: A request that waited longer than this to reach the replica is shed (the same module).
-    max_queued_s: float = 5.0
+    max_queued_s: float = 3.0
 
 
 #: Append bodies one replica holds at once: two of the largest (`MAX_APPEND_BYTES`); a
