@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-http bench-spine bench-webhooks bench-output bench-ranges bench-stores services services-stop clean
+.PHONY: install run test lint bench bench-http bench-spine bench-webhooks bench-output bench-ranges bench-stores bench-overload services services-stop clean
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ bench-output: install
 
 bench-ranges: install
 	$(BIN)/python bench/ranges.py $(BENCH_ARGS)
+
+# A flood of 512 concurrent submitters (BENCH_ARGS=--connections N): what is answered, how
+# fast, the memory it takes, a submit right after; beside 16 submitters and a no-op app.
+bench-overload: install
+	$(BIN)/python bench/overload.py $(BENCH_ARGS)
 
 # Each store backend's group commits/s, appends/s with 32 writers, rows per commit (make services first).
 bench-stores: install

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
+from actors.admission import CommitPace, retry_after_s
 from storage.base import Store
 from storage.errors import AosError, Conflict, Overloaded, StoreUnavailable, Unstorable
 from storage.records import (
@@ -64,6 +66,7 @@ class GroupCommitter:
         max_batch_items: int = 5000,
         max_pending_items: int = 50_000,
         max_pending_bytes: int = 256 * 1024 * 1024,
+        max_commit_wait_s: float = 5.0,
     ) -> None:
         self._store = store
         self._slot, self._epoch = slot, epoch
@@ -72,6 +75,7 @@ class GroupCommitter:
         self._max_batch_items = max_batch_items
         self._max_pending_items = max_pending_items
         self._max_pending_bytes = max_pending_bytes
+        self._max_commit_wait_s = max_commit_wait_s
         self._queue: collections.deque[_Pending] = collections.deque()
         self._flushing: _Pending | None = None
         self._last: _Pending | None = None
@@ -81,6 +85,8 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         #: Adds per store commit that succeeded.
         self.batch_sizes: collections.Counter[int] = collections.Counter()
+        #: The store's pace, from the commits that succeeded (`admit`).
+        self.pace = CommitPace()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -109,17 +115,11 @@ class GroupCommitter:
         commits), `Conflict` when it was built on a refused add of the same job,
         `StoreUnavailable` when the store failed.
 
-        Raises `Overloaded` at once when the write-behind buffer is full.
+        Raises `Overloaded` at once when the write-behind buffer is full (`admit`).
         """
         jobs, chunks, deleted = list(jobs), list(chunks), list(deleted)
         size = sum(len(c.data) for c in chunks)
-        if self._pending_items >= self._max_pending_items or (
-            self._pending_bytes and self._pending_bytes + size > self._max_pending_bytes
-        ):
-            raise Overloaded(
-                "the shard's write buffer is full; retry shortly",
-                retry_after_s=OVERLOAD_RETRY_AFTER_S,
-            )
+        self.admit(size)
         pending = self._open_batch({job.key for job in jobs} | set(deleted))
         batch = pending.batch
         batch.jobs.extend(jobs)
@@ -137,6 +137,26 @@ class GroupCommitter:
         self._pending_bytes += size
         self._wakeup.set()
         return entry.future
+
+    def admit(self, size: int) -> None:
+        """`Overloaded` (with a spread `Retry-After`) unless one more add of `size` bytes fits
+        the buffer's items and bytes, and would not wait past `max_commit_wait_s` behind the
+        adds queued, at the pace the store commits (`CommitPace`). The wait counts once the
+        queue is past one batch: the pace of a store seen only at light load is its slowest
+        per write, and one batch is the fastest way to learn the real one."""
+        full = self._pending_items >= self._max_pending_items or (
+            self._pending_bytes > 0 and self._pending_bytes + size > self._max_pending_bytes
+        )
+        wait_s = None
+        if self._pending_items >= self._max_batch_items:
+            wait_s = self.pace.wait_s(self._pending_items)
+        slow = wait_s is not None and wait_s > self._max_commit_wait_s
+        if full or slow:
+            why = "is full" if full else f"holds {wait_s:.0f} s of commits"
+            raise Overloaded(
+                f"the shard's write buffer {why}; retry after the Retry-After seconds",
+                retry_after_s=retry_after_s(OVERLOAD_RETRY_AFTER_S),
+            )
 
     async def barrier(self) -> None:
         """Wait until everything added so far is committed (or failed), the batch in
@@ -189,6 +209,7 @@ class GroupCommitter:
     async def _commit(self, adds: list[_Add], batch: Batch) -> Exception | None:
         """Commit `adds` (merged in `batch`) in one store call; the store's refusal, if any."""
         batch = _dedupe(batch)
+        started = time.monotonic()
         try:
             await self._store.commit(batch)
         except StoreUnavailable:
@@ -196,6 +217,7 @@ class GroupCommitter:
         except Exception as exc:  # the data's fault, or a backend bug: find whose it is
             return exc
         self.batch_sizes[len(adds)] += 1
+        self.pace.committed(len(adds), time.monotonic() - started)
         self._on_committed(batch)
         for add in adds:
             self._settle(add, None)

@@ -158,6 +158,7 @@ class Shard:
             linger_s=self._config.linger_s,
             max_pending_items=self._config.max_pending_items,
             max_pending_bytes=self._config.max_pending_bytes,
+            max_commit_wait_s=self._config.max_commit_wait_s,
         )
         self._committer.start()
         self._purger.start(self.epoch, await self._store.load_purges(self._config.slot))

@@ -28,6 +28,8 @@ class ShardConfig:
     linger_s: float = 0.0
     max_pending_items: int = 50_000
     max_pending_bytes: int = 256 * 1024 * 1024
+    #: A write that would wait longer than this to commit, at the store's pace, is shed (503).
+    max_commit_wait_s: float = 5.0
     #: CIDRs webhook URLs may reach despite the SSRF guard (e.g. 127.0.0.0/8 in development).
     webhook_allowed_networks: str = ""
     webhook_coalesce_s: float = 0.5

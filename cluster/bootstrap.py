@@ -65,6 +65,8 @@ def api_config(settings: Settings, key: str) -> ApiConfig:
         admin_key_sha256=key_hash(key),
         max_wait_s=settings.max_wait_s,
         heartbeat_s=settings.heartbeat_s,
+        max_in_flight=settings.max_in_flight,
+        max_queued_s=settings.max_queued_s,
     )
 
 

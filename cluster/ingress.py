@@ -46,6 +46,10 @@ _DEFAULTS = "defaults"
 #: leaves it to `timeout client` (an hour), so a few thousand idle connections held
 #: HAProxy's every slot (maxconn) and every later client hung.
 REQUEST_HEAD_RULES = ("    timeout http-request 30s",)
+#: Serve gives its servers no `maxconn`, so HAProxy queues no request today; should one ever
+#: queue, it waits at most this long, then is a 503 (made the API's overload answer below),
+#: not the 5 s of `timeout connect` that HAProxy would wait by default (DESIGN-NOTES NN).
+QUEUE_RULES = ("    timeout queue 1s",)
 #: Seconds an HAProxy that a reload replaced keeps its connections (Serve's default, 120 s,
 #: cut every SSE stream 120 s after any reload).
 HARD_STOP_AFTER_S = 3600
@@ -54,13 +58,21 @@ HARD_STOP_AFTER_S = 3600
 #: busy cores that took longer, and `serve.start` failed with the proxy killed.
 PROXY_READY_S = 30
 #: A 503 without `Retry-After` comes from Serve (its queue is full) or HAProxy, not from the
-#: API (whose 503s say when to retry): answered as the API answers overload (RFC 9110 §15.6.4).
+#: API (whose 503s say when to retry): answered as the API answers overload (RFC 9110
+#: §15.6.4), told to come back after 1 to 3 s, drawn per answer so retries spread out
+#: (actors/admission.py `retry_after_s`).
 OVERLOADED_RULES = (
     "    http-response return status 503 content-type application/json"
     ' string \'{"error":{"code":"overloaded","message":"the service is over capacity;'
-    " retry after the Retry-After seconds\"}}' hdr Retry-After 1"
+    " retry after the Retry-After seconds\"}}' hdr Retry-After %[rand(3),add(1)]"
     " if { status 503 } !{ res.hdr(retry-after) -m found }",
 )
+
+
+#: Each request is stamped with the time HAProxy received it (ms since the epoch, replacing
+#: any a client sent): a replica sheds a request that waited too long to reach it
+#: (serve_app/shedding.py `RECEIVED_HEADER`, `AOS_MAX_QUEUED_S`).
+RECEIVED_RULES = ("    http-request set-header X-Aos-Received-Ms %[date(0,ms)]",)
 
 
 def environment(
@@ -118,8 +130,8 @@ def haproxy_binary() -> str:
 
 def rewrite(config: str, admin_host: str) -> str:
     """`config` (Serve's haproxy.cfg) with the stats and metrics sections bound to
-    `admin_host`, `OVERLOADED_RULES` in the API's frontend and `REQUEST_HEAD_RULES` in the
-    defaults. Idempotent."""
+    `admin_host`, `OVERLOADED_RULES` and `RECEIVED_RULES` in the API's frontend and
+    `REQUEST_HEAD_RULES` and `QUEUE_RULES` in the defaults. Idempotent."""
     lines: list[str] = []
     section = ""
     for line in config.splitlines():
@@ -128,13 +140,15 @@ def rewrite(config: str, admin_host: str) -> str:
         match = _BIND.fullmatch(line)
         if match and section.startswith(_ADMIN_SECTIONS):
             line = f"{match[1]}{admin_host}:{match[2]}{match[3]}"
-        if line in OVERLOADED_RULES or line in REQUEST_HEAD_RULES:
+        if line in (*OVERLOADED_RULES, *RECEIVED_RULES, *REQUEST_HEAD_RULES, *QUEUE_RULES):
             continue  # put back below, once
         lines.append(line)
         if section == _API_FRONTEND and line == section:
             lines.extend(OVERLOADED_RULES)
+            lines.extend(RECEIVED_RULES)
         if section == _DEFAULTS and line == section:
             lines.extend(REQUEST_HEAD_RULES)
+            lines.extend(QUEUE_RULES)
     return "\n".join(lines) + "\n"
 
 

@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=15.0, gt=0, le=15.0)
     max_pending_items: int = Field(default=50_000, ge=1)
     max_pending_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    #: A shard sheds (503) a write that would wait longer than this to commit (actors/admission.py).
+    max_commit_wait_s: float = Field(default=5.0, gt=0, le=60)
+    #: Requests one `Api` replica works on at once (long-polls aside); past it, 503 at once
+    #: (serve_app/shedding.py).
+    max_in_flight: int = Field(default=512, ge=1)
+    #: A request that waited longer than this (since HAProxy received it) before its replica
+    #: starts on it: 503 at once (serve_app/shedding.py).
+    max_queued_s: float = Field(default=3.0, gt=0)
     tail_bytes_total: int = Field(default=64 * 1024 * 1024, ge=0)
 
     # webhooks
@@ -106,6 +114,7 @@ class Settings(BaseSettings):
             "max_wait_s": self.max_wait_s,
             "max_pending_items": self.max_pending_items,
             "max_pending_bytes": self.max_pending_bytes,
+            "max_commit_wait_s": self.max_commit_wait_s,
             "tail_bytes_total": self.tail_bytes_total,
             "webhook_allowed_networks": self.webhook_allowed_networks,
             "webhook_coalesce_s": self.webhook_coalesce_s,

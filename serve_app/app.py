@@ -24,6 +24,7 @@ from serve_app import (
 )
 from serve_app.deps import D, Deps
 from serve_app.guard import Guard
+from serve_app.shedding import Shedder
 
 
 def create_app(deps: Deps | None = None) -> FastAPI:
@@ -34,6 +35,7 @@ def create_app(deps: Deps | None = None) -> FastAPI:
     openapi.install(app)
     # Every /api/ request: the key first, then a bounded body (a batch submit's may be larger).
     app.add_middleware(Guard, body_limits={batch.PATH: MAX_BATCH_BODY_BYTES})
+    app.add_middleware(Shedder)  # outside the Guard: a request shed costs no key check
     for module in (jobs, batch, output, versions, producer, sse, admin, webhooks):
         app.include_router(module.router)
     app.add_api_route("/healthz", healthz, methods=["GET"])

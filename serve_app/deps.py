@@ -1,5 +1,5 @@
-"""What handlers depend on, injected: the replica's config, store, shard client, key cache and
-byte budgets; and who is calling, and which namespace a request is about.
+"""What handlers depend on, injected: the replica's config, store, shard client, key cache,
+requests in flight and byte budgets; and who is calling, and which namespace a request is about.
 
 `create_app(deps)` puts a `Deps` on the app; handlers take it with `Depends(deps)`, so a
 test builds the app around a `ShardClient.in_process(...)` and needs no Ray.
@@ -16,7 +16,7 @@ from starlette.requests import HTTPConnection
 from actors.commands import check_namespace
 from actors.limits import MAX_APPEND_BYTES
 from actors.shard_client import ShardClient
-from serve_app.budget import ByteBudget
+from serve_app.budget import ByteBudget, InFlight
 from serve_app.keys import KeyCache, Principal
 from storage.base import Store
 from storage.errors import BadRequest, Forbidden
@@ -32,6 +32,10 @@ class ApiConfig:
     key_cache_s: float = 1.0
     max_inline_output_bytes: int = 16 * 1024 * 1024
     sse_retry_ms: int = 3000
+    #: Requests a replica works on at once, long-polls aside (serve_app/shedding.py).
+    max_in_flight: int = 512
+    #: A request that waited longer than this to reach the replica is shed (the same module).
+    max_queued_s: float = 3.0
 
 
 #: Append bodies one replica holds at once: two of the largest (`MAX_APPEND_BYTES`); a
@@ -57,13 +61,15 @@ class Deps:
     store: Store
     shards: ShardClient
     keys: KeyCache
+    in_flight: InFlight
     appends: ByteBudget = field(default_factory=_appends)
     answers: ByteBudget = field(default_factory=_answers)
 
     @classmethod
     def create(cls, config: ApiConfig, store: Store, shards: ShardClient) -> Deps:
         keys = KeyCache(store, admin_key_sha256=config.admin_key_sha256, ttl_s=config.key_cache_s)
-        return cls(config, store, shards, keys)
+        in_flight = InFlight(config.max_in_flight, max_queued_s=config.max_queued_s)
+        return cls(config, store, shards, keys, in_flight)
 
 
 def of(connection: HTTPConnection) -> Deps:

@@ -99,5 +99,5 @@ def test_serves_own_backpressure_503_gets_the_apis_json_error_and_retry_after(se
     shed = [a for a in answers if a.status_code == 503]
     assert shed and len(shed) + sum(a.status_code == 200 for a in answers) == 6, answers
     for answer in shed:
-        assert answer.headers["Retry-After"] == "1"
+        assert answer.headers["Retry-After"] in {"1", "2", "3"}  # spread per answer
         assert answer.json()["error"]["code"] == "overloaded"

@@ -631,7 +631,7 @@ async def test_appends_past_the_replicas_budget_are_503_and_the_budget_comes_bac
             b(budget.limit - budget.namespace_limit - 10)
             refused = await api.post(f"{JOBS}/j1/output", content=b"x" * 11, headers=acme)
             assert error_of(refused, 503)["code"] == "overloaded"
-            assert refused.headers["retry-after"] == "1"
+            assert refused.headers["retry-after"] in {"1", "2", "3"}  # spread per answer
             fits = await api.post(f"{JOBS}/j1/output", content=b"x" * 10, headers=acme)
             assert fits.is_success
         assert budget.held == 0

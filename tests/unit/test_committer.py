@@ -307,3 +307,41 @@ async def test_stop_commits_what_is_pending_first(store, make):
     store.gate.set()
     await _done(stopping)
     assert pending.done() and await store.get_job("acme", "pending") is not None
+
+
+async def test_a_write_that_would_wait_too_long_to_commit_is_refused_at_once(store, make):
+    """Past one batch queued, an add that would wait longer than `max_commit_wait_s` at the
+    store's pace is refused with `Overloaded`; once the queue drains it is taken again."""
+    committer = make(max_batch_items=2, max_commit_wait_s=5)
+    committer.pace.committed(1, 10.0)  # the store managed 0.1 writes/s lately
+    first = await _hold(store, committer)
+    second = committer.add(jobs=[_job("second")])  # a batch's worth queued: 20 s of commits
+    with pytest.raises(Overloaded) as refused:
+        committer.add(jobs=[_job("third")])
+    assert "s of commits" in refused.value.message
+    assert refused.value.retry_after_s in {1.0, 2.0, 3.0}
+    store.gate.set()
+    await _done(first, second)
+    await _done(committer.add(jobs=[_job("third")]))
+
+
+async def test_the_commit_wait_counts_once_a_pace_is_known(store, make):
+    committer = make(max_batch_items=3, max_commit_wait_s=5)
+    first = await _hold(store, committer)
+    queued = [committer.add(jobs=[_job(f"j{i}")]) for i in range(5)]  # no commit seen yet
+    store.gate.set()
+    await _done(first, *queued)
+    assert committer.pace.wait_s(1) is not None  # the commits taught it the store's pace
+
+
+async def test_the_commit_wait_counts_only_past_one_batch_queued(store, make):
+    """Under a batch queued every add is taken, however slow the pace learnt at light load:
+    one batch is how the committer learns the store's pace under load."""
+    committer = make(max_batch_items=3, max_commit_wait_s=5)
+    committer.pace.committed(1, 10.0)
+    first = await _hold(store, committer)
+    taken = [committer.add(jobs=[_job(f"j{i}")]) for i in range(2)]  # 1, then 2 queued
+    with pytest.raises(Overloaded):
+        committer.add(jobs=[_job("refused")])  # 3 queued: 30 s at 0.1 writes/s
+    store.gate.set()
+    await _done(first, *taken)

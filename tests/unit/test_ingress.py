@@ -10,8 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from cluster.ingress import ADMIN_HOST_VAR, BINARY_VAR, OVERLOADED_RULES, environment, rewrite
+from cluster.ingress import (
+    ADMIN_HOST_VAR,
+    BINARY_VAR,
+    OVERLOADED_RULES,
+    RECEIVED_RULES,
+    environment,
+    haproxy_binary,
+    rewrite,
+)
 from cluster.settings import Settings
+from serve_app.shedding import RECEIVED_HEADER
 
 #: The parts of the config Serve 2.60 renders that matter here (haproxy_templates.py).
 SERVE_CONFIG = """global
@@ -38,11 +47,13 @@ def test_only_the_stats_and_metrics_binds_move_and_the_api_frontend_answers_over
     assert "  bind 127.0.0.1:8404\n" in rewritten
     assert "    bind *:8000\n" in rewritten  # the API stays where --host put it
     frontend = rewritten.split("frontend http_frontend\n")[1].split("backend")[0]
-    assert frontend.startswith(OVERLOADED_RULES[0] + "\n")
+    assert frontend.startswith(OVERLOADED_RULES[0] + "\n" + RECEIVED_RULES[0] + "\n")
     assert rewritten.count("http-response return status 503") == 1
-    assert "defaults\n    timeout http-request 30s\n" in rewritten  # idle connections go
+    # Idle connections go; a request queued in HAProxy (none is today) waits 1 s at most.
+    assert "defaults\n    timeout http-request 30s\n    timeout queue 1s\n" in rewritten
     restored = rewritten.replace(OVERLOADED_RULES[0] + "\n", "")
-    restored = restored.replace("    timeout http-request 30s\n", "")
+    restored = restored.replace(RECEIVED_RULES[0] + "\n", "")
+    restored = restored.replace("    timeout http-request 30s\n    timeout queue 1s\n", "")
     restored = restored.replace("127.0.0.1:9101", ":9101").replace("127.0.0.1:8404", "*:8404")
     assert restored == SERVE_CONFIG
     assert rewrite(rewritten, "127.0.0.1") == rewritten  # idempotent
@@ -105,3 +116,30 @@ def test_the_wrapper_rewrites_the_config_then_runs_the_real_binary_with_the_same
     assert done.stdout == f"args: -db -f {config} -sf 123\n"
     assert "bind 127.0.0.2:8404" in config.read_text()
     assert "bind 127.0.0.2:9101" in config.read_text()
+
+
+def test_the_real_haproxy_accepts_the_rewritten_config(tmp_path: Path):
+    """The overload answer's `Retry-After` is drawn per answer (`%[rand(3),add(1)]`): HAProxy
+    itself checks that the rules parse."""
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(rewrite(SERVE_CONFIG.replace(" expose-fd listeners", ""), "127.0.0.1"))
+    checked = subprocess.run(
+        [haproxy_binary(), "-c", "-f", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "hdr Retry-After %[rand(3),add(1)]" in OVERLOADED_RULES[0]
+
+
+def test_haproxy_stamps_requests_with_the_header_the_replicas_read():
+    """The stamp's name is written on both floors (the wrapper imports no app module)."""
+    verb, action, name, value = RECEIVED_RULES[0].split()
+    assert (verb, action, name.lower(), value) == (
+        "http-request",
+        "set-header",
+        RECEIVED_HEADER,
+        "%[date(0,ms)]",  # ms since the epoch, as serve_app.shedding.queued_s reads it
+    )
