@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
+from actors import metrics
 from storage.base import Store
 from storage.errors import AosError, Conflict, Overloaded, StoreUnavailable, Unstorable
 from storage.records import (
@@ -67,6 +69,7 @@ class GroupCommitter:
     ) -> None:
         self._store = store
         self._slot, self._epoch = slot, epoch
+        self._tags = metrics.slot_tags(slot)
         self._on_committed, self._on_failed = on_committed, on_failed
         self._linger_s = linger_s
         self._max_batch_items = max_batch_items
@@ -116,6 +119,7 @@ class GroupCommitter:
         if self._pending_items >= self._max_pending_items or (
             self._pending_bytes and self._pending_bytes + size > self._max_pending_bytes
         ):
+            metrics.SHARD_SHED.inc(1, self._tags)
             raise Overloaded(
                 "the shard's write buffer is full; retry shortly",
                 retry_after_s=OVERLOAD_RETRY_AFTER_S,
@@ -189,13 +193,17 @@ class GroupCommitter:
     async def _commit(self, adds: list[_Add], batch: Batch) -> Exception | None:
         """Commit `adds` (merged in `batch`) in one store call; the store's refusal, if any."""
         batch = _dedupe(batch)
+        started = time.perf_counter()
         try:
             await self._store.commit(batch)
         except StoreUnavailable:
             raise
         except Exception as exc:  # the data's fault, or a backend bug: find whose it is
             return exc
+        finally:
+            metrics.COMMIT_DURATION.observe(time.perf_counter() - started, self._tags)
         self.batch_sizes[len(adds)] += 1
+        metrics.COMMIT_BATCH_SIZE.observe(len(adds), self._tags)
         self._on_committed(batch)
         for add in adds:
             self._settle(add, None)
