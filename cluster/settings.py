@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     haproxy_metrics_port: int = Field(default=9101, ge=1, le=65535)
     #: Serve's own proxy, HAProxy's fallback on the head node, on the HTTP host.
     fallback_proxy_port: int = Field(default=8500, ge=1, le=65535)
+    #: Where a private cluster's Ray metrics agent serves Prometheus metrics (`/metrics`);
+    #: unset, a free port Ray picks, printed at start. A joined cluster keeps its own
+    #: (`ray start --metrics-export-port`).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     #: How long an HAProxy that a reload replaced keeps its open streams (cluster/ingress.py).
     haproxy_hard_stop_after_s: int = Field(default=HARD_STOP_AFTER_S, ge=1)
     storage_url: str = Field(default="sqlite:///./aos-data/aos.db", validate_default=True)
@@ -134,6 +138,8 @@ class Settings(BaseSettings):
                 (self.haproxy_admin_host, self.haproxy_metrics_port, "AOS_HAPROXY_METRICS_PORT"),
                 (self.http_host, self.fallback_proxy_port, "AOS_FALLBACK_PROXY_PORT"),
             ]
+        if self.metrics_port is not None:  # Ray's agent: every interface unless on loopback
+            ports.append(("0.0.0.0", self.metrics_port, "--metrics-port"))
         return ports
 
     def dispatcher_options(self) -> dict[str, Any]:
