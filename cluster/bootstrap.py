@@ -92,6 +92,8 @@ def start(
             # A private cluster runs no Serve yet: whatever listens there is not ours.
             for where, at, choose in settings.listening():
                 http_port.ensure_free(where, at, choose)
+            if settings.metrics_port is not None:  # Ray's agent listens on every interface
+                http_port.ensure_free("0.0.0.0", settings.metrics_port, "--metrics-port")
         started_ray, ray_address = join_ray(
             settings, on_progress=on_progress, log_to_driver=log_to_driver
         )

@@ -138,8 +138,6 @@ class Settings(BaseSettings):
                 (self.haproxy_admin_host, self.haproxy_metrics_port, "AOS_HAPROXY_METRICS_PORT"),
                 (self.http_host, self.fallback_proxy_port, "AOS_FALLBACK_PROXY_PORT"),
             ]
-        if self.metrics_port is not None:  # Ray's agent: every interface unless on loopback
-            ports.append(("0.0.0.0", self.metrics_port, "--metrics-port"))
         return ports
 
     def dispatcher_options(self) -> dict[str, Any]:

@@ -20,32 +20,16 @@ from actors.shard_client import ShardClient
 from serve_app.app import create_app
 from serve_app.request_metrics import RequestMetrics, route_template
 from storage.memory import MemoryStore
+from tests.unit.recorded import Recorded, recording
 from tests.unit.test_api import JOBS, http, make_app
 from tests.unit.websocket import AsgiWebSocket, Refused
 
 
-class Recorded:
-    """A metric that keeps what was recorded: `(value, tags)` each."""
-
-    def __init__(self) -> None:
-        self.points: list[tuple[float, dict[str, str]]] = []
-
-    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
-        self.points.append((value, dict(tags or {})))
-
-    observe = set = inc
-
-    def tags(self) -> list[dict[str, str]]:
-        return [tags for _, tags in self.points]
-
-
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Recorded]:
-    fakes = {}
-    for name in ("HTTP_REQUESTS", "HTTP_REQUEST_DURATION", "HTTP_OPEN_STREAMS", "HTTP_SHED"):
-        fakes[name] = Recorded()
-        monkeypatch.setattr(metrics, name, fakes[name])
-    return fakes
+    return recording(
+        monkeypatch, "HTTP_REQUESTS", "HTTP_REQUEST_DURATION", "HTTP_OPEN_STREAMS", "HTTP_SHED"
+    )
 
 
 def small_app() -> FastAPI:
