@@ -40,6 +40,9 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._requests = metrics.Tally(
+            metrics.HTTP_REQUESTS, ("method", "route", "status"), flush_s=metrics.TALLY_FLUSH_S
+        )
         self._open: collections.Counter[str] = collections.Counter()
         self._routes: list[BaseRoute] | None = None
 
@@ -65,10 +68,7 @@ class RequestMetrics:
             if seen.stream is not None:
                 self._streams(seen.stream, -1)
             route = seen.route or self._route(scope)
-            status = str(seen.status or CLIENT_CLOSED)
-            metrics.HTTP_REQUESTS.inc(
-                1, {"method": _method(scope), "route": route, "status": status}
-            )
+            self._requests.add(_method(scope), route, str(seen.status or CLIENT_CLOSED))
 
     def _head(self, scope: Scope, message: Message, seen: _Seen, elapsed_s: float) -> None:
         """The first message of the answer: its status, its latency, and whether it streams."""

@@ -27,9 +27,17 @@ from tests.unit.websocket import AsgiWebSocket, Refused
 
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Recorded]:
+    """The HTTP metrics, recorded; request counts are flushed as soon as the loop turns."""
+    monkeypatch.setattr(metrics, "TALLY_FLUSH_S", 0.0)
     return recording(
         monkeypatch, "HTTP_REQUESTS", "HTTP_REQUEST_DURATION", "HTTP_OPEN_STREAMS", "HTTP_SHED"
     )
+
+
+async def counted(recorded: dict[str, Recorded]) -> list[dict[str, str]]:
+    """The tag sets of the requests counted, once the tally has flushed."""
+    await asyncio.sleep(0.01)
+    return recorded["HTTP_REQUESTS"].tags()
 
 
 def small_app() -> FastAPI:
@@ -73,9 +81,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 async def test_a_request_is_counted_by_its_route_template_never_its_path(client, recorded):
     assert (await client.get("/jobs/job-123")).status_code == 200
     assert (await client.get("/nowhere/job-123")).status_code == 404
-    assert recorded["HTTP_REQUESTS"].points == [
-        (1, {"method": "GET", "route": "/jobs/{job_id}", "status": "200"}),
-        (1, {"method": "GET", "route": metrics.UNMATCHED_ROUTE, "status": "404"}),
+    assert await counted(recorded) == [
+        {"method": "GET", "route": "/jobs/{job_id}", "status": "200"},
+        {"method": "GET", "route": metrics.UNMATCHED_ROUTE, "status": "404"},
     ]
     [(seconds, tags)] = recorded["HTTP_REQUEST_DURATION"].points[:1]
     assert tags == {"method": "GET", "route": "/jobs/{job_id}"} and 0 <= seconds < 60
@@ -83,7 +91,7 @@ async def test_a_request_is_counted_by_its_route_template_never_its_path(client,
 
 async def test_a_long_poll_is_counted_but_not_timed(client, recorded):
     assert (await client.get("/jobs/a?wait=5")).status_code == 200
-    assert recorded["HTTP_REQUESTS"].tags() == [
+    assert await counted(recorded) == [
         {"method": "GET", "route": "/jobs/{job_id}", "status": "200"}
     ]
     assert recorded["HTTP_REQUEST_DURATION"].points == []
@@ -91,16 +99,14 @@ async def test_a_long_poll_is_counted_but_not_timed(client, recorded):
 
 async def test_a_method_the_route_does_not_serve_keeps_the_routes_template(client, recorded):
     assert (await client.delete("/jobs/a")).status_code == 405
-    assert recorded["HTTP_REQUESTS"].tags() == [
+    assert await counted(recorded) == [
         {"method": "DELETE", "route": "/jobs/{job_id}", "status": "405"}
     ]
 
 
 async def test_an_unhandled_error_is_counted_as_500(client, recorded):
     assert (await client.get("/boom")).status_code == 500
-    assert recorded["HTTP_REQUESTS"].tags() == [
-        {"method": "GET", "route": "/boom", "status": "500"}
-    ]
+    assert await counted(recorded) == [{"method": "GET", "route": "/boom", "status": "500"}]
 
 
 async def test_an_event_stream_is_gauged_open_until_it_ends(client, recorded):
@@ -108,7 +114,7 @@ async def test_an_event_stream_is_gauged_open_until_it_ends(client, recorded):
     assert response.headers["content-type"].startswith("text/event-stream")
     route = "/jobs/{job_id}/stream"
     assert recorded["HTTP_OPEN_STREAMS"].points == [(1, {"route": route}), (0, {"route": route})]
-    assert recorded["HTTP_REQUESTS"].tags() == [{"method": "GET", "route": route, "status": "200"}]
+    assert await counted(recorded) == [{"method": "GET", "route": route, "status": "200"}]
 
 
 async def test_a_websocket_is_counted_101_when_accepted_and_403_when_refused(recorded):
@@ -119,7 +125,7 @@ async def test_a_websocket_is_counted_101_when_accepted_and_403_when_refused(rec
     with pytest.raises(Refused):
         await refused.connect()
     await refused.finished()
-    assert recorded["HTTP_REQUESTS"].tags() == [
+    assert await counted(recorded) == [
         {"method": "GET", "route": "/ws/{job_id}", "status": "101"},
         {"method": "GET", "route": "/ws/{job_id}", "status": "403"},
     ]
@@ -141,9 +147,7 @@ async def test_a_cancelled_request_is_counted_as_closed_by_its_client(recorded):
         request.cancel()
         with pytest.raises(asyncio.CancelledError):
             await request
-    assert recorded["HTTP_REQUESTS"].tags() == [
-        {"method": "GET", "route": "/slow", "status": "499"}
-    ]
+    assert await counted(recorded) == [{"method": "GET", "route": "/slow", "status": "499"}]
 
 
 async def test_the_api_counts_what_its_guard_refuses_under_the_route(
@@ -152,7 +156,7 @@ async def test_the_api_counts_what_its_guard_refuses_under_the_route(
     """The guard answers 401 before FastAPI routes the request: the route is found anyway."""
     async with http(make_app(store, shards)) as api:
         assert (await api.get(f"{JOBS}/job-1/status")).status_code == 401
-    assert recorded["HTTP_REQUESTS"].tags() == [
+    assert await counted(recorded) == [
         {"method": "GET", "route": "/api/v1/jobs/{job_id}/status", "status": "401"}
     ]
 
@@ -162,7 +166,7 @@ async def test_the_api_without_request_metrics_records_nothing(
 ) -> None:
     async with http(make_app_without_metrics(store, shards)) as api:
         assert (await api.get("/healthz")).status_code == 200
-    assert recorded["HTTP_REQUESTS"].points == []
+    assert await counted(recorded) == []
 
 
 def test_route_template_of_a_scope_no_app_has_seen():
@@ -171,3 +175,18 @@ def test_route_template_of_a_scope_no_app_has_seen():
 
 def make_app_without_metrics(store: MemoryStore, shards: ShardClient) -> FastAPI:
     return create_app(make_app(store, shards).state.deps, request_metrics=False)
+
+
+async def test_requests_are_tallied_and_recorded_once_per_tag_set_a_flush(recorded):
+    tally = metrics.Tally(metrics.HTTP_REQUESTS, ("method", "route"), flush_s=0.05)
+    for method in ("GET", "GET", "POST", "GET"):
+        tally.add(method, "/r")
+    assert recorded["HTTP_REQUESTS"].points == []  # not before the flush
+    await asyncio.sleep(0.2)
+    assert recorded["HTTP_REQUESTS"].points == [
+        (3, {"method": "GET", "route": "/r"}),
+        (1, {"method": "POST", "route": "/r"}),
+    ]
+    tally.add("GET", "/r")
+    await asyncio.sleep(0.2)
+    assert recorded["HTTP_REQUESTS"].points[2:] == [(1, {"method": "GET", "route": "/r"})]
