@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-http bench-spine bench-webhooks bench-output bench-ranges bench-stores bench-overload services services-stop clean
+.PHONY: install run test lint bench bench-http bench-spine bench-webhooks bench-output bench-ranges bench-stores bench-overload bench-metrics services services-stop clean
 
 install: $(STAMP)
 
@@ -54,6 +54,10 @@ bench-overload: install
 # Each store backend's group commits/s, appends/s with 32 writers, rows per commit (make services first).
 bench-stores: install
 	$(BIN)/python bench/stores.py $(BENCH_ARGS)
+
+# What the request metrics cost: wrk on a hot route with them and without, as a ratio.
+bench-metrics: install
+	$(BIN)/python bench/metrics.py $(BENCH_ARGS)
 
 # Every server the full suite uses (PostgreSQL, MariaDB, DynamoDB on moto, MongoDB on FerretDB,
 # Cassandra), under .services/; one "<name> <url>" line each on stdout. See .ci/services.

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
+from actors import metrics
 from actors.admission import CommitPace, retry_after_s
 from storage.base import Store
 from storage.errors import AosError, Conflict, Overloaded, StoreUnavailable, Unstorable
@@ -70,6 +71,7 @@ class GroupCommitter:
     ) -> None:
         self._store = store
         self._slot, self._epoch = slot, epoch
+        self._tags = metrics.slot_tags(slot)
         self._on_committed, self._on_failed = on_committed, on_failed
         self._linger_s = linger_s
         self._max_batch_items = max_batch_items
@@ -153,6 +155,7 @@ class GroupCommitter:
         slow = wait_s is not None and wait_s > self._max_commit_wait_s
         if full or slow:
             why = "is full" if full else f"holds {wait_s:.0f} s of commits"
+            metrics.SHARD_SHED.inc(1, self._tags)
             raise Overloaded(
                 f"the shard's write buffer {why}; retry after the Retry-After seconds",
                 retry_after_s=retry_after_s(OVERLOAD_RETRY_AFTER_S),
@@ -216,8 +219,11 @@ class GroupCommitter:
             raise
         except Exception as exc:  # the data's fault, or a backend bug: find whose it is
             return exc
+        finally:
+            metrics.COMMIT_DURATION.observe(time.monotonic() - started, self._tags)
         self.batch_sizes[len(adds)] += 1
         self.pace.committed(len(adds), time.monotonic() - started)
+        metrics.COMMIT_BATCH_SIZE.observe(len(adds), self._tags)
         self._on_committed(batch)
         for add in adds:
             self._settle(add, None)

@@ -14,6 +14,7 @@ from typing import Any
 
 import ray
 
+from actors import metrics
 from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.limits import OUTPUT_PAGE_BYTES
 from actors.namespace_settings import NamespaceChanges
@@ -35,6 +36,8 @@ from storage.registry import open_store
 
 #: Async actor concurrency: every open SSE stream and long-poll holds one slot while it waits.
 MAX_CONCURRENCY = 10_000
+#: How often a shard samples its gauges (write buffer, outbox) for the metrics export.
+GAUGES_INTERVAL_S = 2.0
 
 
 @ray.remote(  # type: ignore[call-overload]  # Ray's stubs lack max_concurrency
@@ -49,6 +52,7 @@ class ShardActor:
         self._store_url = store_url
         self._shard: Shard | None = None
         self._starting: asyncio.Lock | None = None
+        self._gauges: asyncio.Task[None] | None = None
         # Wake at once, restarted or not: reads go to the store and may never call a shard,
         # yet its pending webhook deliveries must go on. The call runs after this returns.
         self._woken = ray.get_runtime_context().current_actor.ping.remote()
@@ -71,6 +75,7 @@ class ShardActor:
                 # shard's CPU for 20,000 batch-submitted jobs with webhooks, 0.15 s after.
                 gc.freeze()
                 self._shard = shard
+                self._gauges = asyncio.get_running_loop().create_task(_sample_gauges(shard))
         return self._shard
 
     async def ping(self) -> None:
@@ -251,6 +256,18 @@ def create_shards(
         ).remote(shard_config, store_url)
         handles.append(handle)
     return handles
+
+
+async def _sample_gauges(shard: Shard) -> None:
+    """Keep the shard's gauges current while the actor lives (Ray exports the last value)."""
+    while True:
+        stats = await shard.stats()
+        metrics.record_shard_gauges(
+            stats["slot"],
+            pending_writes=stats["pendingWrites"],
+            outbox_depth=stats["pendingDeliveries"],
+        )
+        await asyncio.sleep(GAUGES_INTERVAL_S)
 
 
 def _cached(factory: Callable[[], Any]) -> Callable[[], Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -42,6 +42,8 @@ class Service:
     started_ray: bool
     started_serve: bool
     port_lock: IO[bytes] | None = None
+    #: `host:port` of each node's Prometheus metrics (`ray_connect.metrics_endpoints`).
+    metrics_endpoints: list[str] = field(default_factory=list)
 
 
 def admin_key(settings: Settings) -> tuple[str, bool]:
@@ -92,6 +94,8 @@ def start(
             # A private cluster runs no Serve yet: whatever listens there is not ours.
             for where, at, choose in settings.listening():
                 http_port.ensure_free(where, at, choose)
+            if settings.metrics_port is not None:  # Ray's agent listens on every interface
+                http_port.ensure_free("0.0.0.0", settings.metrics_port, "--metrics-port")
         started_ray, ray_address = join_ray(
             settings, on_progress=on_progress, log_to_driver=log_to_driver
         )
@@ -111,7 +115,10 @@ def join_ray(
     where = f"joining {settings.ray_address}" if settings.ray_address else "a private cluster"
     on_progress(f"starting Ray: {where}")
     address = ray_connect.connect(
-        settings.ray_address, log_to_driver=log_to_driver, timeout_s=settings.ray_connect_timeout_s
+        settings.ray_address,
+        log_to_driver=log_to_driver,
+        timeout_s=settings.ray_connect_timeout_s,
+        metrics_port=settings.metrics_port,
     )
     return True, address
 
@@ -139,7 +146,17 @@ def deploy(
     serve.run(app, name=APP_NAME, route_prefix="/")
     host = f"[{settings.http_host}]" if ":" in settings.http_host else settings.http_host
     url = f"http://{host}:{settings.http_port}"
-    return Service(url, key, generated, shards, ray_address, started_ray, started_serve, port_lock)
+    return Service(
+        url,
+        key,
+        generated,
+        shards,
+        ray_address,
+        started_ray,
+        started_serve,
+        port_lock,
+        metrics_endpoints=ray_connect.metrics_endpoints(),
+    )
 
 
 class ServeElsewhere(RuntimeError):

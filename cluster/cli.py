@@ -29,6 +29,8 @@ ABANDON_TIMEOUT_S = 30.0
 #: Past the TCP check of a named cluster, how long Ray may take to connect to its GCS.
 RAY_HANDSHAKE_S = 20.0
 EXIT_INTERRUPTED = 130
+#: A joined cluster's nodes each serve metrics: `aos serve` names this many.
+MAX_METRICS_SHOWN = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         dest="ray_address",
         help="join exactly this Ray cluster, host:port or ray://host:port (RAY_ADDRESS); "
         "without it a private local cluster is started",
+    )
+    serve_cmd.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        help="where a private cluster serves Prometheus metrics (AOS_METRICS_PORT); "
+        "default: a free port, printed at start",
     )
     serve_cmd.add_argument(
         "-v", "--verbose", action="store_true", help="show Ray's and Serve's logs here"
@@ -227,6 +236,14 @@ def _announce(terminal: Terminal, settings: Settings, service: bootstrap.Service
         f"Ray address: {service.ray_address} (Python in the cluster: "
         f'Client.connect("{service.ray_address}"), or RAY_ADDRESS)'
     )
+    endpoints = service.metrics_endpoints
+    shown = ", ".join(f"http://{at}/metrics" for at in endpoints[:MAX_METRICS_SHOWN])
+    more = (
+        f" and {len(endpoints) - MAX_METRICS_SHOWN} more nodes"
+        if len(endpoints) > MAX_METRICS_SHOWN
+        else ""
+    )
+    terminal.say(f"Metrics (Prometheus, ray_aos_*): {shown or 'not exported'}{more}")
 
 
 def _signal_handlers(stop: threading.Event, terminal: Terminal) -> Callable[[], None]:

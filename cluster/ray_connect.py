@@ -38,14 +38,17 @@ def connect(
     *,
     log_to_driver: bool = True,
     timeout_s: float = GCS_CONNECT_TIMEOUT_S,
+    metrics_port: int | None = None,
     **local_options: Any,
 ) -> str:
     """Start a private local Ray cluster (`address` None) or join exactly `address`.
 
-    `address` is a GCS `host:port` or a Ray Client `ray://host:port`. `local_options`
-    (e.g. `num_cpus`) apply to a private cluster only. Returns the address other processes
-    pass to join the cluster: `address`, or the private cluster's GCS `host:port`. Raises
-    `RayUnreachable` within about `timeout_s` seconds when nothing listens at `address`.
+    `address` is a GCS `host:port` or a Ray Client `ray://host:port`. `metrics_port` (where
+    the node's metrics agent serves Prometheus metrics; else a free one) and
+    `local_options` (e.g. `num_cpus`) apply to a private cluster only. Returns the address
+    other processes pass to join the cluster: `address`, or the private cluster's GCS
+    `host:port`. Raises `RayUnreachable` within about `timeout_s` seconds when nothing
+    listens at `address`.
     """
     common: dict[str, Any] = {
         "namespace": RAY_NAMESPACE,
@@ -61,9 +64,26 @@ def connect(
         ray.init(address=address, **common)
         return address
     # "local" starts a new cluster even when another one runs on this machine.
-    ray.init(address="local", include_dashboard=False, **common, **local_options)
+    # The metrics agent runs without the dashboard: metrics are exported all the same.
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        _metrics_export_port=metrics_port,
+        **common,
+        **local_options,
+    )
     gcs_address: str = ray.get_runtime_context().gcs_address
     return gcs_address
+
+
+def metrics_endpoints() -> list[str]:
+    """Where the connected cluster's live nodes serve Prometheus metrics: `host:port` each
+    (Ray's per-node metrics agents; our metrics are the `ray_aos_*` ones)."""
+    return [
+        f"{node['NodeManagerAddress']}:{node['MetricsExportPort']}"
+        for node in ray.nodes()  # type: ignore[no-untyped-call]
+        if node.get("Alive") and node.get("MetricsExportPort", 0) > 0
+    ]
 
 
 def wait_for_gcs(address: str, timeout_s: float) -> None:

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     haproxy_metrics_port: int = Field(default=9101, ge=1, le=65535)
     #: Serve's own proxy, HAProxy's fallback on the head node, on the HTTP host.
     fallback_proxy_port: int = Field(default=8500, ge=1, le=65535)
+    #: Where a private cluster's Ray metrics agent serves Prometheus metrics (`/metrics`);
+    #: unset, a free port Ray picks, printed at start. A joined cluster keeps its own
+    #: (`ray start --metrics-export-port`).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     #: How long an HAProxy that a reload replaced keeps its open streams (cluster/ingress.py).
     haproxy_hard_stop_after_s: int = Field(default=HARD_STOP_AFTER_S, ge=1)
     storage_url: str = Field(default="sqlite:///./aos-data/aos.db", validate_default=True)

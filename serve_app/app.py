@@ -24,11 +24,13 @@ from serve_app import (
 )
 from serve_app.deps import D, Deps
 from serve_app.guard import Guard
+from serve_app.request_metrics import RequestMetrics
 from serve_app.shedding import Shedder
 
 
-def create_app(deps: Deps | None = None) -> FastAPI:
-    """The API; without `deps` now, set `app.state.deps` before it serves a request."""
+def create_app(deps: Deps | None = None, *, request_metrics: bool = True) -> FastAPI:
+    """The API; without `deps` now, set `app.state.deps` before it serves a request.
+    `request_metrics=False` leaves out the request metrics (bench/metrics.py's baseline)."""
     app = FastAPI(title="Async Output Service", version="1")
     app.state.deps = deps
     errors.install(app)
@@ -36,6 +38,8 @@ def create_app(deps: Deps | None = None) -> FastAPI:
     # Every /api/ request: the key first, then a bounded body (a batch submit's may be larger).
     app.add_middleware(Guard, body_limits={batch.PATH: MAX_BATCH_BODY_BYTES})
     app.add_middleware(Shedder)  # outside the Guard: a request shed costs no key check
+    if request_metrics:  # outermost (added last): the guard's and shedder's refusals count
+        app.add_middleware(RequestMetrics)
     for module in (jobs, batch, output, versions, producer, sse, admin, webhooks):
         app.include_router(module.router)
     app.add_api_route("/healthz", healthz, methods=["GET"])

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
+from actors import metrics
 from actors.limits import clip, storable
 from storage import errors
 
@@ -113,6 +114,8 @@ def retry_after(seconds: float) -> str:
 def to_response(exc: BaseException) -> JSONResponse:
     """The response for any error an endpoint lets through."""
     if isinstance(exc, errors.AosError):
+        if isinstance(exc, errors.Overloaded):
+            metrics.HTTP_SHED.inc()
         status = status_of(exc)
         retry = exc.retry_after_s or (1.0 if status == 503 else None)
         return error_response(status, exc.code, exc.message, retry_after_s=retry)

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
+from actors import metrics
 from actors.committer import GroupCommitter
 from actors.webhooks.body import OutputGone, ReadChunks, is_window, render
 from actors.webhooks.outbox import Hooks, Outbox
@@ -155,14 +156,17 @@ class DeliveryLoop:
         except AosError:  # the write buffer is full
             self._not_recorded(sent)
             return
-        future.add_done_callback(lambda done: self._recorded(sent, done))
+        future.add_done_callback(lambda done: self._recorded(sent, updated, done))
 
-    def _recorded(self, sent: list[Delivery], done: asyncio.Future[None]) -> None:
+    def _recorded(
+        self, sent: list[Delivery], updated: list[Delivery], done: asyncio.Future[None]
+    ) -> None:
         if done.cancelled() or done.exception() is not None:
             # Not recorded (the store failed, or refused these records): send again later,
             # from the last durable version.
             self._not_recorded(sent)
         else:
+            metrics.record_deliveries(updated)
             self._release(len(sent))
 
     def _not_recorded(self, deliveries: list[Delivery]) -> None:

@@ -18,6 +18,7 @@ from tests.e2e import soak
 from tests.e2e.receiver import Receiver, running_receiver
 
 ADMIN_KEY = "e2e-admin-key"
+METRICS_REPORT_INTERVAL_MS = 1000
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +31,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         haproxy_stats_port=free_port(),
         haproxy_metrics_port=free_port(),
         fallback_proxy_port=free_port(),
+        metrics_port=free_port(),
         admin_key=ADMIN_KEY,
         num_shards=2,
         heartbeat_s=1.0,
@@ -42,7 +44,13 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture(scope="session")
 def service(settings: Settings) -> Iterator[bootstrap.Service]:
-    ray_connect.connect(None, num_cpus=2)
+    ray_connect.connect(
+        None,
+        num_cpus=2,
+        metrics_port=settings.metrics_port,
+        # Metrics reach the export within a second, not ten (tests/e2e/test_metrics.py).
+        _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
+    )
     svc = bootstrap.start(settings)
     global _soak
     _soak = soak.start(svc.url, ADMIN_KEY, max_wait_s=settings.max_wait_s)

@@ -173,8 +173,10 @@ def client_connect(address: str | None) -> subprocess.CompletedProcess[str]:
 def test_serve_runs_its_own_cluster_beside_another_and_stops_cleanly_on_sigterm(
     tmp_path, foreign_cluster
 ):
-    port = free_port()
-    serve = Serve(tmp_path, "--port", str(port), "--shards", "2")
+    port, metrics_port = free_port(), free_port()
+    serve = Serve(
+        tmp_path, "--port", str(port), "--shards", "2", "--metrics-port", str(metrics_port)
+    )
     try:
         serve.read_until("aos: starting Ray")  # the port is reserved, nothing listens yet
         (tmp_path / "second").mkdir()
@@ -187,6 +189,15 @@ def test_serve_runs_its_own_cluster_beside_another_and_stops_cleanly_on_sigterm(
         address = ray_line.split()[2]
         assert address != foreign_cluster
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+        # Prometheus metrics where it says, on the port asked for, ours among Ray's.
+        metrics_url = serve.read_until("Metrics (Prometheus").split()[-1]
+        assert metrics_url.endswith(f":{metrics_port}/metrics"), metrics_url
+        wait_until(
+            lambda: 'route="/healthz"' in httpx.get(metrics_url, timeout=10).text,
+            timeout_s=60,
+            what="the /healthz request in ray_aos_http_requests_total",
+            interval_s=1,
+        )
         # HAProxy by default; its stats and metrics on loopback only.
         assert listeners(port) == [("127.0.0.1", "haproxy")]
         for name in ("AOS_HAPROXY_STATS_PORT", "AOS_HAPROXY_METRICS_PORT"):
@@ -194,7 +205,9 @@ def test_serve_runs_its_own_cluster_beside_another_and_stops_cleanly_on_sigterm(
 
         # A quiet terminal: our progress lines, the ready line, the key, the address.
         assert all(
-            line.startswith(("aos: ", "Async Output Service ready", "Admin key", "Ray address"))
+            line.startswith(
+                ("aos: ", "Async Output Service ready", "Admin key", "Ray address", "Metrics")
+            )
             for line in serve.lines
         ), serve.lines
         assert sum(map(len, serve.lines)) < 1200 and "\x1b[" not in "".join(serve.lines)
@@ -306,6 +319,17 @@ def test_a_taken_haproxy_port_is_refused_by_name_before_anything_starts(tmp_path
     assert code == 1, out + err
     assert f"port {stats} on 127.0.0.1 is already in use" in err
     assert "choose AOS_HAPROXY_STATS_PORT" in err
+    assert "starting Ray" not in out
+
+
+def test_a_taken_metrics_port_is_refused_by_name_before_anything_starts(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        metrics_port = taken.getsockname()[1]
+        args = ("--port", str(free_port()), "--metrics-port", str(metrics_port))
+        code, out, err = Serve(tmp_path, *args).finish(timeout_s=60)
+    assert code == 1, out + err
+    assert f"port {metrics_port} on 0.0.0.0 is already in use" in err
+    assert "choose --metrics-port" in err
     assert "starting Ray" not in out
 
 

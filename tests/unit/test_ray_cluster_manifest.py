@@ -13,6 +13,7 @@ from actors.webhooks import autoscaling
 from actors.webhooks.dispatcher import MAX_ONGOING_CALLS
 
 MANIFEST = Path(__file__).resolve().parents[2] / "ray-cluster.yaml"
+PODMONITOR = MANIFEST.with_name("ray-podmonitor.yaml")
 
 
 def _manifest() -> dict:
@@ -80,3 +81,18 @@ def test_every_pod_runs_serve_with_haproxy_and_its_admin_ports_on_loopback():
         assert env["AOS_HAPROXY_ADMIN_HOST"] == "127.0.0.1"
         assert int(env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"]) >= 3600
         assert int(env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"]) >= 30
+
+
+def test_every_ray_pod_exports_metrics_on_a_named_port_that_the_podmonitor_scrapes():
+    cluster = _manifest()["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        port = group["rayStartParams"]["metrics-export-port"]
+        pod = group["template"]
+        assert pod["metadata"]["annotations"]["prometheus.io/port"] == port
+        (container,) = pod["spec"]["containers"]
+        assert {"containerPort": int(port), "name": "metrics"} in container["ports"]
+    monitor = yaml.safe_load(PODMONITOR.read_text())
+    assert monitor["kind"] == "PodMonitor"
+    assert monitor["spec"]["selector"]["matchLabels"] == {"ray.io/is-ray-node": "yes"}
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
