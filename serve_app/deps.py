@@ -15,7 +15,7 @@ from starlette.requests import HTTPConnection
 
 from actors.commands import check_namespace
 from actors.limits import MAX_APPEND_BYTES
-from actors.shard_client import ShardClient
+from actors.shard_client import CALL_TIMEOUT_S, ShardClient
 from serve_app.budget import ByteBudget
 from serve_app.keys import KeyCache, Principal
 from storage.base import Store
@@ -32,6 +32,7 @@ class ApiConfig:
     key_cache_s: float = 1.0
     max_inline_output_bytes: int = 16 * 1024 * 1024
     sse_retry_ms: int = 3000
+    shard_call_timeout_s: float = CALL_TIMEOUT_S
 
 
 #: Append bodies one replica holds at once: two of the largest (`MAX_APPEND_BYTES`); a
