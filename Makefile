@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-http bench-spine bench-webhooks bench-output bench-ranges bench-stores services services-stop clean
+.PHONY: install run test lint bench bench-http bench-spine bench-webhooks bench-output bench-ranges bench-stores bench-nodeloss services services-stop clean
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ bench-output: install
 
 bench-ranges: install
 	$(BIN)/python bench/ranges.py $(BENCH_ARGS)
+
+# A worker node SIGKILLed on a three-node `ray start` cluster on loopback while a producer
+# appends: gap, acknowledged appends lost, time until the shard serves again (bench/README.md).
+bench-nodeloss: install
+	$(BIN)/python bench/nodeloss.py $(BENCH_ARGS)
 
 # Each store backend's group commits/s, appends/s with 32 writers, rows per commit (make services first).
 bench-stores: install
