@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 
 import ray
@@ -80,3 +81,15 @@ def test_every_pod_runs_serve_with_haproxy_and_its_admin_ports_on_loopback():
         assert env["AOS_HAPROXY_ADMIN_HOST"] == "127.0.0.1"
         assert int(env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"]) >= 3600
         assert int(env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"]) >= 30
+
+
+def test_shards_run_only_on_the_worker_nodes_that_offer_their_resource():
+    serve_config = yaml.safe_load(_manifest()["spec"]["serveConfigV2"])
+    (api,) = [app for app in serve_config["applications"] if app["name"] == "aos"]
+    resource = api["args"]["shard_options"]["node_resource"]
+    cluster = _manifest()["spec"]["rayClusterConfig"]
+    assert resource not in cluster["headGroupSpec"]["rayStartParams"].get("resources", "")
+    for group in cluster["workerGroupSpecs"]:
+        # KubeRay passes the value to `ray start --resources` as is: a quoted JSON object.
+        offered = json.loads(json.loads(group["rayStartParams"]["resources"]))
+        assert offered[resource] >= 1
