@@ -50,9 +50,9 @@ class Settings(BaseSettings):
     shard_resource: str = ""
     #: The same for `Api` replicas, e.g. "node:__internal_head__" (Ray's mark of the head).
     api_resource: str = ""
-    #: Where Serve runs its HTTP proxies: "EveryNode" (with a replica), or "HeadOnly" (several
-    #: nodes on one machine would each bind the same port).
-    proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"
+    #: Where Serve runs its HTTP proxies: unset, Serve's default (every node with a replica);
+    #: "HeadOnly" where several nodes share one machine (each would bind the same port).
+    proxy_location: Literal["EveryNode", "HeadOnly"] | None = None
     #: The longest the ingress waits for a shard before answering 503 (a long-poll: this
     #: beyond its own wait).
     shard_call_timeout_s: float = Field(default=CALL_TIMEOUT_S, gt=0)
