@@ -741,9 +741,11 @@ async def _unwrapped(ref: Awaitable[Any], timeout_s: float = CALL_TIMEOUT_S) -> 
 
 
 async def _bounded(call: Awaitable[Any], timeout_s: float) -> Any:
-    """`call`'s result, or `ShardUnavailable` once `timeout_s` passed without one."""
+    """`call`'s result, or `ShardUnavailable` once `timeout_s` passed without one (a timer on
+    the hot path, no extra task: `asyncio.timeout`, not `wait_for`)."""
     try:
-        return await asyncio.wait_for(call, timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await call
     except TimeoutError:
         raise ShardUnavailable(
             f"the shard did not answer within {timeout_s:g} s (restarting, or its node was"
