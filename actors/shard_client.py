@@ -52,6 +52,9 @@ SHARD_RESTART_RETRY_AFTER_S = 1.0
 #: the caller gets `ShardUnavailable`: calls to an actor whose node died, or that Ray is
 #: restarting, wait in the caller until it is back (DESIGN-NOTES.md, "Shards over many nodes").
 CALL_TIMEOUT_S = 30.0
+#: The bound while a service starts (`discover`): a shard's first call waits for its start,
+#: which reloads its Running jobs (seconds for hundreds of thousands).
+START_TIMEOUT_S = 300.0
 
 
 class ShardApi(Protocol):
@@ -187,7 +190,7 @@ class ShardClient:
         """
         if num_shards is None:
             num_shards = _count_shard_actors()
-        probe = cls(num_shards=num_shards, call_timeout_s=call_timeout_s)
+        probe = cls(num_shards=num_shards, call_timeout_s=max(call_timeout_s, START_TIMEOUT_S))
         await probe.ping_all()
         stats = await probe.shard(0).stats()
         return cls(
@@ -561,9 +564,9 @@ class ShardClient:
         )
 
     async def ping_all(self) -> None:
-        """Raise unless every shard is started and its store answers."""
-        for slot in range(self.num_shards):
-            await self.shard(slot).ping()
+        """Raise unless every shard is started and its store answers (all asked at once: a
+        readiness probe waits for the slowest, not for their sum)."""
+        await asyncio.gather(*(self.shard(slot).ping() for slot in range(self.num_shards)))
 
 
 def _with_job_id(item: SubmitItem) -> SubmitItem:

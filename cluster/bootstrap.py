@@ -198,7 +198,9 @@ def deploy_shards(settings: Settings) -> list[Any]:
         store_url=settings.storage_url,
         config=settings.shard_options(),
     )
-    blocking.run(_ready(ShardClient(num_shards=settings.num_shards)))
+    # Their first calls wait for their start (the lease, their Running jobs reloaded).
+    starting = ShardClient(num_shards=settings.num_shards, call_timeout_s=settings.start_timeout_s)
+    blocking.run(_ready(starting))
     return handles
 
 
