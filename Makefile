@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-http bench-spine bench-webhooks bench-output bench-ranges bench-stores bench-overload bench-metrics services services-stop clean
+.PHONY: install run test lint bench bench-http bench-spine bench-webhooks bench-output bench-ranges bench-stores bench-overload bench-metrics bench-nodeloss services services-stop clean
 
 install: $(STAMP)
 
@@ -50,6 +50,10 @@ bench-ranges: install
 # fast, the memory it takes, a submit right after; beside 16 submitters and a no-op app.
 bench-overload: install
 	$(BIN)/python bench/overload.py $(BENCH_ARGS)
+# A worker node SIGKILLed on a three-node `ray start` cluster on loopback while a producer
+# appends: gap, acknowledged appends lost, time until the shard serves again (bench/README.md).
+bench-nodeloss: install
+	$(BIN)/python bench/nodeloss.py $(BENCH_ARGS)
 
 # Each store backend's group commits/s, appends/s with 32 writers, rows per commit (make services first).
 bench-stores: install

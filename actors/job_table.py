@@ -64,6 +64,11 @@ class JobTable:
     def __len__(self) -> int:
         return len(self._jobs)
 
+    @property
+    def running(self) -> int:
+        """The loaded jobs that are not terminal (the others are the terminal cache)."""
+        return len(self._jobs) - len(self._terminal)
+
     def get(self, key: Key) -> LiveJob | None:
         return self._jobs.get(key)
 

@@ -183,12 +183,17 @@ class Shard:
         return self._outage.down
 
     async def stats(self) -> dict[str, Any]:
+        """Figures for operators (`GET /api/v1/admin/shards`): `state` is "serving", or
+        "fenced" once a newer owner took the slot's lease (this copy writes nothing more);
+        `liveJobs` the Running jobs it holds; `pendingWrites` the writes awaiting a commit."""
         committer = self._require_committer()
         return {
             "slot": self._config.slot,
+            "state": "fenced" if self._fenced else "serving",
             "epoch": self.epoch,
             "maxChunkBytes": self._config.max_chunk_bytes,
             "jobsLoaded": len(self._jobs),
+            "liveJobs": self._jobs.running,
             "tailBytes": self._tail.bytes,
             "pendingWrites": committer.pending_items,
             "batchSizes": dict(sorted(committer.batch_sizes.items())),

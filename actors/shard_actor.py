@@ -34,6 +34,8 @@ from actors.webhooks.dispatcher_client import DispatcherClient
 from storage.records import ApiKey, Chunk, Delivery, Job, Namespace, OutputVersion
 from storage.registry import open_store
 
+#: What a shard takes of its node's `ShardConfig.node_resource`: 1 of it holds 1,000 shards.
+RESOURCE_PER_SHARD = 0.001
 #: Async actor concurrency: every open SSE stream and long-poll holds one slot while it waits.
 MAX_CONCURRENCY = 10_000
 #: How often a shard samples its gauges (write buffer, outbox) for the metrics export.
@@ -83,7 +85,17 @@ class ShardActor:
         await (await self._ready()).ping()
 
     async def stats(self) -> dict[str, Any]:
-        return await (await self._ready()).stats()
+        """The shard's figures (`Shard.stats`) and the Ray node it runs on, at once: a shard
+        still starting (taking its lease, reloading its jobs) says so instead of waiting."""
+        node = ray.get_runtime_context().get_node_id()
+        if self._shard is None:
+            return {
+                "slot": self._config.slot,
+                "node": node,
+                "state": "starting",
+                "maxChunkBytes": self._config.max_chunk_bytes,
+            }
+        return {**await self._shard.stats(), "node": node}
 
     async def many(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
         """Writes coalesced by one caller (`actors.shard_client.COALESCED`): `(method, args,
@@ -244,7 +256,11 @@ class ShardActor:
 def create_shards(
     *, num_shards: int, store_url: str, config: dict[str, Any] | None = None
 ) -> list[Any]:
-    """Create (or find) the named shard actors; await `ping` on each before use."""
+    """Create (or find) the named shard actors; await `ping` on each before use.
+
+    They are spread over the cluster's nodes (`placement`); a copy Ray restarts after its
+    node died is placed the same way, on the nodes alive then.
+    """
     handles = []
     for slot in range(num_shards):
         shard_config = ShardConfig(slot=slot, num_shards=num_shards, **(config or {}))
@@ -253,6 +269,7 @@ def create_shards(
             namespace=RAY_NAMESPACE,
             lifetime="detached",
             get_if_exists=True,
+            **placement(shard_config.node_resource),
         ).remote(shard_config, store_url)
         handles.append(handle)
     return handles
@@ -268,6 +285,17 @@ async def _sample_gauges(shard: Shard) -> None:
             outbox_depth=stats["pendingDeliveries"],
         )
         await asyncio.sleep(GAUGES_INTERVAL_S)
+
+
+def placement(node_resource: str = "") -> dict[str, Any]:
+    """Where shard actors run: spread over the nodes (Ray's `SPREAD`: round robin over the
+    nodes that can take one), so losing one of N nodes loses about 1/N of the shards;
+    only on nodes offering `node_resource`, when named (`RESOURCE_PER_SHARD` each: any
+    number of shards fit; it marks nodes, it does not count them). Still `num_cpus=0`."""
+    options: dict[str, Any] = {"scheduling_strategy": "SPREAD"}
+    if node_resource:
+        options["resources"] = {node_resource: RESOURCE_PER_SHARD}
+    return options
 
 
 def _cached(factory: Callable[[], Any]) -> Callable[[], Any]:

@@ -11,6 +11,7 @@ iterator over one job, the same for SSE and the Python client.
 from __future__ import annotations
 
 import asyncio
+import functools
 import pickle
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -47,6 +48,13 @@ from storage.errors import AosError, NotFound, ShardUnavailable
 from storage.records import ApiKey, Chunk, Delivery, Job, Namespace, OutputVersion
 
 SHARD_RESTART_RETRY_AFTER_S = 1.0
+#: The longest a call to a shard actor may take (a `watch`: this beyond its own wait) before
+#: the caller gets `ShardUnavailable`: calls to an actor whose node died, or that Ray is
+#: restarting, wait in the caller until it is back (DESIGN-NOTES.md, "Shards over many nodes").
+CALL_TIMEOUT_S = 30.0
+#: The bound while a service starts (`discover`): a shard's first call waits for its start,
+#: which reloads its Running jobs (seconds for hundreds of thousands).
+START_TIMEOUT_S = 300.0
 
 
 class ShardApi(Protocol):
@@ -137,7 +145,8 @@ class ShardClient:
     (`ShardClient.in_process` takes plain `Shard` objects, for tests without Ray).
     `store`, when given, serves reads of committed jobs and output directly, sparing the
     shard; else they go through the shard. `max_chunk_bytes` is the deployment's
-    largest append (`TooLarge` above it).
+    largest append (`TooLarge` above it). `call_timeout_s` bounds each call to a shard actor
+    (`CALL_TIMEOUT_S`).
     """
 
     def __init__(
@@ -147,6 +156,7 @@ class ShardClient:
         shards: Callable[[int], ShardApi] | None = None,
         store: Store | None = None,
         max_chunk_bytes: int = MAX_CHUNK_BYTES,
+        call_timeout_s: float = CALL_TIMEOUT_S,
     ) -> None:
         if num_shards < 1:
             raise ValueError("num_shards must be >= 1")
@@ -154,7 +164,8 @@ class ShardClient:
         self.max_chunk_bytes = max_chunk_bytes
         #: The most bytes one `append_many` call carries (at least one chunk's worth).
         self.max_many_bytes = max(MAX_APPEND_MANY_BYTES, max_chunk_bytes)
-        self._find = shards or _actor_shard
+        self._find = shards or functools.partial(_actor_shard, call_timeout_s=call_timeout_s)
+        self.call_timeout_s = call_timeout_s
         self._shards: dict[int, ShardApi] = {}
         self._store = store
 
@@ -165,7 +176,11 @@ class ShardClient:
 
     @classmethod
     async def discover(
-        cls, *, num_shards: int | None = None, store: Store | None = None
+        cls,
+        *,
+        num_shards: int | None = None,
+        store: Store | None = None,
+        call_timeout_s: float = CALL_TIMEOUT_S,
     ) -> ShardClient:
         """A client for the service running in this process's Ray cluster (Ray connected),
         once every shard answers; with the deployment's limits, which the shards hold.
@@ -175,10 +190,15 @@ class ShardClient:
         """
         if num_shards is None:
             num_shards = _count_shard_actors()
-        probe = cls(num_shards=num_shards)
+        probe = cls(num_shards=num_shards, call_timeout_s=max(call_timeout_s, START_TIMEOUT_S))
         await probe.ping_all()
         stats = await probe.shard(0).stats()
-        return cls(num_shards=num_shards, store=store, max_chunk_bytes=stats["maxChunkBytes"])
+        return cls(
+            num_shards=num_shards,
+            store=store,
+            max_chunk_bytes=stats["maxChunkBytes"],
+            call_timeout_s=call_timeout_s,
+        )
 
     def shard(self, slot: int) -> ShardApi:
         found = self._shards.get(slot)
@@ -544,9 +564,9 @@ class ShardClient:
         )
 
     async def ping_all(self) -> None:
-        """Raise unless every shard is started and its store answers."""
-        for slot in range(self.num_shards):
-            await self.shard(slot).ping()
+        """Raise unless every shard is started and its store answers (all asked at once: a
+        readiness probe waits for the slowest, not for their sum)."""
+        await asyncio.gather(*(self.shard(slot).ping() for slot in range(self.num_shards)))
 
 
 def _with_job_id(item: SubmitItem) -> SubmitItem:
@@ -573,12 +593,12 @@ def _count_shard_actors() -> int:
     return num_shards
 
 
-def _actor_shard(slot: int) -> ShardApi:
+def _actor_shard(slot: int, *, call_timeout_s: float = CALL_TIMEOUT_S) -> ShardApi:
     """The named shard actor of `slot`, as a `ShardApi`."""
     import ray
 
     handle = ray.get_actor(shard_name(slot), namespace=RAY_NAMESPACE)
-    return cast(ShardApi, _ActorShard(handle))
+    return cast(ShardApi, _ActorShard(handle, call_timeout_s=call_timeout_s))
 
 
 #: The writes an `_ActorShard` coalesces: those made in one event-loop tick go to their shard
@@ -634,10 +654,16 @@ class _ActorShard:
     together, and while `MAX_CALLS_IN_FLIGHT` calls are out the next ones wait to go
     together when one returns (self-clocked, as Nagle's algorithm). Each caller still gets
     its own result or error.
+
+    No caller waits longer than `call_timeout_s` (a `watch`, that beyond its `timeout_s`):
+    Ray holds calls to an actor that is restarting, or whose node died unnoticed yet, until
+    it answers again. Past the bound the caller gets `ShardUnavailable`; the call itself may
+    still run (a write then lands or not: the client retries it, idempotently).
     """
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, *, call_timeout_s: float = CALL_TIMEOUT_S) -> None:
         self._handle = handle
+        self._timeout_s = call_timeout_s
         self._pending: list[tuple[_Call, asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Task[None]] = set()
         self._scheduled = False
@@ -646,16 +672,20 @@ class _ActorShard:
         method = getattr(self._handle, name)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            return await _unwrapped(method.remote(*args, **kwargs))
+            timeout_s = self._timeout_s + float(kwargs.get("timeout_s", 0.0))
+            return await _unwrapped(method.remote(*args, **kwargs), timeout_s)
 
         async def coalesced(*args: Any, **kwargs: Any) -> Any:
             spec = kwargs.get("spec")
             if spec is not None and spec.webhook_url is not None:
                 return await call(*args, **kwargs)
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.add_done_callback(_retrieved)  # its caller may have stopped waiting
             self._pending.append(((name, args, kwargs), future))
             self._schedule()
-            return await future
+            # Shielded: the shared call goes on for the other callers; waiting for a call
+            # already out and then for its own, a write would wait twice the bound.
+            return await _bounded(asyncio.shield(future), self._timeout_s)
 
         chosen = coalesced if name in COALESCED else call
         setattr(self, name, chosen)  # made once per method: __getattr__ runs on misses only
@@ -682,9 +712,11 @@ class _ActorShard:
         try:
             if len(pending) == 1:
                 (name, args, kwargs), _ = pending[0]
-                results = [await _unwrapped(getattr(self._handle, name).remote(*args, **kwargs))]
+                ref = getattr(self._handle, name).remote(*args, **kwargs)
+                results = [await _unwrapped(ref, self._timeout_s)]
             else:
-                results = await _unwrapped(self._handle.many.remote([c for c, _ in pending]))
+                ref = self._handle.many.remote([c for c, _ in pending])
+                results = await _unwrapped(ref, self._timeout_s)
         except BaseException as exc:  # the call as a whole failed: each caller gets why
             results = [exc] * len(pending)
         for (_, future), result in zip(pending, results, strict=True):
@@ -696,11 +728,11 @@ class _ActorShard:
                 future.set_result(result)
 
 
-async def _unwrapped(ref: Awaitable[Any]) -> Any:
+async def _unwrapped(ref: Awaitable[Any], timeout_s: float = CALL_TIMEOUT_S) -> Any:
     from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
     try:
-        return await ref
+        return await _bounded(ref, timeout_s)
     except RayTaskError as exc:
         if isinstance(exc.cause, AosError):
             raise exc.cause from None
@@ -709,3 +741,23 @@ async def _unwrapped(ref: Awaitable[Any]) -> Any:
         raise ShardUnavailable(
             "the shard is restarting; retry shortly", retry_after_s=SHARD_RESTART_RETRY_AFTER_S
         ) from exc
+
+
+async def _bounded(call: Awaitable[Any], timeout_s: float) -> Any:
+    """`call`'s result, or `ShardUnavailable` once `timeout_s` passed without one (a timer on
+    the hot path, no extra task: `asyncio.timeout`, not `wait_for`)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await call
+    except TimeoutError:
+        raise ShardUnavailable(
+            f"the shard did not answer within {timeout_s:g} s (restarting, or its node was"
+            " lost); retry shortly",
+            retry_after_s=SHARD_RESTART_RETRY_AFTER_S,
+        ) from None
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a coalesced write's error as seen when its caller no longer waits for it."""
+    if not future.cancelled():
+        future.exception()

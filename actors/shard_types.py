@@ -38,6 +38,8 @@ class ShardConfig:
     #: The retention sweeper: a pass every this many seconds, at most this many jobs a pass.
     retention_sweep_interval_s: float = 5.0
     retention_sweep_batch: int = 100
+    #: A custom Ray resource: when named, shards run only on nodes that offer it (placement).
+    node_resource: str = ""
 
     @property
     def allowed_networks(self) -> tuple[Network, ...]:

@@ -20,7 +20,7 @@ from actors.webhooks.dispatcher import APP_NAME as DISPATCHER_APP
 from actors.webhooks.dispatcher import WebhookDispatcher
 from cluster import blocking, http_port, ray_connect
 from cluster.settings import Settings
-from serve_app.deployment import Api
+from serve_app.deployment import Api, actor_options
 from serve_app.deps import ApiConfig
 from serve_app.keys import key_hash
 from storage.errors import Conflict
@@ -69,6 +69,7 @@ def api_config(settings: Settings, key: str) -> ApiConfig:
         heartbeat_s=settings.heartbeat_s,
         max_in_flight=settings.max_in_flight,
         max_queued_s=settings.max_queued_s,
+        shard_call_timeout_s=settings.shard_call_timeout_s,
     )
 
 
@@ -140,9 +141,10 @@ def deploy(
     on_progress(f"starting {settings.num_shards} shards on {redacted(settings.storage_url)}")
     shards = deploy_shards(settings)
     on_progress("deploying the HTTP API")
-    app = Api.options(num_replicas=settings.num_replicas).bind(  # type: ignore[attr-defined]
-        api_config(settings, key), settings.shard_options()
-    )
+    app = Api.options(  # type: ignore[attr-defined]
+        num_replicas=settings.num_replicas,
+        ray_actor_options=actor_options(settings.api_resource),
+    ).bind(api_config(settings, key), settings.shard_options())
     serve.run(app, name=APP_NAME, route_prefix="/")
     host = f"[{settings.http_host}]" if ":" in settings.http_host else settings.http_host
     url = f"http://{host}:{settings.http_port}"
@@ -188,6 +190,7 @@ def start_serve(settings: Settings) -> bool:
         for where, at, choose in settings.listening():
             http_port.ensure_free(where, at, choose)
     serve.start(
+        proxy_location=settings.proxy_location,
         http_options={"host": host, "port": port},
         controller_options={"runtime_env": {"env_vars": settings.ingress_environment()}},
     )
@@ -214,7 +217,9 @@ def deploy_shards(settings: Settings) -> list[Any]:
         store_url=settings.storage_url,
         config=settings.shard_options(),
     )
-    blocking.run(_ready(ShardClient(num_shards=settings.num_shards)))
+    # Their first calls wait for their start (the lease, their Running jobs reloaded).
+    starting = ShardClient(num_shards=settings.num_shards, call_timeout_s=settings.start_timeout_s)
+    blocking.run(_ready(starting))
     return handles
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from actors.limits import MAX_CHUNK_BYTES
+from actors.shard_client import CALL_TIMEOUT_S
 from cluster.ingress import HAPROXY, HARD_STOP_AFTER_S, Ingress, environment
 from storage.registry import store_class
 
@@ -47,6 +48,18 @@ class Settings(BaseSettings):
     ray_connect_timeout_s: float = Field(default=10.0, gt=0)
     #: How long `aos serve` may take to start, Ray and Serve included, before it gives up.
     start_timeout_s: float = Field(default=300.0, gt=0)
+
+    # placement on a multi-node cluster (DESIGN-NOTES.md, "Shards over many nodes")
+    #: A custom Ray resource: shards run only on nodes that offer it ("" = any node).
+    shard_resource: str = ""
+    #: The same for `Api` replicas, e.g. "node:__internal_head__" (Ray's mark of the head).
+    api_resource: str = ""
+    #: Where Serve runs its HTTP proxies: unset, Serve's default (every node with a replica);
+    #: "HeadOnly" where several nodes share one machine (each would bind the same port).
+    proxy_location: Literal["EveryNode", "HeadOnly"] | None = None
+    #: The longest the ingress waits for a shard before answering 503 (a long-poll: this
+    #: beyond its own wait).
+    shard_call_timeout_s: float = Field(default=CALL_TIMEOUT_S, gt=0)
 
     # limits
     max_chunk_bytes: int = Field(default=MAX_CHUNK_BYTES, ge=1024)
@@ -124,6 +137,7 @@ class Settings(BaseSettings):
             "webhook_coalesce_s": self.webhook_coalesce_s,
             "retention_sweep_interval_s": self.retention_sweep_interval_s,
             "retention_sweep_batch": self.retention_sweep_batch,
+            "node_resource": self.shard_resource,
         }
 
     def ingress_environment(self) -> dict[str, str]:

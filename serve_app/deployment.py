@@ -28,6 +28,15 @@ OPTIONS: dict[str, Any] = {
 }
 
 
+def actor_options(node_resource: str = "") -> dict[str, Any]:
+    """The `Api` replicas' Ray options: with `node_resource` named, only on nodes offering it
+    (e.g. "node:__internal_head__", to keep them beside the head node's ingress)."""
+    options: dict[str, Any] = dict(OPTIONS["ray_actor_options"])
+    if node_resource:
+        options["resources"] = {node_resource: 0.001}
+    return options
+
+
 @serve.deployment(name="Api", **OPTIONS)
 @serve.ingress()
 class Api:
@@ -42,7 +51,9 @@ class Api:
         )
         store = open_store(config.store_url)
         await store.open()
-        shards = await ShardClient.discover(num_shards=config.num_shards, store=store)
+        shards = await ShardClient.discover(
+            num_shards=config.num_shards, store=store, call_timeout_s=config.shard_call_timeout_s
+        )
         self._deps = Deps.create(config, store, shards)
 
     def __serve_build_asgi_app__(self) -> FastAPI:

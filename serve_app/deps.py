@@ -15,7 +15,7 @@ from starlette.requests import HTTPConnection
 
 from actors.commands import check_namespace
 from actors.limits import MAX_APPEND_BYTES
-from actors.shard_client import ShardClient
+from actors.shard_client import CALL_TIMEOUT_S, ShardClient
 from serve_app.budget import ByteBudget, InFlight
 from serve_app.keys import KeyCache, Principal
 from storage.base import Store
@@ -36,6 +36,7 @@ class ApiConfig:
     max_in_flight: int = 512
     #: A request that waited longer than this to reach the replica is shed (the same module).
     max_queued_s: float = 3.0
+    shard_call_timeout_s: float = CALL_TIMEOUT_S
 
 
 #: Append bodies one replica holds at once: two of the largest (`MAX_APPEND_BYTES`); a

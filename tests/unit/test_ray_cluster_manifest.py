@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 
 import ray
@@ -96,3 +97,15 @@ def test_every_ray_pod_exports_metrics_on_a_named_port_that_the_podmonitor_scrap
     assert monitor["kind"] == "PodMonitor"
     assert monitor["spec"]["selector"]["matchLabels"] == {"ray.io/is-ray-node": "yes"}
     assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+
+
+def test_shards_run_only_on_the_worker_nodes_that_offer_their_resource():
+    serve_config = yaml.safe_load(_manifest()["spec"]["serveConfigV2"])
+    (api,) = [app for app in serve_config["applications"] if app["name"] == "aos"]
+    resource = api["args"]["shard_options"]["node_resource"]
+    cluster = _manifest()["spec"]["rayClusterConfig"]
+    assert resource not in cluster["headGroupSpec"]["rayStartParams"].get("resources", "")
+    for group in cluster["workerGroupSpecs"]:
+        # KubeRay passes the value to `ray start --resources` as is: a quoted JSON object.
+        offered = json.loads(json.loads(group["rayStartParams"]["resources"]))
+        assert offered[resource] >= 1
