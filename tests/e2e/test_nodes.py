@@ -1,7 +1,9 @@
 """Shards over several nodes, and the loss of one: on a three-node Ray cluster in one
 machine (tests/e2e/nodes_cluster.py), a worker holding a shard is killed while a producer
-appends. Every answer is a 2xx or a 503 with `Retry-After`, the shard comes back on a live
-node under a newer epoch, and every acknowledged append is in the output, in order."""
+appends and the history checker's clients (tests/history.py) submit, append, complete and
+cancel on both shards. Every answer is a 2xx or a 503 with `Retry-After`, the shard comes
+back on a live node under a newer epoch, every acknowledged append is in the output, in
+order, and the store holds exactly the acknowledged history."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from tests.e2e import served
 from tests.e2e.appender import Appender
 from tests.e2e.nodes_cluster import ADMIN_KEY, PREFIX
 from tests.e2e.waiting import wait_until
+from tests.history import check_history
 
 pytestmark = pytest.mark.e2e
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -101,8 +104,14 @@ def test_a_lost_node_s_shard_serves_again_on_a_live_node_and_no_acknowledged_app
 
         producer = Appender(nodes.url, ADMIN, namespace, "j").start()
         wait_until(lambda: len(producer.acked) >= 20, timeout_s=60, what="appends before")
-        killed_at = time.monotonic()
-        nodes.kill(victim)
+        killed_at = 0.0
+        after: list[dict[str, Any]] = []
+
+        def lose_the_node() -> None:  # the checker's fault: returns once the shard is back
+            nonlocal killed_at, after
+            killed_at = time.monotonic()
+            nodes.kill(victim)
+            after = wait_until(moved, timeout_s=90, what="the lost shards to serve on a live node")
 
         def moved() -> list[dict[str, Any]] | None:
             rows = shards(http)
@@ -111,7 +120,13 @@ def test_a_lost_node_s_shard_serves_again_on_a_live_node_and_no_acknowledged_app
                 return rows
             return None
 
-        after = wait_until(moved, timeout_s=90, what="the lost shards to serve on a live node")
+        history = check_history(
+            nodes.url, ADMIN_KEY, duration_s=12, fault=lose_the_node, fault_at_s=3, clients=4
+        )
+        print(history.summary())
+        assert history.ok, history.summary()  # lost, duplicated, gaps, foreign, bad: none
+        assert history.acked["submit"] > 0 and history.acked["append"] > 0, history.summary()
+        assert set(history.codes) <= {"503 shard_unavailable", "503 overloaded"}, history.codes
         wait_until(
             lambda: sum(at > killed_at for _, at in producer.acked) >= 10,
             timeout_s=90,
