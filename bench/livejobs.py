@@ -184,9 +184,11 @@ def shard_restart(handle: Any, sample: Job) -> float:
         got = ray.get(handle.get.remote(sample.namespace, job_id=sample.job_id), timeout=30)
         assert got.job_id == sample.job_id
 
-    until(new_process)
+    process_s = until(new_process)
     until(answered)
-    return time.perf_counter() - begin
+    took = time.perf_counter() - begin
+    print(f"  a new process answered after {process_s:.1f} s, the job after {took:.1f} s")
+    return took
 
 
 def actors_part(args: argparse.Namespace, tmp: str, report: list[str]) -> None:
