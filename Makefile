@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-http bench-spine bench-webhooks bench-output bench-ranges bench-stores bench-overload bench-metrics bench-nodeloss services services-stop clean
+.PHONY: install run test lint bench bench-http bench-spine bench-webhooks bench-output bench-ranges bench-stores bench-overload bench-metrics bench-nodeloss bench-livejobs services services-stop clean
 
 install: $(STAMP)
 
@@ -62,6 +62,10 @@ bench-stores: install
 # What the request metrics cost: wrk on a hot route with them and without, as a ratio.
 bench-metrics: install
 	$(BIN)/python bench/metrics.py $(BENCH_ARGS)
+# 1M Running jobs: bytes per live job in the shard actors, one shard's and the whole service's
+# restart (bench/README.md); BENCH_ARGS="--jobs 200000" for a shorter run.
+bench-livejobs: install
+	$(BIN)/python bench/livejobs.py $(BENCH_ARGS)
 
 # Every server the full suite uses (PostgreSQL, MariaDB, DynamoDB on moto, MongoDB on FerretDB,
 # Cassandra), under .services/; one "<name> <url>" line each on stdout. See .ci/services.

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from storage import sharing
+
 R = TypeVar("R")
 
 
@@ -116,15 +118,23 @@ class Job:
     @classmethod
     def from_plain(cls, values: dict[str, Any]) -> Job:
         """The job whose fields `values` holds as JSON gives them back: enums as their
-        strings, tuples as lists (how every backend but memory keeps a job's fields)."""
-        events = values["webhook_events"]
+        strings, tuples as lists (how every backend but memory keeps a job's fields).
+
+        Values that many jobs repeat come back shared (`storage.sharing`): a shard reloads
+        up to a million of these."""
+        created_at = values["created_at"]
         return cls(
             **{
                 **values,
+                "namespace": sharing.text(values["namespace"]),
+                "updated_at": sharing.same_or(values["updated_at"], created_at),
                 "status": JobStatus(values["status"]),
+                "progress": sharing.zero_or(values["progress"]),
                 "output_format": OutputFormat(values["output_format"]),
-                "tags": tuple(values["tags"]),
-                "webhook_events": None if events is None else tuple(events),
+                "tags": sharing.strings(values["tags"]),
+                "webhook_url": sharing.text(values["webhook_url"]),
+                "webhook_events": sharing.maybe_strings(values["webhook_events"]),
+                "ttl_s": sharing.integer(values["ttl_s"]),
             }
         )
 

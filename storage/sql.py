@@ -7,9 +7,9 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
-from storage import rules
+from storage import rules, sharing
 from storage.codec import pack, unpack
 from storage.errors import StoreUnavailable
 from storage.records import (
@@ -42,6 +42,8 @@ OFF_LOOP_BYTES = 256 * 1024
 #: int over 64 bits, a type it cannot adapt): the data's fault, never the store's.
 #: UnicodeEncodeError is a ValueError.
 BINDING_ERRORS: tuple[type[Exception], ...] = (ValueError, OverflowError, TypeError)
+
+T = TypeVar("T")
 
 
 def unavailable(where: str) -> StoreUnavailable:
@@ -375,7 +377,12 @@ class SqlStore(ABC):
         return int(rows[0][0])
 
     async def load_shard(self, slot: int) -> list[Job]:
-        return [self._job(row) for row in await self._fetch(LOAD_SHARD, (slot,))]
+        return await self._fetch_each(LOAD_SHARD, (slot,), self._job)
+
+    async def _fetch_each(self, sql: str, params: Params, record: Callable[[Row], T]) -> list[T]:
+        """`record` of each row of `sql`. A backend may read the rows page by page, so a
+        big read (a shard's 250,000 Running jobs) never holds all its rows at once."""
+        return [record(row) for row in await self._fetch(sql, params)]
 
     async def expired_jobs(
         self, slot: int, *, now: float, after: ExpiryCursor | None = None, limit: int = 100
@@ -563,10 +570,17 @@ class SqlStore(ABC):
 
     def _job(self, row: Row) -> Job:
         values = dict(zip(JOB_COLUMNS, row, strict=True))
-        values["tags"] = self._load_json(values["tags"])
+        values["tags"] = self._strings(values["tags"])
         events = values["webhook_events"]
-        values["webhook_events"] = None if events is None else self._load_json(events)
+        values["webhook_events"] = None if events is None else self._strings(events)
         return Job.from_plain(values)
+
+    def _strings(self, value: Any) -> tuple[str, ...]:
+        """A JSON list of strings as a shared tuple (`storage.sharing`); JSON text (SQLite,
+        MySQL) is parsed once per distinct text, as jobs repeat their tags."""
+        if isinstance(value, str):
+            return sharing.json_strings(value)
+        return sharing.strings(self._load_json(value))
 
     def _delivery_params(self, delivery: Delivery) -> Params:
         def attempts(items: tuple[Attempt, ...]) -> Any:
