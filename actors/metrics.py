@@ -91,6 +91,12 @@ OUTBOX_DEPTH = Gauge(
     description="Webhook deliveries a shard holds that are not delivered or failed yet.",
     tag_keys=("slot",),
 )
+JOBS = Counter(
+    "aos_jobs_total",
+    description="Jobs a shard made durable, by event: created (a new job, not a repeated "
+    "submit), succeeded, failed, cancelled (the job finished so).",
+    tag_keys=("slot", "event"),
+)
 WEBHOOK_DELIVERIES = Counter(
     "aos_webhook_deliveries_total",
     description="Webhook attempts recorded, by outcome: delivered (2xx), retrying (another "

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from actors import metrics
 from actors.appends import Appends
 from actors.commands import Completion, JobSpec, ProgressUpdate
 from actors.committer import GroupCommitter, durable
@@ -96,6 +97,8 @@ class Shard:
         )
         self._fenced = False
         self._outage = StoreOutage(store.ping)
+        #: Jobs made durable, by event (`metrics.JOBS`): created, and how each finished.
+        self._job_events = metrics.Tally(metrics.JOBS, ("slot", "event"))
         self._committer: GroupCommitter | None = None
         self._allowed = config.allowed_networks
         self.namespaces = NamespaceBook(
@@ -219,7 +222,11 @@ class Shard:
             self._admit()
         except StoreUnavailable as exc:
             return [SubmitResult(error=exc) for _ in items]
-        return await self._submits.submit_many(items)
+        results = await self._submits.submit_many(items)
+        for result in results:
+            if result.created:
+                self._job_events.add(str(self._config.slot), "created")
+        return results
 
     async def append(
         self,
@@ -502,7 +509,9 @@ class Shard:
         )
         detail = {"status": status.value}
         audit = audit_entry(now, job.namespace, actor, action, job.job_id, detail)
-        return await self._change(live, finished, audit=[audit])
+        finished = await self._change(live, finished, audit=[audit])
+        self._job_events.add(str(self._config.slot), status.value.lower())
+        return finished
 
     async def _change(
         self,

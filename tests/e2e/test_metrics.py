@@ -91,6 +91,8 @@ def test_our_metrics_are_exported_with_route_templates_and_the_values_requests_m
             total(samples, "ray_aos_commit_batch_size_count"),
             total(samples, "ray_aos_commit_duration_seconds_count"),
             total(samples, "ray_aos_webhook_deliveries_total", outcome="delivered"),
+            total(samples, "ray_aos_jobs_total", event="created"),
+            total(samples, "ray_aos_jobs_total", event="succeeded"),
             # The stream the session holds open (tests/e2e/soak.py).
             total(samples, "ray_aos_http_open_streams", route=JOB_ROUTE + "/stream"),
         ]

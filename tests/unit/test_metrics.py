@@ -1,5 +1,6 @@
 """The metrics' definitions (actors/metrics.py) and where the shard side records them: group
-commits, a full write buffer, webhook outcomes; and the HTTP edge's count of shed requests."""
+commits, a full write buffer, jobs created and finished, webhook outcomes; and the HTTP
+edge's count of shed requests."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ import pytest
 from ray.util.metrics import Counter, Metric
 
 from actors import metrics
+from actors.commands import Completion, JobSpec
 from actors.committer import GroupCommitter
+from actors.namespace_settings import NamespaceChanges
+from actors.shard import Shard, ShardConfig
+from actors.shard_client import ShardClient
 from serve_app import errors
 from storage.errors import Overloaded, StoreUnavailable
 from storage.memory import MemoryStore
-from storage.records import Delivery, DeliveryStatus, Job
+from storage.records import Delivery, DeliveryStatus, Job, JobStatus
 from tests.unit.recorded import Recorded, recording
 
 
@@ -37,7 +42,7 @@ def test_the_batch_size_buckets_reach_the_largest_batch() -> None:
 def test_every_metric_is_named_by_prometheus_conventions() -> None:
     defined = [v for v in vars(metrics).values() if isinstance(v, Metric)]
     names = {m.info["name"]: m for m in defined}
-    assert len(names) == len(defined) == 10
+    assert len(names) == len(defined) == 11
     for name, metric in names.items():
         assert name.startswith("aos_") and metric.info["description"]
         if isinstance(metric, Counter):
@@ -86,6 +91,32 @@ async def test_a_full_write_buffer_counts_the_write_it_refuses(monkeypatch):
     with pytest.raises(Overloaded):
         committer.add(jobs=[_job("b")])
     assert got["SHARD_SHED"].points == [(1, {"slot": "1"})]
+
+
+async def test_jobs_are_counted_once_durable_when_created_and_when_finished(monkeypatch):
+    got = recording(monkeypatch, "JOBS")  # before the shard: its tally holds the metric
+    store = MemoryStore()
+    await store.open()
+    shard = Shard(store, ShardConfig(slot=0, num_shards=1))
+    await shard.start()
+    shards = ShardClient.in_process([shard])
+    try:
+        await shards.create_namespace("default", NamespaceChanges())
+        for job_id in ("a", "b", "c"):
+            await shards.submit("default", JobSpec(), job_id=job_id)
+        await shards.submit("default", JobSpec(), job_id="a")  # the same request: not created
+        await shards.complete("default", "a", Completion(JobStatus.SUCCEEDED))
+        await shards.complete("default", "a", Completion(JobStatus.SUCCEEDED))  # repeated
+        await shards.complete("default", "b", Completion(JobStatus.FAILED, error="boom"))
+        await shards.cancel("default", "c")
+        shard._job_events.flush()  # what the tally holds goes out at most a second later
+    finally:
+        await shard.stop()
+    counted: dict[str, float] = {}
+    for value, tags in got["JOBS"].points:
+        assert tags["slot"] == "0"
+        counted[tags["event"]] = counted.get(tags["event"], 0) + value
+    assert counted == {"created": 3, "succeeded": 1, "failed": 1, "cancelled": 1}
 
 
 def test_webhook_outcomes_are_counted_by_the_status_each_delivery_was_left_in(monkeypatch):
