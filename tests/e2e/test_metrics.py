@@ -45,7 +45,7 @@ def total(samples: Iterable[Sample], name: str, **labels: str) -> float:
 
 
 def test_our_metrics_are_exported_with_route_templates_and_the_values_requests_made(
-    service, settings: Settings, tenant: Tenant, receiver: Receiver, held
+    service, settings: Settings, tenant: Tenant, receiver: Receiver
 ) -> None:
     job_id = f"metrics-{uuid.uuid4().hex[:8]}"
     http = tenant.http
@@ -61,6 +61,16 @@ def test_our_metrics_are_exported_with_route_templates_and_the_values_requests_m
 
     [endpoint] = ray_connect.metrics_endpoints()  # one node; on the port the settings name
     assert endpoint.endswith(f":{settings.metrics_port}")
+    streamed = f"{job_id}-streamed"
+    assert http.post("/api/v1/jobs", json={"jobId": streamed}).status_code == 201
+    with http.stream("GET", f"/api/v1/jobs/{streamed}/stream") as stream:  # open while scraped
+        assert stream.status_code == 200
+        _scraped_while_a_stream_is_open(endpoint, settings, tenant, job_id)
+
+
+def _scraped_while_a_stream_is_open(
+    endpoint: str, settings: Settings, tenant: Tenant, job_id: str
+) -> None:
 
     def exported() -> list[Sample] | None:
         samples = scrape(endpoint)
@@ -93,7 +103,7 @@ def test_our_metrics_are_exported_with_route_templates_and_the_values_requests_m
             total(samples, "ray_aos_webhook_deliveries_total", outcome="delivered"),
             total(samples, "ray_aos_jobs_total", event="created"),
             total(samples, "ray_aos_jobs_total", event="succeeded"),
-            # The stream the session holds open (tests/e2e/soak.py).
+            # The stream the test holds open.
             total(samples, "ray_aos_http_open_streams", route=JOB_ROUTE + "/stream"),
         ]
         return samples if all(value >= 1 for value in wanted) else None
