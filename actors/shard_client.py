@@ -5,12 +5,14 @@ Its methods mirror the shard's operations (`ShardApi`), with keyword-only option
 they check what the caller passed (namespace, job id, chunk size) before the hop, route
 by namespace (`actors.routing`), and raise our own errors (`storage.errors`): a shard
 actor that is restarting becomes `ShardUnavailable`. `events` is the replay-then-watch
-iterator over one job, the same for SSE and the Python client.
+iterator over one job, the same for SSE and the Python client; the iterators of one job
+share one watch on its shard (`actors.watch_hub`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -42,6 +44,7 @@ from actors.pieces import Pieces
 from actors.resume import ResumePoint, resume_after
 from actors.routing import RAY_NAMESPACE, shard_for, shard_name
 from actors.shard_types import AppendAck, AppendManyResult, SubmitItem, SubmitResult, Update
+from actors.watch_hub import WatchHub
 from storage.base import Store
 from storage.errors import AosError, NotFound, ShardUnavailable
 from storage.records import ApiKey, Chunk, Delivery, Job, Namespace, OutputVersion
@@ -157,6 +160,8 @@ class ShardClient:
         self._find = shards or _actor_shard
         self._shards: dict[int, ShardApi] = {}
         self._store = store
+        #: The streams of one job in this process share one watch on its shard (`events`).
+        self.hub = WatchHub(self._shared_watch)
 
     @classmethod
     def in_process(cls, shards: Sequence[ShardApi], *, store: Store | None = None) -> ShardClient:
@@ -489,23 +494,33 @@ class ShardClient:
         point = after_seq if isinstance(after_seq, ResumePoint) else ResumePoint(after_seq)
         after_seq, number = resume_after(job, view, point), view.version
 
-        async def watch(revision: int, pos: int, timeout_s: float) -> Update:
-            return await self.watch(
-                namespace, job_id, revision=revision, after_seq=pos, timeout_s=timeout_s
-            )
-
         async def read(pos: int, limit: int) -> list[Chunk]:
             return await self.read_output(
                 namespace, job_id, version=number, after_seq=pos, limit=limit
             )
 
-        return job_events(
-            job,
-            watch=watch,
-            read=read,
-            after_seq=after_seq,
-            heartbeat_s=heartbeat_s,
-            version=number,
+        async def live() -> AsyncIterator[Event]:
+            # Subscribed once iterated, not before: an iterator never started holds nothing.
+            with self.hub.subscribe(job) as subscription:
+                events = job_events(
+                    job,
+                    watch=subscription.watch,
+                    read=read,
+                    after_seq=after_seq,
+                    heartbeat_s=heartbeat_s,
+                    version=number,
+                )
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        yield event
+
+        return live()
+
+    async def _shared_watch(
+        self, namespace: str, job_id: str, revision: int, after_seq: int, timeout_s: float
+    ) -> Update:
+        return await self.watch(
+            namespace, job_id, revision=revision, after_seq=after_seq, timeout_s=timeout_s
         )
 
     # -- namespaces, keys, deliveries -------------------------------------------------------
