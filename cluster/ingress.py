@@ -57,7 +57,7 @@ PROXY_READY_S = 30
 #: HAProxy's `maxconn` asked of Serve (whose 4,096 held the 4,097th SSE stream in HAProxy's
 #: queue). The wrapper lowers it to what HAProxy's open-file limit allows (`fit_maxconn`).
 MAXCONN = 100_000
-#: Descriptors HAProxy keeps besides two per connection (it asks for 2 x maxconn + 17).
+#: Descriptors HAProxy keeps besides those of its connections and pipes (`fit_maxconn`).
 RESERVED_FDS = 64
 _MAXCONN = re.compile(r"(\s*maxconn\s+)(\d+)(\s*)")
 #: A 503 without `Retry-After` comes from Serve (its queue is full) or HAProxy, not from the
@@ -126,9 +126,10 @@ def haproxy_binary() -> str:
 
 def fit_maxconn(maxconn: int, max_fds: int) -> int:
     """The most connections HAProxy can hold with `max_fds` descriptors: each proxied one
-    holds two (the client's and the replica's). HAProxy refuses to start when 2 x `maxconn`
-    passes its hard limit ("Cannot raise FD limit"), and cannot raise that limit itself."""
-    return max(1, min(maxconn, (max_fds - RESERVED_FDS) // 2))
+    holds two (the client's and the replica's), and Serve's `option splice-*` makes HAProxy
+    keep maxconn / 4 pipes of two. HAProxy refuses to start when that passes its hard
+    limit ("Cannot raise FD limit"), and cannot raise the hard limit itself."""
+    return max(1, min(maxconn, (max_fds - RESERVED_FDS) * 2 // 5))
 
 
 def rewrite(config: str, admin_host: str, *, max_fds: int | None = None) -> str:

@@ -57,11 +57,11 @@ def test_only_the_stats_and_metrics_binds_move_and_the_api_frontend_answers_over
     assert rewrite(rewritten, "127.0.0.1") == rewritten  # idempotent
 
 
-def test_maxconn_is_fitted_to_the_open_file_limit_two_descriptors_a_connection():
-    assert fit_maxconn(100_000, 20_000) == 9_968  # HAProxy would refuse to start at 100,000
+def test_maxconn_is_fitted_to_the_open_file_limit_its_connections_and_pipes_need():
+    assert fit_maxconn(100_000, 20_000) == 7_974  # HAProxy asked 2.5 x 7,974 + 36 fds
     assert fit_maxconn(4_096, 1_048_576) == 4_096
     rewritten = rewrite(SERVE_CONFIG, "127.0.0.1", max_fds=20_000)
-    assert "global\n    maxconn 9968\n" in rewritten
+    assert "global\n    maxconn 7974\n" in rewritten
     assert rewrite(rewritten, "127.0.0.1", max_fds=20_000) == rewritten
     assert "    maxconn 100000\n" in rewrite(SERVE_CONFIG, "127.0.0.1")  # no limit given
 
