@@ -33,7 +33,8 @@ from actors.webhooks.dispatcher_client import DispatcherClient
 from storage.records import ApiKey, Chunk, Delivery, Job, Namespace, OutputVersion
 from storage.registry import open_store
 
-#: Async actor concurrency: every open SSE stream and long-poll holds one slot while it waits.
+#: Async actor concurrency: every long-poll holds one slot while it waits, and each job's
+#: SSE streams one per `Api` replica (`actors.watch_hub`).
 MAX_CONCURRENCY = 10_000
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, cast
 
@@ -502,13 +502,16 @@ class ShardClient:
         async def live() -> AsyncIterator[Event]:
             # Subscribed once iterated, not before: an iterator never started holds nothing.
             with self.hub.subscribe(job) as subscription:
-                events = job_events(
-                    job,
-                    watch=subscription.watch,
-                    read=read,
-                    after_seq=after_seq,
-                    heartbeat_s=heartbeat_s,
-                    version=number,
+                events = cast(  # an async generator: closed with this one
+                    AsyncGenerator[Event, None],
+                    job_events(
+                        job,
+                        watch=subscription.watch,
+                        read=read,
+                        after_seq=after_seq,
+                        heartbeat_s=heartbeat_s,
+                        version=number,
+                    ),
                 )
                 async with contextlib.aclosing(events):
                     async for event in events:
@@ -602,6 +605,10 @@ def _actor_shard(slot: int) -> ShardApi:
 #: Not `complete`: it may take seconds (a json job's document check, a version's SHA-256
 #: read back after a restart), and a slow call holds every write coalesced with it.
 COALESCED = frozenset({"submit", "append", "set_progress", "cancel"})
+#: The reads whose actor call is cancelled with its caller: awaiting a call's result and
+#: giving up leaves the call running in the actor (a `watch` held its slot, and counted as
+#: held, for up to `max_wait_s` after the last stream of its job closed).
+CANCELLED = frozenset({"watch"})
 #: An append at least this big crosses Ray as out-of-band buffers (`_out_of_band`).
 OUT_OF_BAND_BYTES = 1024 * 1024
 
@@ -663,6 +670,9 @@ class _ActorShard:
         async def call(*args: Any, **kwargs: Any) -> Any:
             return await _unwrapped(method.remote(*args, **kwargs))
 
+        async def cancellable(*args: Any, **kwargs: Any) -> Any:
+            return await _unwrapped(method.remote(*args, **kwargs), cancel=True)
+
         async def coalesced(*args: Any, **kwargs: Any) -> Any:
             spec = kwargs.get("spec")
             if spec is not None and spec.webhook_url is not None:
@@ -672,7 +682,7 @@ class _ActorShard:
             self._schedule()
             return await future
 
-        chosen = coalesced if name in COALESCED else call
+        chosen = coalesced if name in COALESCED else cancellable if name in CANCELLED else call
         setattr(self, name, chosen)  # made once per method: __getattr__ runs on misses only
         return chosen
 
@@ -711,11 +721,18 @@ class _ActorShard:
                 future.set_result(result)
 
 
-async def _unwrapped(ref: Awaitable[Any]) -> Any:
+async def _unwrapped(ref: Awaitable[Any], *, cancel: bool = False) -> Any:
+    """`ref`'s result, Ray's errors as ours; with `cancel`, the actor call is cancelled when
+    the wait for it is."""
+    import ray
     from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
     try:
         return await ref
+    except asyncio.CancelledError:
+        if cancel:
+            ray.cancel(ref)
+        raise
     except RayTaskError as exc:
         if isinstance(exc.cause, AosError):
             raise exc.cause from None
