@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -136,6 +137,12 @@ def memory() -> dict[str, int]:
         except OSError:
             continue
     return found
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's finished children (the Go client, once waited for)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def watches() -> int:
@@ -274,7 +281,7 @@ def run(url: str, key: str, client: Path, args: argparse.Namespace, out: Path) -
             http.post("/api/v1/jobs", json={"jobId": job_id}).raise_for_status()
         probe(http, jobs[0])  # warm-up
         before, mem_before, held_before = probe(http, jobs[0]), memory(), watches()
-        began = time.monotonic()
+        began, spent = time.monotonic(), children_cpu_s()
         proc = open_streams(client, url, key, jobs, n, http1=args.http1, out=out)
         print(f"{n} streams over {len(jobs)} jobs open in {time.monotonic() - began:.1f} s")
         time.sleep(3)  # the replicas settle (their last frames written)
@@ -287,6 +294,8 @@ def run(url: str, key: str, client: Path, args: argparse.Namespace, out: Path) -
     proc.stdin.close()
     print(f"  client: {proc.stdout.read().strip()}")
     proc.wait(timeout=120)
+    busy_s, lasted_s = children_cpu_s() - spent, time.monotonic() - began
+    print(f"  the Go client used {busy_s:.1f} s of CPU in {lasted_s:.0f} s (not the bottleneck)")
     delays, missing = latencies(out, sent, len(jobs), n, args.appends)
     print(f"\n== fan-out: {args.appends} appends x {len(jobs)} jobs, {len(delays)} deliveries ==")
     p50, p99 = quantile(delays, 0.5), quantile(delays, 0.99)
