@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-http bench-spine bench-webhooks bench-output bench-ranges bench-stores bench-overload bench-metrics bench-nodeloss bench-livejobs services services-stop clean
+.PHONY: install run test lint bench bench-http bench-spine bench-webhooks bench-output bench-ranges bench-stores bench-overload bench-metrics bench-nodeloss bench-livejobs bench-fanout services services-stop clean
 
 install: $(STAMP)
 
@@ -54,6 +54,10 @@ bench-overload: install
 # appends: gap, acknowledged appends lost, time until the shard serves again (bench/README.md).
 bench-nodeloss: install
 	$(BIN)/python bench/nodeloss.py $(BENCH_ARGS)
+# 10,000 SSE streams (BENCH_ARGS: --streams N --jobs J --appends M, or --quick): memory per
+# stream in the replicas, shard watches held, append-to-stream latency (bench/README.md).
+bench-fanout: install
+	$(BIN)/python bench/fanout.py $(BENCH_ARGS)
 
 # Each store backend's group commits/s, appends/s with 32 writers, rows per commit (make services first).
 bench-stores: install

@@ -99,6 +99,9 @@ class Shard:
         self._outage = StoreOutage(store.ping)
         #: Jobs made durable, by event (`metrics.JOBS`): created, and how each finished.
         self._job_events = metrics.Tally(metrics.JOBS, ("slot", "event"))
+        #: `watch` calls waiting now: SSE streams share one per job per replica, long-polls
+        #: hold one each (`actors.watch_hub`).
+        self._watches = 0
         self._committer: GroupCommitter | None = None
         self._allowed = config.allowed_networks
         self.namespaces = NamespaceBook(
@@ -202,6 +205,7 @@ class Shard:
             "batchSizes": dict(sorted(committer.batch_sizes.items())),
             "fenced": self._fenced,
             "pendingDeliveries": self._webhooks.pending_count,
+            "watches": self._watches,
         }
 
     # -- jobs: writes -------------------------------------------------------------------------
@@ -380,6 +384,20 @@ class Shard:
     ) -> Update:
         """Wait (at most `timeout_s`, capped) until the job's revision differs from `revision`
         or its output passes `after_seq`; return the committed job either way."""
+        self._watches += 1
+        try:
+            return await self._watch(namespace, job_id, revision, after_seq, timeout_s)
+        finally:
+            self._watches -= 1
+
+    async def _watch(
+        self,
+        namespace: str,
+        job_id: str,
+        revision: int | None,
+        after_seq: int | None,
+        timeout_s: float,
+    ) -> Update:
         deadline = time.monotonic() + min(max(float(timeout_s), 0.0), self._config.max_wait_s)
         live = await self._load(namespace, job_id)
         while True:

@@ -36,7 +36,8 @@ from storage.registry import open_store
 
 #: What a shard takes of its node's `ShardConfig.node_resource`: 1 of it holds 1,000 shards.
 RESOURCE_PER_SHARD = 0.001
-#: Async actor concurrency: every open SSE stream and long-poll holds one slot while it waits.
+#: Async actor concurrency: every long-poll holds one slot while it waits, and each job's
+#: SSE streams one per `Api` replica (`actors.watch_hub`).
 MAX_CONCURRENCY = 10_000
 #: How often a shard samples its gauges (write buffer, outbox) for the metrics export.
 GAUGES_INTERVAL_S = 2.0

@@ -5,15 +5,17 @@ Its methods mirror the shard's operations (`ShardApi`), with keyword-only option
 they check what the caller passed (namespace, job id, chunk size) before the hop, route
 by namespace (`actors.routing`), and raise our own errors (`storage.errors`): a shard
 actor that is restarting becomes `ShardUnavailable`. `events` is the replay-then-watch
-iterator over one job, the same for SSE and the Python client.
+iterator over one job, the same for SSE and the Python client; the iterators of one job
+share one watch on its shard (`actors.watch_hub`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import pickle
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, cast
 
@@ -43,6 +45,7 @@ from actors.pieces import Pieces
 from actors.resume import ResumePoint, resume_after
 from actors.routing import RAY_NAMESPACE, shard_for, shard_name
 from actors.shard_types import AppendAck, AppendManyResult, SubmitItem, SubmitResult, Update
+from actors.watch_hub import WatchHub
 from storage.base import Store
 from storage.errors import AosError, NotFound, ShardUnavailable
 from storage.records import ApiKey, Chunk, Delivery, Job, Namespace, OutputVersion
@@ -168,6 +171,8 @@ class ShardClient:
         self.call_timeout_s = call_timeout_s
         self._shards: dict[int, ShardApi] = {}
         self._store = store
+        #: The streams of one job in this process share one watch on its shard (`events`).
+        self.hub = WatchHub(self._shared_watch)
 
     @classmethod
     def in_process(cls, shards: Sequence[ShardApi], *, store: Store | None = None) -> ShardClient:
@@ -509,23 +514,36 @@ class ShardClient:
         point = after_seq if isinstance(after_seq, ResumePoint) else ResumePoint(after_seq)
         after_seq, number = resume_after(job, view, point), view.version
 
-        async def watch(revision: int, pos: int, timeout_s: float) -> Update:
-            return await self.watch(
-                namespace, job_id, revision=revision, after_seq=pos, timeout_s=timeout_s
-            )
-
         async def read(pos: int, limit: int) -> list[Chunk]:
             return await self.read_output(
                 namespace, job_id, version=number, after_seq=pos, limit=limit
             )
 
-        return job_events(
-            job,
-            watch=watch,
-            read=read,
-            after_seq=after_seq,
-            heartbeat_s=heartbeat_s,
-            version=number,
+        async def live() -> AsyncIterator[Event]:
+            # Subscribed once iterated, not before: an iterator never started holds nothing.
+            with self.hub.subscribe(job) as subscription:
+                events = cast(  # an async generator: closed with this one
+                    AsyncGenerator[Event, None],
+                    job_events(
+                        job,
+                        watch=subscription.watch,
+                        read=read,
+                        after_seq=after_seq,
+                        heartbeat_s=heartbeat_s,
+                        version=number,
+                    ),
+                )
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        yield event
+
+        return live()
+
+    async def _shared_watch(
+        self, namespace: str, job_id: str, revision: int, after_seq: int, timeout_s: float
+    ) -> Update:
+        return await self.watch(
+            namespace, job_id, revision=revision, after_seq=after_seq, timeout_s=timeout_s
         )
 
     # -- namespaces, keys, deliveries -------------------------------------------------------
@@ -607,6 +625,10 @@ def _actor_shard(slot: int, *, call_timeout_s: float = CALL_TIMEOUT_S) -> ShardA
 #: Not `complete`: it may take seconds (a json job's document check, a version's SHA-256
 #: read back after a restart), and a slow call holds every write coalesced with it.
 COALESCED = frozenset({"submit", "append", "set_progress", "cancel"})
+#: The reads whose actor call is cancelled with its caller: awaiting a call's result and
+#: giving up leaves the call running in the actor (a `watch` held its slot, and counted as
+#: held, for up to `max_wait_s` after the last stream of its job closed).
+CANCELLED = frozenset({"watch"})
 #: An append at least this big crosses Ray as out-of-band buffers (`_out_of_band`).
 OUT_OF_BAND_BYTES = 1024 * 1024
 
@@ -675,6 +697,10 @@ class _ActorShard:
             timeout_s = self._timeout_s + float(kwargs.get("timeout_s", 0.0))
             return await _unwrapped(method.remote(*args, **kwargs), timeout_s)
 
+        async def cancellable(*args: Any, **kwargs: Any) -> Any:
+            timeout_s = self._timeout_s + float(kwargs.get("timeout_s", 0.0))
+            return await _unwrapped(method.remote(*args, **kwargs), timeout_s, cancel=True)
+
         async def coalesced(*args: Any, **kwargs: Any) -> Any:
             spec = kwargs.get("spec")
             if spec is not None and spec.webhook_url is not None:
@@ -687,7 +713,7 @@ class _ActorShard:
             # already out and then for its own, a write would wait twice the bound.
             return await _bounded(asyncio.shield(future), self._timeout_s)
 
-        chosen = coalesced if name in COALESCED else call
+        chosen = coalesced if name in COALESCED else cancellable if name in CANCELLED else call
         setattr(self, name, chosen)  # made once per method: __getattr__ runs on misses only
         return chosen
 
@@ -728,11 +754,20 @@ class _ActorShard:
                 future.set_result(result)
 
 
-async def _unwrapped(ref: Awaitable[Any], timeout_s: float = CALL_TIMEOUT_S) -> Any:
+async def _unwrapped(
+    ref: Awaitable[Any], timeout_s: float = CALL_TIMEOUT_S, *, cancel: bool = False
+) -> Any:
+    """`ref`'s result within `timeout_s` (`_bounded`), Ray's errors as ours; with `cancel`,
+    the actor call is cancelled when the wait for it is."""
+    import ray
     from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
     try:
         return await _bounded(ref, timeout_s)
+    except asyncio.CancelledError:
+        if cancel:
+            ray.cancel(ref)
+        raise
     except RayTaskError as exc:
         if isinstance(exc.cause, AosError):
             raise exc.cause from None

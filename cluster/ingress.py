@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import resource
 import shutil
 import sys
 from pathlib import Path
@@ -57,6 +58,12 @@ HARD_STOP_AFTER_S = 3600
 #: starts another (Serve: 5 s). HAProxy's manager starts and checks a binary first; on two
 #: busy cores that took longer, and `serve.start` failed with the proxy killed.
 PROXY_READY_S = 30
+#: HAProxy's `maxconn` asked of Serve (whose 4,096 held the 4,097th SSE stream in HAProxy's
+#: queue). The wrapper lowers it to what HAProxy's open-file limit allows (`fit_maxconn`).
+MAXCONN = 100_000
+#: Descriptors HAProxy keeps besides those of its connections and pipes (`fit_maxconn`).
+RESERVED_FDS = 64
+_MAXCONN = re.compile(r"(\s*maxconn\s+)(\d+)(\s*)")
 #: A 503 without `Retry-After` comes from Serve (its queue is full) or HAProxy, not from the
 #: API (whose 503s say when to retry): answered as the API answers overload (RFC 9110
 #: §15.6.4), told to come back after 1 to 3 s, drawn per answer so retries spread out
@@ -105,6 +112,7 @@ def environment(
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_port),
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DRAIN_S),
         "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": str(hard_stop_after_s),
+        "RAY_SERVE_HAPROXY_MAXCONN": str(MAXCONN),
         ADMIN_HOST_VAR: admin_host,
     }
     wrapper = Path(sys.executable).with_name("aos-haproxy")
@@ -128,10 +136,19 @@ def haproxy_binary() -> str:
     return found
 
 
-def rewrite(config: str, admin_host: str) -> str:
+def fit_maxconn(maxconn: int, max_fds: int) -> int:
+    """The most connections HAProxy can hold with `max_fds` descriptors: each proxied one
+    holds two (the client's and the replica's), and Serve's `option splice-*` makes HAProxy
+    keep maxconn / 4 pipes of two. HAProxy refuses to start when that passes its hard
+    limit ("Cannot raise FD limit"), and cannot raise the hard limit itself."""
+    return max(1, min(maxconn, (max_fds - RESERVED_FDS) * 2 // 5))
+
+
+def rewrite(config: str, admin_host: str, *, max_fds: int | None = None) -> str:
     """`config` (Serve's haproxy.cfg) with the stats and metrics sections bound to
-    `admin_host`, `OVERLOADED_RULES` and `RECEIVED_RULES` in the API's frontend and
-    `REQUEST_HEAD_RULES` and `QUEUE_RULES` in the defaults. Idempotent."""
+    `admin_host`, `OVERLOADED_RULES` and `RECEIVED_RULES` in the API's frontend,
+    `REQUEST_HEAD_RULES` and `QUEUE_RULES` in the defaults and, given `max_fds` (HAProxy's
+    open-file limit), the global `maxconn` fitted to it (`fit_maxconn`). Idempotent."""
     lines: list[str] = []
     section = ""
     for line in config.splitlines():
@@ -140,6 +157,9 @@ def rewrite(config: str, admin_host: str) -> str:
         match = _BIND.fullmatch(line)
         if match and section.startswith(_ADMIN_SECTIONS):
             line = f"{match[1]}{admin_host}:{match[2]}{match[3]}"
+        limit = _MAXCONN.fullmatch(line)
+        if limit and section == "global" and max_fds is not None:
+            line = f"{limit[1]}{fit_maxconn(int(limit[2]), max_fds)}{limit[3]}"
         if line in (*OVERLOADED_RULES, *RECEIVED_RULES, *REQUEST_HEAD_RULES, *QUEUE_RULES):
             continue  # put back below, once
         lines.append(line)
@@ -155,7 +175,8 @@ def rewrite(config: str, admin_host: str) -> str:
 def main() -> NoReturn:
     """`aos-haproxy`: Serve runs it as its HAProxy binary (`RAY_SERVE_HAPROXY_BINARY_PATH`).
 
-    Rewrites the config named by `-f` (see `rewrite`), then becomes the real HAProxy
+    Rewrites the config named by `-f` (see `rewrite`; HAProxy raises its own soft open-file
+    limit to the `maxconn` fitted to the hard one), then becomes the real HAProxy
     (`AOS_HAPROXY_BINARY`, else the bundled one) with the same arguments.
     """
     args = sys.argv[1:]
@@ -163,7 +184,8 @@ def main() -> NoReturn:
     if "-f" in args[:-1]:
         path = Path(args[args.index("-f") + 1])
         rewritten = path.with_name(path.name + ".aos")
-        rewritten.write_text(rewrite(path.read_text(), host))
+        _, max_fds = resource.getrlimit(resource.RLIMIT_NOFILE)
+        rewritten.write_text(rewrite(path.read_text(), host, max_fds=max_fds))
         rewritten.replace(path)
     binary = os.environ.get(BINARY_VAR) or haproxy_binary()
     os.execv(binary, [binary, *args])

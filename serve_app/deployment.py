@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from typing import Any
 
 from fastapi import FastAPI
@@ -14,8 +15,10 @@ from serve_app.deps import ApiConfig, Deps
 from storage.registry import open_store
 
 #: Streams and long-polls hold a request slot for minutes: the default of 5 would let six
-#: open streams block every route (DESIGN-NOTES.md, Ray pitfalls). Past the queue: 503.
-MAX_ONGOING_REQUESTS = 5000
+#: open streams block every route (DESIGN-NOTES.md, Ray pitfalls). 10,000 streams must fit
+#: in one replica (the other may be restarting), with room for the requests beside them:
+#: past this, a request waits in the replica's queue for a stream to end. Past the queue: 503.
+MAX_ONGOING_REQUESTS = 20_000
 MAX_QUEUED_REQUESTS = 2000
 
 
@@ -46,6 +49,7 @@ class Api:
     async def __init__(  # type: ignore[misc]  # Serve supports async constructors
         self, config: ApiConfig, shard_options: dict[str, Any] | None = None
     ) -> None:
+        raise_open_file_limit()
         create_shards(
             num_shards=config.num_shards, store_url=config.store_url, config=shard_options
         )
@@ -58,6 +62,15 @@ class Api:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._deps)
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft open-file limit to its hard one (each open stream holds a
+    socket); the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 def build(args: dict[str, Any]) -> Any:

@@ -13,9 +13,11 @@ import pytest
 from cluster.ingress import (
     ADMIN_HOST_VAR,
     BINARY_VAR,
+    MAXCONN,
     OVERLOADED_RULES,
     RECEIVED_RULES,
     environment,
+    fit_maxconn,
     haproxy_binary,
     rewrite,
 )
@@ -24,6 +26,7 @@ from serve_app.shedding import RECEIVED_HEADER
 
 #: The parts of the config Serve 2.60 renders that matter here (haproxy_templates.py).
 SERVE_CONFIG = """global
+    maxconn 100000
     stats socket /tmp/haproxy-serve/admin.sock mode 666 level admin expose-fd listeners
 defaults
     mode http
@@ -59,6 +62,15 @@ def test_only_the_stats_and_metrics_binds_move_and_the_api_frontend_answers_over
     assert rewrite(rewritten, "127.0.0.1") == rewritten  # idempotent
 
 
+def test_maxconn_is_fitted_to_the_open_file_limit_its_connections_and_pipes_need():
+    assert fit_maxconn(100_000, 20_000) == 7_974  # HAProxy asked 2.5 x 7,974 + 36 fds
+    assert fit_maxconn(4_096, 1_048_576) == 4_096
+    rewritten = rewrite(SERVE_CONFIG, "127.0.0.1", max_fds=20_000)
+    assert "global\n    maxconn 7974\n" in rewritten
+    assert rewrite(rewritten, "127.0.0.1", max_fds=20_000) == rewritten
+    assert "    maxconn 100000\n" in rewrite(SERVE_CONFIG, "127.0.0.1")  # no limit given
+
+
 def test_haproxy_mode_sets_serves_switches_ports_and_the_wrapper():
     env = environment(
         "haproxy", admin_host="10.0.0.7", stats_port=1, metrics_port=2, fallback_port=3
@@ -68,6 +80,7 @@ def test_haproxy_mode_sets_serves_switches_ports_and_the_wrapper():
     assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "2"
     assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "3"
     assert env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"] == "3600"  # streams outlive reloads
+    assert env["RAY_SERVE_HAPROXY_MAXCONN"] == str(MAXCONN)  # not Serve's 4,096 streams
     assert env[ADMIN_HOST_VAR] == "10.0.0.7"
     assert env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] == "30"  # slow machines start slowly
     assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("/aos-haproxy")

@@ -1,0 +1,3 @@
+module aos/bench/sse_client
+
+go 1.24
