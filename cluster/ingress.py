@@ -49,7 +49,7 @@ _DEFAULTS = "defaults"
 REQUEST_HEAD_RULES = ("    timeout http-request 30s",)
 #: Serve gives its servers no `maxconn`, so HAProxy queues no request today; should one ever
 #: queue, it waits at most this long, then is a 503 (made the API's overload answer below),
-#: not the 5 s of `timeout connect` that HAProxy would wait by default (DESIGN-NOTES NN).
+#: not the 5 s of `timeout connect` that HAProxy would wait by default (DESIGN-NOTES 48).
 QUEUE_RULES = ("    timeout queue 1s",)
 #: Seconds an HAProxy that a reload replaced keeps its connections (Serve's default, 120 s,
 #: cut every SSE stream 120 s after any reload).
