@@ -1,7 +1,8 @@
 // sse_client: the load generator of bench/fanout.py. Opens N SSE streams (stream i follows
 // job i mod J), prints "open N" once every stream got its first event, then writes one line
 // "<stream> <seq> <unix ns>" per output event it receives to -out, until stdin closes.
-// Stdlib only; -h2 multiplexes the streams over HTTP/2 without TLS (prior knowledge), as a
+// A 503 (the service shedding a burst of opens) is retried after its Retry-After, as a
+// client must; the retries are counted. Stdlib only; -h2 multiplexes the streams over HTTP/2 without TLS (prior knowledge), as a
 // browser multiplexes EventSource streams to one origin.
 package main
 
@@ -14,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,7 +51,7 @@ func main() {
 	ctx, cancel := context.WithCancel(context.Background())
 
 	events := make(chan received, 65536)
-	var opened, failed atomic.Int64
+	var opened, failed, shed atomic.Int64
 	var wg sync.WaitGroup
 	openedAll := make(chan struct{})
 	var once sync.Once
@@ -57,7 +59,7 @@ func main() {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			err := follow(ctx, client, *url, *key, ids[i%len(ids)], i, events, func() {
+			err := follow(ctx, client, *url, *key, ids[i%len(ids)], i, events, &shed, func() {
 				if opened.Add(1) == int64(*streams) {
 					once.Do(func() { close(openedAll) })
 				}
@@ -93,7 +95,8 @@ func main() {
 	}()
 	go func() {
 		for range time.Tick(5 * time.Second) {
-			fmt.Fprintf(os.Stderr, "sse_client: %d open, %d failed\n", opened.Load(), failed.Load())
+			fmt.Fprintf(os.Stderr, "sse_client: %d open, %d failed, %d shed and retried\n",
+				opened.Load(), failed.Load(), shed.Load())
 		}
 	}()
 	io.Copy(io.Discard, os.Stdin) // until the bench closes stdin
@@ -101,20 +104,38 @@ func main() {
 	wg.Wait()
 	close(events)
 	<-written
-	fmt.Printf("done opened=%d failed=%d\n", opened.Load(), failed.Load())
+	fmt.Printf("done opened=%d failed=%d shed=%d\n", opened.Load(), failed.Load(), shed.Load())
 }
 
-// follow reads one stream: calls ready at its first progress event, sends each output event's seq.
+// follow reads one stream: calls ready at its first progress event, sends each output event's
+// seq. A 503 is retried after its Retry-After (whole seconds; 1 when absent), counted in shed.
 func follow(ctx context.Context, client *http.Client, url, key, job string, stream int,
-	events chan<- received, ready func()) error {
-	req, err := http.NewRequestWithContext(ctx, "GET", url+"/api/v1/jobs/"+job+"/stream", nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
+	events chan<- received, shed *atomic.Int64, ready func()) error {
+	var resp *http.Response
+	for {
+		req, err := http.NewRequestWithContext(ctx, "GET", url+"/api/v1/jobs/"+job+"/stream", nil)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err = client.Do(req)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			break
+		}
+		resp.Body.Close()
+		shed.Add(1)
+		wait, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+		if err != nil || wait < 1 {
+			wait = 1
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(wait) * time.Second):
+		}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
