@@ -29,7 +29,6 @@ import argparse
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,7 @@ import httpx  # noqa: E402
 import ray  # noqa: E402
 
 from actors.routing import RAY_NAMESPACE, shard_name  # noqa: E402
+from bench.http import free_port  # noqa: E402
 from cluster import bootstrap, ray_connect  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
 
@@ -75,13 +75,6 @@ class Probe:
     get_p99: float
     submit_p50: float
     submit_p99: float
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def quantile(values: list[float], q: float) -> float:
