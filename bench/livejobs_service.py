@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import httpx
 from bench import livejobs_data as data
 from storage.records import Job
 from storage.sqlite import SqliteStore
+from tests.e2e.served import kill_all
 
 TARGET_SERVICE_RESTART_S = 60.0
 ADMIN_KEY = "bench-livejobs-admin"
@@ -58,21 +58,6 @@ def launch(path: str, shards: int, port: int) -> subprocess.Popen[str]:
     )
 
 
-def kill_session(proc: subprocess.Popen[str]) -> None:
-    """SIGKILL every process of the service's session: the driver and the Ray it started."""
-    rows = subprocess.run(
-        ["ps", "-e", "-o", "pid=,sess="], capture_output=True, text=True, check=True
-    ).stdout.splitlines()
-    for row in rows:
-        parts = row.split()
-        if len(parts) == 2 and int(parts[1]) == proc.pid:
-            try:
-                os.kill(int(parts[0]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    proc.wait(timeout=30)
-
-
 def start_time(path: str, shards: int, samples: list[Job], *, timeout_s: float = 600) -> float:
     """Seconds from launching `aos serve` on `path` until it said it is ready and every job of
     `samples` was read over HTTP; the service is then killed."""
@@ -96,7 +81,7 @@ def start_time(path: str, shards: int, samples: list[Job], *, timeout_s: float =
         print(f"  ready after {ready_s:.1f} s, every shard's job read after {took:.1f} s")
         return took
     finally:
-        kill_session(proc)
+        kill_all(proc)
 
 
 def read_all(url: str, samples: list[Job]) -> None:
