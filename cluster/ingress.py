@@ -80,6 +80,17 @@ OVERLOADED_RULES = (
 #: any a client sent): a replica sheds a request that waited too long to reach it
 #: (serve_app/shedding.py `RECEIVED_HEADER`, `AOS_MAX_QUEUED_S`).
 RECEIVED_RULES = ("    http-request set-header X-Aos-Received-Ms %[date(0,ms)]",)
+#: Serve's direct ingress watches every request for its client's disconnect with a task, a
+#: queue and a second task of its own (ray/serve/_private/replica.py), ~10 KB an open SSE
+#: stream, unless the request says `X-Request-Disconnect-Disabled: ?1`. A stream listens
+#: for its disconnect itself (serve_app/sse.py `until_disconnect`), so HAProxy says it for
+#: the streams, and for no other request (a client's own is removed): those Serve cancels
+#: when their client leaves (DESIGN-NOTES "Ten thousand streams").
+STREAM_RULES = (
+    "    http-request del-header X-Request-Disconnect-Disabled",
+    "    http-request set-header X-Request-Disconnect-Disabled ?1"
+    " if METH_GET { path_reg ^/api/v1/jobs/[^/]+/stream$ }",
+)
 
 
 def environment(
@@ -146,7 +157,7 @@ def fit_maxconn(maxconn: int, max_fds: int) -> int:
 
 def rewrite(config: str, admin_host: str, *, max_fds: int | None = None) -> str:
     """`config` (Serve's haproxy.cfg) with the stats and metrics sections bound to
-    `admin_host`, `OVERLOADED_RULES` and `RECEIVED_RULES` in the API's frontend,
+    `admin_host`, `OVERLOADED_RULES`, `RECEIVED_RULES` and `STREAM_RULES` in the API's frontend,
     `REQUEST_HEAD_RULES` and `QUEUE_RULES` in the defaults and, given `max_fds` (HAProxy's
     open-file limit), the global `maxconn` fitted to it (`fit_maxconn`). Idempotent."""
     lines: list[str] = []
@@ -160,12 +171,19 @@ def rewrite(config: str, admin_host: str, *, max_fds: int | None = None) -> str:
         limit = _MAXCONN.fullmatch(line)
         if limit and section == "global" and max_fds is not None:
             line = f"{limit[1]}{fit_maxconn(int(limit[2]), max_fds)}{limit[3]}"
-        if line in (*OVERLOADED_RULES, *RECEIVED_RULES, *REQUEST_HEAD_RULES, *QUEUE_RULES):
+        if line in (
+            *OVERLOADED_RULES,
+            *RECEIVED_RULES,
+            *STREAM_RULES,
+            *REQUEST_HEAD_RULES,
+            *QUEUE_RULES,
+        ):
             continue  # put back below, once
         lines.append(line)
         if section == _API_FRONTEND and line == section:
             lines.extend(OVERLOADED_RULES)
             lines.extend(RECEIVED_RULES)
+            lines.extend(STREAM_RULES)
         if section == _DEFAULTS and line == section:
             lines.extend(REQUEST_HEAD_RULES)
             lines.extend(QUEUE_RULES)

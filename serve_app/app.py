@@ -35,6 +35,8 @@ def create_app(deps: Deps | None = None, *, request_metrics: bool = True) -> Fas
     app.state.deps = deps
     errors.install(app)
     openapi.install(app)
+    # Innermost: a stream is served here, after the guard, without FastAPI's routing.
+    app.add_middleware(sse.StreamDoor)
     # Every /api/ request: the key first, then a bounded body (a batch submit's may be larger).
     app.add_middleware(Guard, body_limits={batch.PATH: MAX_BATCH_BODY_BYTES})
     app.add_middleware(Shedder)  # outside the Guard: a request shed costs no key check

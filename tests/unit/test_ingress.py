@@ -16,6 +16,7 @@ from cluster.ingress import (
     MAXCONN,
     OVERLOADED_RULES,
     RECEIVED_RULES,
+    STREAM_RULES,
     environment,
     fit_maxconn,
     haproxy_binary,
@@ -56,6 +57,7 @@ def test_only_the_stats_and_metrics_binds_move_and_the_api_frontend_answers_over
     assert "defaults\n    timeout http-request 30s\n    timeout queue 1s\n" in rewritten
     restored = rewritten.replace(OVERLOADED_RULES[0] + "\n", "")
     restored = restored.replace(RECEIVED_RULES[0] + "\n", "")
+    restored = restored.replace("".join(rule + "\n" for rule in STREAM_RULES), "")
     restored = restored.replace("    timeout http-request 30s\n    timeout queue 1s\n", "")
     restored = restored.replace("127.0.0.1:9101", ":9101").replace("127.0.0.1:8404", "*:8404")
     assert restored == SERVE_CONFIG
@@ -156,3 +158,18 @@ def test_haproxy_stamps_requests_with_the_header_the_replicas_read():
         RECEIVED_HEADER,
         "%[date(0,ms)]",  # ms since the epoch, as serve_app.shedding.queued_s reads it
     )
+
+
+def test_haproxy_tells_serve_that_a_stream_listens_for_its_disconnect_itself():
+    """Only `GET .../stream` carries the header Serve reads (a client's own goes); with it
+    Serve holds no task and queue of its own per stream (serve_app/sse.py `until_disconnect`)."""
+    from ray.serve._private.constants import SERVE_HTTP_REQUEST_DISCONNECT_DISABLED_HEADER
+    from ray.serve._private.http_util import parse_disconnect_disabled_header
+
+    removed, added = (rule.split() for rule in STREAM_RULES)
+    assert removed[:2] == ["http-request", "del-header"]
+    assert added[:2] == ["http-request", "set-header"]
+    assert removed[2].lower() == added[2].lower() == SERVE_HTTP_REQUEST_DISCONNECT_DISABLED_HEADER
+    assert parse_disconnect_disabled_header({added[2].lower().encode(): added[3].encode()})
+    assert added[4:6] == ["if", "METH_GET"]
+    assert "^/api/v1/jobs/[^/]+/stream$" in STREAM_RULES[1]
