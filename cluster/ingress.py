@@ -93,6 +93,22 @@ STREAM_RULES = (
 )
 
 
+#: Each `Api` replica serves its SSE streams on Serve's port for it plus this
+#: (serve_app/stream_server.py): Serve gives replicas ports 30000-31000
+#: (`RAY_SERVE_DIRECT_INGRESS_{MIN,MAX}_HTTP_PORT`), so streams use 22000-23000, below
+#: Linux's ephemeral ports (32768-) and above Ray's worker ports (10002-19999).
+STREAM_PORT_OFFSET = -8000
+#: The backend HAProxy sends the SSE streams of an app's backend to: its replicas' stream
+#: servers (serve_app/stream_server.py), Serve's port + `STREAM_PORT_OFFSET`, checked at
+#: `STREAM_HEALTH_PATH`; its backup stays Serve's proxy, where the route serves them.
+STREAM_BACKEND_SUFFIX = "-streams"
+STREAM_HEALTH_PATH = "/healthz"
+_STREAM_REQUEST = "METH_GET { path_reg ^/api/v1/jobs/[^/]+/stream$ }"
+_USE_BACKEND = re.compile(r"(\s*)use_backend (\S+) if (is_\S+)(.*)")
+_SERVER = re.compile(r"(\s*server \S+ \S+):(\d+)(.*)")
+_HTTPCHK = re.compile(r"(\s*option httpchk GET )\S+")
+
+
 def environment(
     ingress: Ingress,
     *,
@@ -187,7 +203,49 @@ def rewrite(config: str, admin_host: str, *, max_fds: int | None = None) -> str:
         if section == _DEFAULTS and line == section:
             lines.extend(REQUEST_HEAD_RULES)
             lines.extend(QUEUE_RULES)
-    return "\n".join(lines) + "\n"
+    return "\n".join(stream_backends(lines)) + "\n"
+
+
+def stream_backends(lines: list[str], offset: int = STREAM_PORT_OFFSET) -> list[str]:
+    """`lines` (a config) where each app backend `B` has a twin `B-streams` for the SSE
+    streams (`_STREAM_REQUEST`, routed there just before `use_backend B`): the same
+    servers at their port + `offset`, health-checked at `STREAM_HEALTH_PATH`, the backup
+    (Serve's fallback proxy) as it is. Twins already there are made again."""
+    sections: list[list[str]] = []
+    for line in lines:
+        if not sections or (line and not line[0].isspace()):
+            sections.append([])
+        sections[-1].append(line)
+    out: list[str] = []
+    for section in sections:
+        name = section[0].split()[1] if section[0].startswith("backend ") else ""
+        if name.endswith(STREAM_BACKEND_SUFFIX):
+            continue
+        for line in section:
+            use = _USE_BACKEND.fullmatch(line)
+            if use and use[2].endswith(STREAM_BACKEND_SUFFIX):
+                continue
+            if use and not use[4] and not use[2].endswith("-via-ingress-request-router"):
+                out.append(
+                    f"{use[1]}use_backend {use[2]}{STREAM_BACKEND_SUFFIX} if {use[3]} "
+                    + _STREAM_REQUEST
+                )
+            out.append(line)
+        if name and name != "default_backend" and any(_SERVER.match(x) for x in section):
+            out.extend(_stream_twin(section, offset))
+    return out
+
+
+def _stream_twin(section: list[str], offset: int) -> list[str]:
+    twin = [f"{section[0]}{STREAM_BACKEND_SUFFIX}"]
+    for line in section[1:]:
+        server, check = _SERVER.fullmatch(line), _HTTPCHK.match(line)
+        if server and " backup" not in server[3]:
+            line = f"{server[1]}:{int(server[2]) + offset}{server[3]}"
+        elif check:
+            line = f"{check[1]}{STREAM_HEALTH_PATH}"
+        twin.append(line)
+    return twin
 
 
 def main() -> NoReturn:

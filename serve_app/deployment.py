@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import resource
 from typing import Any
 
@@ -12,6 +14,7 @@ from actors.shard_actor import create_shards
 from actors.shard_client import ShardClient
 from serve_app.app import create_app
 from serve_app.deps import ApiConfig, Deps
+from serve_app.stream_server import StreamServer, listening_ports, serve_beside
 from storage.registry import open_store
 
 #: Streams and long-polls hold a request slot for minutes: the default of 5 would let six
@@ -58,10 +61,21 @@ class Api:
         shards = await ShardClient.discover(
             num_shards=config.num_shards, store=store, call_timeout_s=config.shard_call_timeout_s
         )
-        self._deps = Deps.create(config, store, shards)
+        self._app = create_app(Deps.create(config, store, shards))
+        self._streams: asyncio.Task[StreamServer | None] | None = None
+        if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":  # HAProxy sends streams there
+            self._streams = asyncio.create_task(serve_beside(self._app, _serve_ports))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self._deps)
+        return self._app
+
+
+def _serve_ports() -> list[tuple[str, int]]:
+    """Where Serve's direct-ingress server of this replica listens: the one port of Serve's
+    range (`RAY_SERVE_DIRECT_INGRESS_{MIN,MAX}_HTTP_PORT`) this process listens on."""
+    low = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "30000"))
+    high = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "31000"))
+    return listening_ports(low, high)
 
 
 def raise_open_file_limit() -> int:

@@ -103,12 +103,13 @@ class EventStream(StreamingResponse):
 
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        await _send_frame(send, f"retry: {self.retry_ms}\n\n")
+        await _send_frame(send, f"retry: {self.retry_ms}\n\n".encode())
         try:
             async for event in self.events:
-                await _send_frame(send, format_event(event))
+                await _send_frame(send, FRAMES.of(event))
         except AosError as exc:  # e.g. the job was deleted while we streamed
-            await _send_frame(send, _frame("error", {"code": exc.code, "message": exc.message}))
+            error = _frame("error", {"code": exc.code, "message": exc.message})
+            await _send_frame(send, error.encode())
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -121,8 +122,38 @@ class EventStream(StreamingResponse):
             await self.background()
 
 
-async def _send_frame(send: Send, frame: str) -> None:
-    await send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
+async def _send_frame(send: Send, frame: bytes) -> None:
+    await send({"type": "http.response.body", "body": frame, "more_body": True})
+
+
+class Frames:
+    """The newest events' frames, by the identity of their job and chunk: the streams of a
+    job in one replica are handed the very same `Job` and `Chunk` objects by the watch hub
+    (actors/watch_hub.py), so each frame is rendered (`format_event`) once, not once per
+    stream. Holds frames of at most `max_bytes` in all (and their events), oldest out first."""
+
+    def __init__(self, max_bytes: int = 4 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._frames: dict[tuple[EventKind, int, int], tuple[Event, bytes]] = {}
+        self._bytes = 0
+
+    def of(self, event: Event) -> bytes:
+        """`format_event(event)`, encoded."""
+        key = (event.kind, id(event.job), id(event.chunk))
+        held = self._frames.get(key)
+        if held is not None:  # its job and chunk are held alive: their ids are theirs alone
+            return held[1]
+        frame = format_event(event).encode()
+        while self._frames and self._bytes + len(frame) > self.max_bytes:
+            self._bytes -= len(self._frames.pop(next(iter(self._frames)))[1])
+        if len(frame) <= self.max_bytes:
+            self._frames[key] = (event, frame)
+            self._bytes += len(frame)
+        return frame
+
+
+#: This process's frames (a replica's streams share them).
+FRAMES = Frames()
 
 
 _RAW_HEADERS = StreamingResponse(iter(()), media_type=MEDIA_TYPE, headers=HEADERS).raw_headers

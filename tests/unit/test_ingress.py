@@ -16,6 +16,7 @@ from cluster.ingress import (
     MAXCONN,
     OVERLOADED_RULES,
     RECEIVED_RULES,
+    STREAM_PORT_OFFSET,
     STREAM_RULES,
     environment,
     fit_maxconn,
@@ -37,12 +38,53 @@ frontend prometheus
     http-request use-service prometheus-exporter if { path /metrics }
 frontend http_frontend
     bind *:8000
+    acl is_http-aos path_beg /
+    use_backend http-aos if is_http-aos
+    default_backend default_backend
+backend default_backend
+    http-request return status 404 content-type text/plain lf-string "Path '%[path]' not found."
 backend http-aos
-    server replica 127.0.0.1:30000 check
+    log global
+    http-reuse always
+    option httpchk GET /-/healthz
+    http-check expect status 200
+    default-server inter 5s fall 3 rise 2
+    server replica_a 127.0.0.1:30000 check
+    server replica_b 10.0.0.7:30012 check
+    server fallback 127.0.0.1:8001 check backup
 listen stats
   bind *:8404
   stats enable
 """
+
+#: What the rewrite adds for the streams (`stream_backends`), the twin after its backend.
+STREAM_TWIN = f"""backend http-aos-streams
+    log global
+    http-reuse always
+    option httpchk GET /healthz
+    http-check expect status 200
+    default-server inter 5s fall 3 rise 2
+    server replica_a 127.0.0.1:{30000 + STREAM_PORT_OFFSET} check
+    server replica_b 10.0.0.7:{30012 + STREAM_PORT_OFFSET} check
+    server fallback 127.0.0.1:8001 check backup
+"""
+
+
+def test_the_streams_go_to_each_replicas_stream_server_and_the_rest_to_serve():
+    """`GET .../stream` is routed, just before the app's own rule, to a twin of the app's
+    backend whose servers are the replicas' stream servers (Serve's port + the offset),
+    checked at the app's /healthz; the backup stays Serve's proxy, where the route serves
+    streams too. Nothing else changes."""
+    rewritten = rewrite(SERVE_CONFIG, "127.0.0.1")
+    assert (
+        "    use_backend http-aos-streams if is_http-aos METH_GET"
+        " { path_reg ^/api/v1/jobs/[^/]+/stream$ }\n"
+        "    use_backend http-aos if is_http-aos\n"
+    ) in rewritten
+    assert rewritten.count("use_backend") == 2
+    backends = rewritten.split("\nlisten stats")[0].split("backend http-aos\n", 1)[1]
+    assert backends.split("\n", 8)[-1] == STREAM_TWIN.rstrip("\n")
+    assert "backend default_backend-streams" not in rewritten
 
 
 def test_only_the_stats_and_metrics_binds_move_and_the_api_frontend_answers_overload():
@@ -60,6 +102,8 @@ def test_only_the_stats_and_metrics_binds_move_and_the_api_frontend_answers_over
     restored = restored.replace("".join(rule + "\n" for rule in STREAM_RULES), "")
     restored = restored.replace("    timeout http-request 30s\n    timeout queue 1s\n", "")
     restored = restored.replace("127.0.0.1:9101", ":9101").replace("127.0.0.1:8404", "*:8404")
+    restored = restored.replace(STREAM_TWIN, "")
+    restored = "".join(line for line in restored.splitlines(True) if "-streams" not in line)
     assert restored == SERVE_CONFIG
     assert rewrite(rewritten, "127.0.0.1") == rewritten  # idempotent
 

@@ -150,3 +150,25 @@ async def test_a_cancel_from_elsewhere_is_raised():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_a_frame_is_rendered_once_for_every_stream_handed_the_same_event() -> None:
+    """The hub hands each stream of a job the same `Job` and `Chunk`: one rendering for all;
+    another job or chunk is rendered anew, and the frames held stay under their bound."""
+    from actors.feed import Event, EventKind
+    from tests.unit.test_watch_hub import _chunk, _job
+
+    frames = sse.Frames(max_bytes=400)
+    job = _job("j1")
+    chunk = _chunk(1, "j1")
+    first = frames.of(Event(EventKind.OUTPUT, job, chunk))
+    assert first == sse.format_event(Event(EventKind.OUTPUT, job, chunk)).encode()
+    assert frames.of(Event(EventKind.OUTPUT, job, chunk)) is first  # not rendered again
+    assert frames.of(Event(EventKind.STATUS, job)) != first
+    copy = _chunk(1, "j1")
+    again = frames.of(Event(EventKind.OUTPUT, job, copy))
+    assert again == first and again is not first  # an equal chunk read elsewhere: rendered
+    for n in range(2, 10):
+        frames.of(Event(EventKind.OUTPUT, job, _chunk(n, "j1")))
+    assert 0 < frames._bytes <= 400
+    assert len(frames._frames) < 10
