@@ -27,8 +27,9 @@ import ipaddress
 import logging
 import os
 from collections.abc import Callable
+from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 import httptools
@@ -114,8 +115,7 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         self._server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -252,7 +252,7 @@ class _Connection(asyncio.Protocol):
             await self._drained
 
     def _response_head(self, status: int, headers: Any) -> bytes:
-        lines = [b"HTTP/1.1 %d %b\r\n" % (status, _reason(status))]
+        lines = [b"HTTP/1.1 %d %b\r\ndate: %b\r\n" % (status, _reason(status), _date())]
         length = False
         for name, value in headers:
             lowered = bytes(name).lower()
@@ -282,6 +282,11 @@ class _Connection(asyncio.Protocol):
     def _close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
+
+
+def _date() -> bytes:
+    """Now as an HTTP date (RFC 9110 §5.6.7), which every response carries (§6.6.1)."""
+    return formatdate(usegmt=True).encode("ascii")
 
 
 def _reason(status: int) -> bytes:

@@ -8,6 +8,8 @@ this file runs late in the suite, so waiting for `SOAK_S` usually costs nothing.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import itertools
 import time
 
@@ -101,3 +103,36 @@ def test_serves_own_backpressure_503_gets_the_apis_json_error_and_retry_after(se
     for answer in shed:
         assert answer.headers["Retry-After"] in {"1", "2", "3"}  # spread per answer
         assert answer.json()["error"]["code"] == "overloaded"
+
+
+def test_a_stream_goes_to_its_replicas_stream_server_and_other_requests_to_serve(
+    tenant, settings
+):
+    """HAProxy's `-streams` backend (cluster/ingress.py `stream_backends`) holds the stream
+    open: its servers are the replicas' stream servers, up; a GET of the job is not its."""
+    stats = f"http://127.0.0.1:{settings.haproxy_stats_port}/stats;csv"
+
+    def streams_backend() -> tuple[dict[str, str], list[dict[str, str]]]:
+        """HAProxy's stats of the `-streams` backend: its total, and its replicas' servers."""
+        table = csv.DictReader(io.StringIO(httpx.get(stats, timeout=10).text.lstrip("# ")))
+        rows = [row for row in table if row["pxname"].endswith("-streams")]
+        total = next(row for row in rows if row["svname"] == "BACKEND")
+        return total, [row for row in rows if row["svname"] != "BACKEND" and row["bck"] == "0"]
+
+    deadline = time.monotonic() + 60
+    while not (up := [row for row in streams_backend()[1] if row["status"] == "UP"]):
+        assert time.monotonic() < deadline, streams_backend()
+        time.sleep(0.5)
+    ports = {int(row["addr"].rsplit(":", 1)[1]) for row in up}
+    assert all(22000 <= port <= 23000 for port in ports), ports  # Serve's 30000-31000 - 8000
+    http = tenant.http
+    assert http.post("/api/v1/jobs", json={"jobId": "routed"}).status_code == 201
+    before = int(streams_backend()[0]["stot"])
+    with http.stream("GET", "/api/v1/jobs/routed/stream") as stream:
+        lines = stream.iter_lines()
+        assert next(lines).startswith("retry:")
+        assert int(streams_backend()[0]["scur"]) >= 1
+        assert http.get("/api/v1/jobs/routed").status_code == 200
+        assert http.post("/api/v1/jobs/routed/output", content=b"hi").status_code == 200
+        assert any('"data":"hi"' in line for line in itertools.islice(lines, 20))
+    assert int(streams_backend()[0]["stot"]) == before + 1  # the stream; not the GET

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from email.utils import parsedate_to_datetime
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+import uvloop
 
+from actors.shard import Shard, ShardConfig
 from actors.shard_client import ShardClient
 from serve_app.stream_server import StreamServer, listening_ports, serve_beside
 from storage.memory import MemoryStore
@@ -68,6 +71,7 @@ async def test_a_stream_request_gets_the_apps_own_answer_over_the_wire(
     assert over_wire.content == over_asgi.content
     assert over_wire.headers["content-type"] == over_asgi.headers["content-type"]
     assert over_wire.headers["connection"] == "close"
+    assert parsedate_to_datetime(over_wire.headers["date"]).tzinfo is not None
     if status == 200:
         assert over_wire.headers["transfer-encoding"] == "chunked"
         assert b"event: end" in over_wire.content
@@ -202,6 +206,27 @@ async def test_serve_beside_listens_at_the_serve_port_plus_the_offset(
     taken = await serve_beside(app, serve_ports, offset=1)  # the port is in use now
     assert taken is None
     await server.close()
+
+
+def test_on_uvloop_the_replicas_loop_it_streams_and_refuses_alike() -> None:
+    """uvloop's transports are not `asyncio.Transport`s: the server must not care."""
+
+    async def main() -> None:
+        store = MemoryStore()
+        shard = Shard(store, ShardConfig(slot=0, num_shards=1))
+        await shard.start()
+        app = make_app(store, ShardClient.in_process([shard], store=store))
+        server = StreamServer(app)
+        await server.start("127.0.0.1", 0)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as wire:
+            assert (await wire.get("/healthz")).json() == {"status": "ok"}
+            assert (await wire.get(f"{JOBS}/j1/stream")).status_code == 401
+        refused = await _exchange(server.port, b"DELETE /x HTTP/1.1\r\n\r\n")
+        assert refused.startswith(b"HTTP/1.1 405 ")
+        await server.close()
+        await shard.stop()
+
+    uvloop.run(main())
 
 
 def test_listening_ports_names_this_processs_listening_sockets() -> None:
