@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -49,13 +48,27 @@ def newer(job: Job, than: Job) -> bool:
 
 
 class _Round:
-    """One wait between two updates of a job: set when the next update (or error) comes."""
+    """One wait between two updates of a job: its waiters are woken, in the order they came,
+    when the next update (or error) comes. (`asyncio.Event`, without its loop checks.)"""
 
-    __slots__ = ("error", "event")
+    __slots__ = ("error", "waiters")
 
     def __init__(self) -> None:
-        self.event = asyncio.Event()
+        self.waiters: list[asyncio.Future[bool]] = []
         self.error: BaseException | None = None
+
+    def wait(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[bool]:
+        """A future set to True at the round's end (or False by the waiter's own timer)."""
+        waiter = loop.create_future()
+        self.waiters.append(waiter)
+        return waiter
+
+    def end(self, error: BaseException | None) -> None:
+        self.error = error
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(True)
+        self.waiters = []
 
 
 class _JobWatch:
@@ -118,8 +131,7 @@ class _JobWatch:
 
     def _next_round(self, error: BaseException | None) -> None:
         done, self.round = self.round, _Round()
-        done.error = error
-        done.event.set()
+        done.end(error)
 
 
 class WatchHub:
@@ -192,15 +204,23 @@ class WatchHub:
 
 
 class Subscription:
-    """One reader's place in a job's shared loop: its `watch` is `actors.feed.Watch`."""
+    """One reader's place in a job's shared loop: its `watch` is `actors.feed.Watch`.
 
-    __slots__ = ("_closed", "_hub", "_job", "_shared")
+    Its quiet timeout is one timer that outlives the waits: armed at a wait's deadline, it
+    finds a later deadline there when updates came meanwhile and moves to it, so a busy
+    job's readers set a timer per `timeout_s`, not one per update (a timer per wait was a
+    sixth of a replica's CPU with 10,000 streams)."""
+
+    __slots__ = ("_closed", "_deadline", "_hub", "_job", "_shared", "_timer", "_waiter")
 
     def __init__(self, hub: WatchHub, shared: _JobWatch, job: Job) -> None:
         self._hub = hub
         self._shared = shared
         self._job = job  # the newest state this reader has been given
         self._closed = False
+        self._deadline = 0.0  # loop time the current wait times out at
+        self._waiter: asyncio.Future[bool] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     async def watch(self, revision: int, after_seq: int, timeout_s: float) -> Update:
         """The committed job once it is past `revision` or its output past `after_seq` (with
@@ -210,14 +230,20 @@ class Subscription:
         shared = self._shared
         if self._closed:
             raise RuntimeError("this subscription is closed")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                while not self._moved(shared.job, revision, after_seq):
-                    self._hub._ensure_loop(shared)
-                    waited = shared.round
-                    await waited.event.wait()
-                    if waited.error is not None:
-                        raise waited.error
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + timeout_s
+        while not self._moved(shared.job, revision, after_seq):
+            self._hub._ensure_loop(shared)
+            waited = shared.round
+            self._waiter = waited.wait(loop)
+            self._arm(loop)
+            try:
+                if not await self._waiter:
+                    break  # quiet for timeout_s
+            finally:
+                self._waiter = None
+            if waited.error is not None:
+                raise waited.error
         job = shared.job
         if not self._moved(job, revision, after_seq):
             return Update(self._job)
@@ -229,9 +255,31 @@ class Subscription:
             return job.created_at > self._job.created_at
         return job.revision > revision or job.output_seq > after_seq
 
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A timer at or before this wait's deadline (the one armed, if it is early enough)."""
+        timer = self._timer
+        if timer is not None and timer.when() <= self._deadline:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timer = loop.call_at(self._deadline, self._on_timer, loop)
+
+    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting: the next wait arms a timer again
+        if loop.time() >= self._deadline:
+            waiter.set_result(False)
+        else:  # the wait began after this timer was set: on to its own deadline
+            self._timer = loop.call_at(self._deadline, self._on_timer, loop)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self._hub._leave(self._shared)
 
     def __enter__(self) -> Subscription:

@@ -207,3 +207,34 @@ async def test_a_reader_that_never_waits_starts_no_watch(hub, shard):
     with hub.subscribe(_job()):
         await _settle()
     assert shard.calls == [] and hub.subscribers == 0
+
+
+async def test_a_busy_readers_quiet_timer_is_set_once_not_once_per_update(hub, shard):
+    """A reader woken by update after update keeps one timer, which moves on when it finds
+    the reader's deadline later; once the job is quiet for `timeout_s`, the wait ends."""
+    loop = asyncio.get_running_loop()
+    armed = 0
+    call_at = loop.call_at
+
+    def counting(when: float, callback, *args, **options):  # type: ignore[no-untyped-def]
+        nonlocal armed
+        armed += callback.__qualname__ == "Subscription._on_timer"
+        return call_at(when, callback, *args, **options)
+
+    loop.call_at = counting  # type: ignore[method-assign]
+    job = _job()
+    try:
+        with hub.subscribe(job) as sub:
+            for seq in range(1, 21):
+                waiting = asyncio.create_task(sub.watch(job.revision, seq - 1, 0.2))
+                await _settle()
+                shard.answer(_appended(job, seq))
+                job = (await asyncio.wait_for(waiting, WAIT_S)).job
+                assert job.output_seq == seq
+            assert armed == 1
+            started = loop.time()
+            quiet = await asyncio.wait_for(sub.watch(job.revision, 20, 0.2), WAIT_S)
+            assert quiet == Update(job) and loop.time() - started >= 0.2
+            assert armed <= 3  # the first timer found a later deadline and moved once
+    finally:
+        del loop.call_at
