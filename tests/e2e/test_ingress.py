@@ -105,9 +105,7 @@ def test_serves_own_backpressure_503_gets_the_apis_json_error_and_retry_after(se
         assert answer.json()["error"]["code"] == "overloaded"
 
 
-def test_a_stream_goes_to_its_replicas_stream_server_and_other_requests_to_serve(
-    tenant, settings
-):
+def test_a_stream_goes_to_its_replicas_stream_server_and_other_requests_to_serve(tenant, settings):
     """HAProxy's `-streams` backend (cluster/ingress.py `stream_backends`) holds the stream
     open: its servers are the replicas' stream servers, up; a GET of the job is not its."""
     stats = f"http://127.0.0.1:{settings.haproxy_stats_port}/stats;csv"

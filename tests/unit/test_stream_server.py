@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from email.utils import parsedate_to_datetime
 from collections.abc import AsyncIterator
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -21,7 +21,7 @@ from actors.shard_client import ShardClient
 from serve_app.stream_server import StreamServer, listening_ports, serve_beside
 from storage.memory import MemoryStore
 from tests.unit.fakes import Watched
-from tests.unit.test_api import ADMIN, JOBS, http, make_app, new_tenant, submit
+from tests.unit.test_api import JOBS, http, make_app, new_tenant, submit
 from tests.unit.test_sse_door import CASES
 
 
@@ -111,8 +111,7 @@ async def test_a_client_that_leaves_ends_its_stream_and_its_watch(
     acme = await new_tenant(direct, "acme")
     await submit(direct, acme, jobId="left")
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    head = f"GET {JOBS}/left/stream HTTP/1.1\r\nHost: t\r\nAuthorization: {acme['Authorization']}\r\n\r\n"
-    writer.write(head.encode())
+    writer.write(_get(f"{JOBS}/left/stream", acme["Authorization"]))
     assert (await reader.readline()).startswith(b"HTTP/1.1 200")
     await _until(lambda: watched._watches == 1)
     writer.close()
@@ -123,13 +122,34 @@ async def test_a_client_that_leaves_ends_its_stream_and_its_watch(
 @pytest.mark.parametrize(
     ("request_bytes", "status", "code"),
     [
-        (b"POST /api/v1/jobs/j1/stream HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", 405, "method_not_allowed"),
-        (b"GET /api/v1/jobs/j1/stream HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc", 400, "bad_request"),
-        (b"GET /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 400, "bad_request"),
+        (
+            b"POST /api/v1/jobs/j1/stream HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            b"GET /api/v1/jobs/j1/stream HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
+            400,
+            "bad_request",
+        ),
+        (
+            b"GET /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\n\r\n",
+            400,
+            "bad_request",
+        ),
         (b"GET /\x00 HTTP/1.1\r\n\r\n", 400, "bad_request"),
         (b"NOT HTTP AT ALL\r\n\r\n", 400, "bad_request"),
-        (b"GET /x HTTP/1.1\r\nHost: t\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n", 400, "bad_request"),
-        (b"GET /x HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400, "bad_request"),
+        (
+            b"GET /x HTTP/1.1\r\nHost: t\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            b"GET /x HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            400,
+            "bad_request",
+        ),
     ],
 )
 async def test_what_is_not_a_plain_get_gets_a_json_error_and_the_connection_closed(
@@ -165,11 +185,11 @@ async def test_a_slow_reader_holds_only_its_own_stream(
     server, wire, direct = served
     acme = await new_tenant(direct, "acme")
     await submit(direct, acme, jobId="big")
-    stalled = socket.create_connection(("127.0.0.1", server.port))
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    auth = acme["Authorization"]
-    stalled.sendall(f"GET {JOBS}/big/stream HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\n\r\n".encode())
-    chunk = b"x" * 60_000
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the handshake
+    stalled.connect(("127.0.0.1", server.port))
+    stalled.sendall(_get(f"{JOBS}/big/stream", acme["Authorization"]))
+    chunk = b"x" * 200_000
     async with wire.stream("GET", f"{JOBS}/big/stream", headers=acme) as reading:
         lines = reading.aiter_lines()
         for n in range(1, 41):
@@ -179,6 +199,7 @@ async def test_a_slow_reader_holds_only_its_own_stream(
             while seen < 40:
                 if (await anext(lines)).startswith("event: output"):
                     seen += 1
+    await _until(lambda: any(c._drained is not None for c in server.connections))  # paused
     stalled.close()
     await _until(lambda: not server.connections)
 
@@ -238,6 +259,10 @@ def test_listening_ports_names_this_processs_listening_sockets() -> None:
         assert listening_ports(port, port) == [("127.0.0.1", port)]
         assert listening_ports(other, other) == []
     assert listening_ports(port, port) == []
+
+
+def _get(path: str, authorization: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: {authorization}\r\n\r\n".encode()
 
 
 async def _exchange(port: int | None, request: bytes) -> bytes:
