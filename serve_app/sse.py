@@ -40,6 +40,10 @@ from storage.errors import AosError
 router = APIRouter(prefix="/api/v1/jobs", responses=responses(*COMMON, 404))
 
 PATH = "/api/v1/jobs/{job_id}/stream"
+#: An ASGI extension (`scope["extensions"]`) of the replicas' stream server
+#: (serve_app/stream_server.py): its own `send`, which takes a response's body messages
+#: once its head went out through the app's `send`.
+BODY_SEND = "aos.body_send"
 MEDIA_TYPE = "text/event-stream"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 #: `{job_id}` as Starlette matches it (`[^/]+` of the decoded path).
@@ -100,19 +104,28 @@ class EventStream(StreamingResponse):
         self.status_code = 200
         self.background = None  # FastAPI may set its background tasks here
         self.raw_headers = list(_RAW_HEADERS)
+        self.frames_send: Send | None = None
 
     async def stream_response(self, send: Send) -> None:
+        """The head and the last message through `send`, the frames between through the
+        server's own `send` when it offers one (`BODY_SEND`): the middlewares only watch
+        the head, and each wrapper was a coroutine more per frame."""
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        await _send_frame(send, f"retry: {self.retry_ms}\n\n".encode())
+        frames_send = self.frames_send or send
+        more = True
+        retry = f"retry: {self.retry_ms}\n\n".encode()
+        await frames_send({"type": "http.response.body", "body": retry, "more_body": more})
         try:
             async for event in self.events:
-                await _send_frame(send, FRAMES.of(event))
+                frame = FRAMES.of(event)
+                await frames_send({"type": "http.response.body", "body": frame, "more_body": more})
         except AosError as exc:  # e.g. the job was deleted while we streamed
-            error = _frame("error", {"code": exc.code, "message": exc.message})
-            await _send_frame(send, error.encode())
+            error = _frame("error", {"code": exc.code, "message": exc.message}).encode()
+            await frames_send({"type": "http.response.body", "body": error, "more_body": more})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.frames_send = scope.get("extensions", {}).get(BODY_SEND)
         asgi = scope.get("asgi", {}).get("spec_version", "2.0")
         if tuple(map(int, asgi.split("."))) >= (2, 4):  # a write to a closed connection raises
             await super().__call__(scope, receive, send)
@@ -120,10 +133,6 @@ class EventStream(StreamingResponse):
         await until_disconnect(self.stream_response(send), receive)
         if self.background is not None:
             await self.background()
-
-
-async def _send_frame(send: Send, frame: bytes) -> None:
-    await send({"type": "http.response.body", "body": frame, "more_body": True})
 
 
 class Frames:

@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message
 
 from cluster.ingress import STREAM_PORT_OFFSET
 from serve_app import errors
+from serve_app.sse import BODY_SEND
 from storage.errors import BadRequest
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,7 @@ class _Connection(asyncio.Protocol):
             "headers": self._headers,
             "client": self._transport.get_extra_info("peername"),
             "server": self._transport.get_extra_info("sockname"),
+            "extensions": {BODY_SEND: self._send},
         }
         self._url, self._headers = b"", []
         self._task = asyncio.get_running_loop().create_task(self._run(scope))

@@ -46,6 +46,10 @@ func main() {
 		var protocols http.Protocols
 		protocols.SetUnencryptedHTTP2(true)
 		transport.Protocols = &protocols
+		// HAProxy takes 100 streams a connection. Unbounded, the transport dialled a
+		// connection for each request it could not place at once, and a burst of opens
+		// shed and retried ran this process out of descriptors.
+		transport.MaxConnsPerHost = *streams/50 + 10
 	}
 	client := &http.Client{Transport: transport}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -278,3 +278,37 @@ async def _until(condition: Any, timeout_s: float = 10) -> None:
     async with asyncio.timeout(timeout_s):
         while not condition():
             await asyncio.sleep(0.01)
+
+
+async def test_frames_go_to_the_socket_past_the_middlewares_which_see_the_head_and_end(
+    store: MemoryStore, watched: Watched
+) -> None:
+    """`sse.BODY_SEND`: a middleware's `send` wrapper sees the stream's head and its last
+    message, not each frame; the client gets every frame."""
+    app = make_app(store, ShardClient.in_process([watched], store=store))
+    seen: list[tuple[str, bool]] = []
+
+    async def middleware(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def watching(message: dict[str, Any]) -> None:
+            seen.append((message["type"], message.get("more_body", False)))
+            await send(message)
+
+        await app(scope, receive, watching)
+
+    server = StreamServer(middleware)
+    await server.start("127.0.0.1", 0)
+    async with (
+        http(app) as api,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as wire,
+    ):
+        acme = await new_tenant(api, "acme")
+        await submit(api, acme, jobId="j1")
+        for part in (b"one", b"two"):
+            await api.post(f"{JOBS}/j1/output", content=part, headers=acme)
+        await api.post(f"{JOBS}/j1/complete", json={"status": "Succeeded"}, headers=acme)
+        seen.clear()
+        answer = await wire.get(f"{JOBS}/j1/stream", headers=acme)
+    await server.close()
+    assert answer.status_code == 200
+    assert answer.text.count("event: output") == 2 and "event: end" in answer.text
+    assert seen == [("http.response.start", False), ("http.response.body", False)]
