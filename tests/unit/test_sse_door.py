@@ -40,8 +40,12 @@ async def apps(store: MemoryStore, watched: Watched) -> AsyncIterator[list[httpx
 
 @pytest.fixture
 async def finished(apps: list[httpx.AsyncClient]) -> dict[str, str]:
-    """A key of namespace acme, whose job j1 has two chunks and succeeded."""
-    api = apps[0]
+    return await finished_job(apps[0])
+
+
+async def finished_job(api: httpx.AsyncClient) -> dict[str, str]:
+    """A key of namespace acme (beside namespace globex), whose job j1 has two chunks and
+    succeeded."""
     acme = await new_tenant(api, "acme")
     await new_tenant(api, "globex")
     await submit(api, acme, jobId="j1")

@@ -22,7 +22,7 @@ from serve_app.stream_server import StreamServer, listening_ports, serve_beside
 from storage.memory import MemoryStore
 from tests.unit.fakes import Watched
 from tests.unit.test_api import JOBS, http, make_app, new_tenant, submit
-from tests.unit.test_sse_door import CASES
+from tests.unit.test_sse_door import CASES, finished_job
 
 
 @pytest.fixture
@@ -43,15 +43,7 @@ async def served(
 
 @pytest.fixture
 async def acme(served: tuple[StreamServer, httpx.AsyncClient, httpx.AsyncClient]) -> dict[str, str]:
-    """A key of namespace acme, whose job j1 has two chunks and succeeded."""
-    api = served[2]
-    acme = await new_tenant(api, "acme")
-    await new_tenant(api, "globex")
-    await submit(api, acme, jobId="j1")
-    for part in (b"one", b"two"):
-        await api.post(f"{JOBS}/j1/output", content=part, headers=acme)
-    await api.post(f"{JOBS}/j1/complete", json={"status": "Succeeded"}, headers=acme)
-    return acme
+    return await finished_job(served[2])
 
 
 @pytest.mark.parametrize(("job", "query", "headers", "status"), CASES)
@@ -301,11 +293,7 @@ async def test_frames_go_to_the_socket_past_the_middlewares_which_see_the_head_a
         http(app) as api,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as wire,
     ):
-        acme = await new_tenant(api, "acme")
-        await submit(api, acme, jobId="j1")
-        for part in (b"one", b"two"):
-            await api.post(f"{JOBS}/j1/output", content=part, headers=acme)
-        await api.post(f"{JOBS}/j1/complete", json={"status": "Succeeded"}, headers=acme)
+        acme = await finished_job(api)
         seen.clear()
         answer = await wire.get(f"{JOBS}/j1/stream", headers=acme)
     await server.close()
