@@ -2,9 +2,9 @@
 
 Ten thousand open streams cost what ten thousand of Serve's direct-ingress requests hold:
 uvicorn's protocol, parser and request cycle, Serve's request context and its proxying of
-`send` and `receive`, each awaited on every frame (DESIGN-NOTES "Ten thousand streams").
+`send` and `receive`, each awaited on every frame (DESIGN-NOTES 53).
 HAProxy sends `GET /api/v1/jobs/{jobId}/stream` here instead (cluster/ingress.py
-`stream_backend`), to the replica's Serve port plus `STREAM_PORT_OFFSET`, and this server
+`stream_backends`), to the replica's Serve port plus `STREAM_PORT_OFFSET`, and this server
 hands each request to the very same ASGI app (the guard, the metrics, the shedding, the
 route), so every answer is the app's own; what it leaves out is the machinery around it:
 
@@ -127,7 +127,7 @@ class _Connection(asyncio.Protocol):
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(BadRequest("this server does not upgrade connections"))
+            pass  # the head is served as it is: an Upgrade may be ignored (RFC 9110 §7.8)
         except httptools.HttpParserError as exc:
             self._refuse(BadRequest(f"malformed HTTP request: {exc}"))
         else:
@@ -161,14 +161,17 @@ class _Connection(asyncio.Protocol):
     # httptools' callbacks
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        if self._parser is not None:  # else a pipelined request behind the one served
+            self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        if self._parser is not None:
+            self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         parser, self._parser = self._parser, None
-        assert parser is not None and self._transport is not None
+        if parser is None or self._transport is None:
+            return  # a request pipelined behind the one served: not read
         if self._size > MAX_HEAD_BYTES:  # the head came whole, over the limit
             self._refuse(BadRequest(f"the request head is over {MAX_HEAD_BYTES} bytes"))
             return
@@ -269,9 +272,11 @@ class _Connection(asyncio.Protocol):
         return b"".join(lines)
 
     def _refuse(self, exc: BadRequest) -> None:
-        """Answer 400 to a request the app never sees (malformed, too long), then close."""
+        """Answer 400 to a request the app never sees (malformed, too long), then close;
+        past the request served (bytes pipelined behind it), nothing."""
         self._parser = None
-        self._answer(errors.to_response(exc))
+        if self._task is None:
+            self._answer(errors.to_response(exc))
 
     def _answer(self, response: JSONResponse) -> None:
         """Write a complete response and close."""

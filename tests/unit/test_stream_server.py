@@ -137,10 +137,10 @@ async def test_a_client_that_leaves_ends_its_stream_and_its_watch(
             400,
             "bad_request",
         ),
-        (
+        (  # the Upgrade ignored (RFC 9110 §7.8): the app's own answer to GET /x
             b"GET /x HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-            400,
-            "bad_request",
+            404,
+            "not_found",
         ),
     ],
 )
@@ -300,3 +300,21 @@ async def test_frames_go_to_the_socket_past_the_middlewares_which_see_the_head_a
     assert answer.status_code == 200
     assert answer.text.count("event: output") == 2 and "event: end" in answer.text
     assert seen == [("http.response.start", False), ("http.response.body", False)]
+
+
+@pytest.mark.parametrize(
+    "behind", [b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", b"\x00garbage\r\n\r\n"]
+)
+async def test_bytes_pipelined_behind_the_request_are_not_read(
+    served: tuple[StreamServer, httpx.AsyncClient, httpx.AsyncClient],
+    acme: dict[str, str],
+    behind: bytes,
+) -> None:
+    """One request per connection: what follows it in the same packet gets no answer and
+    does not disturb the one served."""
+    server = served[0]
+    answer = await _exchange(server.port, _get(f"{JOBS}/j1/stream", acme["Authorization"]) + behind)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer.count(b"HTTP/1.1") == 1
+    assert answer.endswith(b"\r\n0\r\n\r\n")  # the stream's last chunk, then the close
+    assert b"event: end" in answer
