@@ -39,12 +39,17 @@ from starlette.types import ASGIApp, Message
 from cluster.ingress import STREAM_PORT_OFFSET
 from serve_app import errors
 from serve_app.sse import BODY_SEND
-from storage.errors import BadRequest
+from storage.errors import BadRequest, RequestTimeout
 
-log = logging.getLogger(__name__)
+#: Under Serve's logger, so a replica's lines go to its Serve log (replica_aos_Api_*.log).
+log = logging.getLogger("ray.serve.aos.stream_server")
 
 #: A request head past this many bytes is refused (HAProxy's own buffer is 16 KiB).
 MAX_HEAD_BYTES = 16 * 1024
+#: Seconds a connection has to send its whole request head (HAProxy's `timeout
+#: http-request`, cluster/ingress.py): then 408 and closed, so idle or trickling
+#: connections cannot hold the replica's descriptors.
+HEAD_TIMEOUT_S = 30.0
 _ASGI = {"version": "3.0", "spec_version": "2.4"}
 _REQUEST: Message = {"type": "http.request", "body": b"", "more_body": False}
 _DISCONNECT: Message = {"type": "http.disconnect"}
@@ -55,8 +60,9 @@ _DROPPED_HEADERS = frozenset({b"connection", b"keep-alive", b"transfer-encoding"
 class StreamServer:
     """Serves `app` on `host:port` (`start`), one request per connection (`_Connection`)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, head_timeout_s: float = HEAD_TIMEOUT_S) -> None:
         self.app = app
+        self.head_timeout_s = head_timeout_s
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
 
@@ -92,10 +98,12 @@ class _Connection(asyncio.Protocol):
         "_gone",
         "_head",
         "_headers",
+        "_http10",
         "_parser",
         "_server",
         "_size",
         "_task",
+        "_timer",
         "_transport",
         "_url",
     )
@@ -112,12 +120,23 @@ class _Connection(asyncio.Protocol):
         self._chunked = False
         self._drained: asyncio.Future[None] | None = None  # set while writing is paused
         self._gone: asyncio.Future[None] | None = None
+        self._http10 = False
+        self._timer: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         self._server.connections.add(self)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._server.head_timeout_s, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        if self._parser is not None:
+            self._refuse(
+                RequestTimeout(f"no whole request head in {self._server.head_timeout_s:g} s")
+            )
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
@@ -137,6 +156,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self._parser = None
+        self._stop_timer()
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
         if self._drained is not None and not self._drained.done():
@@ -153,6 +173,11 @@ class _Connection(asyncio.Protocol):
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         self._drained = None
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -172,6 +197,7 @@ class _Connection(asyncio.Protocol):
         parser, self._parser = self._parser, None
         if parser is None or self._transport is None:
             return  # a request pipelined behind the one served: not read
+        self._stop_timer()
         if self._size > MAX_HEAD_BYTES:  # the head came whole, over the limit
             self._refuse(BadRequest(f"the request head is over {MAX_HEAD_BYTES} bytes"))
             return
@@ -186,8 +212,13 @@ class _Connection(asyncio.Protocol):
         ):
             self._refuse(BadRequest("a GET here takes no body"))
             return
-        url = httptools.parse_url(self._url)
+        try:
+            url = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            self._refuse(BadRequest("the request target is not a well-formed URI"))
+            return
         raw_path = url.path or b"/"
+        self._http10 = parser.get_http_version() == "1.0"
         scope = {
             "type": "http",
             "asgi": _ASGI,
@@ -265,15 +296,16 @@ class _Connection(asyncio.Protocol):
                 continue
             length = length or lowered == b"content-length"
             lines.append(b"%b: %b\r\n" % (name, value))
-        self._chunked = not length and status not in (204, 304)
+        # HTTP/1.0 knows no chunks (RFC 9112 §6.1): there the body ends with the connection
+        self._chunked = not length and status not in (204, 304) and not self._http10
         if self._chunked:
             lines.append(b"transfer-encoding: chunked\r\n")
         lines.append(b"connection: close\r\n\r\n")
         return b"".join(lines)
 
-    def _refuse(self, exc: BadRequest) -> None:
-        """Answer 400 to a request the app never sees (malformed, too long), then close;
-        past the request served (bytes pipelined behind it), nothing."""
+    def _refuse(self, exc: BadRequest | RequestTimeout) -> None:
+        """Answer 400 (or 408) to a request the app never sees (malformed, too long, too
+        slow), then close; past the request served (bytes pipelined behind it), nothing."""
         self._parser = None
         if self._task is None:
             self._answer(errors.to_response(exc))

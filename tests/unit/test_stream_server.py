@@ -131,6 +131,7 @@ async def test_a_client_that_leaves_ends_its_stream_and_its_watch(
             "bad_request",
         ),
         (b"GET /\x00 HTTP/1.1\r\n\r\n", 400, "bad_request"),
+        (b"GET http://[::1/healthz HTTP/1.1\r\n\r\n", 400, "bad_request"),
         (b"NOT HTTP AT ALL\r\n\r\n", 400, "bad_request"),
         (
             b"GET /x HTTP/1.1\r\nHost: t\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n",
@@ -318,3 +319,36 @@ async def test_bytes_pipelined_behind_the_request_are_not_read(
     assert answer.count(b"HTTP/1.1") == 1
     assert answer.endswith(b"\r\n0\r\n\r\n")  # the stream's last chunk, then the close
     assert b"event: end" in answer
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /healthz HTTP/1.1\r\nHost"])
+async def test_a_connection_without_a_whole_head_in_time_gets_408_and_is_closed(
+    store: MemoryStore, watched: Watched, sent: bytes
+) -> None:
+    """Idle or trickling: closed after `head_timeout_s`, so such connections cannot pile up."""
+    app = make_app(store, ShardClient.in_process([watched], store=store))
+    server = StreamServer(app, head_timeout_s=0.2)
+    await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(sent)
+    async with asyncio.timeout(10):
+        answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert httpx.Response(200, content=body).json()["error"]["code"] == "request_timeout"
+    await _until(lambda: not server.connections)
+    await server.close()
+
+
+async def test_an_http_1_0_stream_is_not_chunked_and_ends_with_the_connection(
+    served: tuple[StreamServer, httpx.AsyncClient, httpx.AsyncClient], acme: dict[str, str]
+) -> None:
+    """RFC 9112 §6.1: no chunked transfer coding to an HTTP/1.0 client."""
+    request = _get(f"{JOBS}/j1/stream", acme["Authorization"]).replace(b"HTTP/1.1", b"HTTP/1.0")
+    answer = await _exchange(served[0].port, request)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"transfer-encoding" not in head.lower()
+    assert body.startswith(b"retry: ")
+    assert b"event: end" in body and b"\r\n0\r\n" not in body
