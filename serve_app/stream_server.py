@@ -42,6 +42,8 @@ from serve_app.sse import BODY_SEND
 from storage.errors import BadRequest, RequestTimeout
 
 #: Under Serve's logger, so a replica's lines go to its Serve log (replica_aos_Api_*.log).
+#: Serve's throughput-optimised mode buffers that log until an ERROR (or 1,000 lines), so
+#: what an operator must see is logged as an error.
 log = logging.getLogger("ray.serve.aos.stream_server")
 
 #: A request head past this many bytes is refused (HAProxy's own buffer is 16 KiB).
@@ -386,7 +388,7 @@ async def serve_beside(
     deadline = loop.time() + give_up_s
     while not (found := serve_ports()):
         if loop.time() > deadline:
-            log.warning("no Serve HTTP port found in %.0f s: streams go through Serve", give_up_s)
+            log.error("no Serve HTTP port found in %.0f s: streams go through Serve", give_up_s)
             return None
         await asyncio.sleep(poll_s)
     host, port = found[0]
@@ -394,7 +396,8 @@ async def serve_beside(
     try:
         await server.start(host, port + offset)
     except OSError as exc:
-        log.warning("cannot serve streams on %s:%d (%s): they go through Serve", host, port, exc)
+        where = f"{host}:{port + offset} (Serve's port {port})"
+        log.error("cannot serve streams on %s: %s; they go through Serve", where, exc)
         return None
     log.info("serving SSE streams on %s:%d (Serve's port %d)", host, port + offset, port)
     return server
