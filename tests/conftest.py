@@ -4,6 +4,7 @@ shard over whichever `store` the test's folder provides."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 from collections.abc import AsyncIterator
 
@@ -28,11 +29,29 @@ def need_server(host: str, port: int, what: str) -> None:
         pytest.skip(f"SKIPPED LOUDLY: {message}")
 
 
+#: Where `free_port` looks: below Serve's replica ports (30000-31000), above the replicas'
+#: stream ports (22000-23000) and Ray's worker ports (10002-19999), and outside Linux's
+#: ephemeral range (32768-60999), whose ports Ray's own processes take as they start: a
+#: port the kernel handed out free was taken by a Ray process of the very service started
+#: on it before that service bound it ("port ... already in use").
+FREE_PORTS = range(23100, 30000)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A port of `FREE_PORTS` free now on 127.0.0.1 and not handed out before in this run."""
+    for _ in range(1000):
+        port = random.choice(FREE_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError(f"no free port in {FREE_PORTS}")
 
 
 @pytest.fixture
