@@ -36,12 +36,14 @@ def need_server(host: str, port: int, what: str) -> None:
 #: on it before that service bound it ("port ... already in use").
 FREE_PORTS = range(23100, 30000)
 _handed_out: set[int] = set()
+#: Its own generator: Hypothesis seeds the `random` module's for each example it runs.
+_random = random.SystemRandom()
 
 
 def free_port() -> int:
     """A port of `FREE_PORTS` free now on 127.0.0.1 and not handed out before in this run."""
     for _ in range(1000):
-        port = random.choice(FREE_PORTS)
+        port = _random.choice(FREE_PORTS)
         if port in _handed_out:
             continue
         with socket.socket() as sock:
