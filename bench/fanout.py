@@ -48,9 +48,8 @@ import httpx  # noqa: E402
 import ray  # noqa: E402
 
 from actors.routing import RAY_NAMESPACE, shard_name  # noqa: E402
-from bench.http import free_port  # noqa: E402
+from bench.http import service_settings  # noqa: E402
 from cluster import bootstrap, ray_connect  # noqa: E402
-from cluster.settings import Settings  # noqa: E402
 
 HOST = "127.0.0.1"
 ADMIN_KEY = "bench-fanout-admin-key-0123456789abcdef"
@@ -165,16 +164,7 @@ def probe(http: httpx.Client, job_id: str) -> Probe:
 def start(data_dir: Path) -> tuple[bootstrap.Service, str]:
     os.environ[RUN_VAR] = uuid.uuid4().hex
     ray_connect.connect(None, log_to_driver=False)
-    settings = Settings(
-        storage_url=f"sqlite:///{data_dir}/aos.db",
-        http_host=HOST,
-        http_port=free_port(),
-        fallback_proxy_port=free_port(),
-        haproxy_stats_port=free_port(),
-        haproxy_metrics_port=free_port(),
-        admin_key=ADMIN_KEY,
-        num_shards=NUM_SHARDS,
-    )
+    settings = service_settings(data_dir, ADMIN_KEY, num_shards=NUM_SHARDS)
     service = bootstrap.start(settings)
     with httpx.Client(
         base_url=service.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60

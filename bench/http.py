@@ -281,21 +281,27 @@ def wait_until_up(url: str, server: subprocess.Popen[bytes], timeout_s: float = 
     raise RuntimeError(f"uvicorn did not answer at {url} within {timeout_s:.0f} s")
 
 
+def service_settings(data_dir: str | Path, admin_key: str, **chosen: Any) -> Settings:
+    """A benchmark's service: SQLite in `data_dir`, on free ports of HOST (the API, HAProxy's
+    stats and metrics, Serve's fallback proxy), `admin_key`, and `chosen` settings (e.g.
+    `num_shards`, `ingress`); everything else from AOS_* as `aos serve` reads it."""
+    return Settings(
+        storage_url=f"sqlite:///{data_dir}/aos.db",
+        http_host=HOST,
+        http_port=free_port(),
+        haproxy_stats_port=free_port(),
+        haproxy_metrics_port=free_port(),
+        fallback_proxy_port=free_port(),
+        admin_key=SecretStr(admin_key),
+        **chosen,
+    )
+
+
 def start(data_dir: str, ingress: Ingress) -> tuple[bootstrap.Service, str]:
     """Ray, the service, the no-op Serve app, and a namespace key. Returns (service, key)."""
     # log_to_driver=False: the replicas' access logs (one line a request) would flood this output.
     ray_connect.connect(None, log_to_driver=False)  # a private cluster, never another's
-    settings = Settings(
-        storage_url=f"sqlite:///{data_dir}/aos.db",
-        http_host=HOST,
-        http_port=free_port(),
-        ingress=ingress,
-        haproxy_stats_port=free_port(),
-        haproxy_metrics_port=free_port(),
-        fallback_proxy_port=free_port(),
-        admin_key=SecretStr(ADMIN_KEY),
-        num_shards=NUM_SHARDS,
-    )
+    settings = service_settings(data_dir, ADMIN_KEY, ingress=ingress, num_shards=NUM_SHARDS)
     service = bootstrap.start(settings)
     # The ceiling runs as many replicas as the service's `Api`, with the same options.
     noop = Noop.options(num_replicas=settings.num_replicas)  # type: ignore[attr-defined]

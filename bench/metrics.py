@@ -31,7 +31,6 @@ sys.path.insert(0, str(ROOT))
 
 import ray  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
-from pydantic import SecretStr  # noqa: E402
 from ray import serve  # noqa: E402
 
 from bench.http import (  # noqa: E402
@@ -42,9 +41,9 @@ from bench.http import (  # noqa: E402
     Wrk,
     create_jobs,
     create_key,
-    free_port,
     run_wrk,
     section,
+    service_settings,
 )
 from cluster import bootstrap, ray_connect  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
@@ -205,16 +204,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="aos-bench-metrics-") as tmp:
         section("starting Ray and the service")
         ray_connect.connect(None, log_to_driver=False)
-        settings = Settings(
-            storage_url=f"sqlite:///{tmp}/aos.db",
-            http_host=HOST,
-            http_port=free_port(),
-            haproxy_stats_port=free_port(),
-            haproxy_metrics_port=free_port(),
-            fallback_proxy_port=free_port(),
-            admin_key=SecretStr(ADMIN_KEY),
-            num_shards=NUM_SHARDS,
-        )
+        settings = service_settings(tmp, ADMIN_KEY, num_shards=NUM_SHARDS)
         service = bootstrap.start(settings)
         try:
             key = create_key(service.url)

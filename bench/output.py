@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -52,8 +51,8 @@ from aiohttp import web  # noqa: E402
 
 from actors.limits import MAX_APPEND_BYTES  # noqa: E402
 from actors.routing import shard_for  # noqa: E402
+from bench.http import free_port, service_settings  # noqa: E402
 from cluster import bootstrap, ray_connect  # noqa: E402
-from cluster.settings import Settings  # noqa: E402
 
 T = TypeVar("T")
 GiB, MiB = 1024**3, 1024**2
@@ -233,26 +232,10 @@ def disk_bytes(folder: Path) -> int:
 # -- the run -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def start(data_dir: Path) -> tuple[bootstrap.Service, dict[str, str]]:
     os.environ[RUN_VAR] = uuid.uuid4().hex
     ray_connect.connect(None, log_to_driver=False)
-    settings = Settings(
-        storage_url=f"sqlite:///{data_dir}/aos.db",
-        http_host=HOST,
-        http_port=free_port(),
-        fallback_proxy_port=free_port(),
-        haproxy_stats_port=free_port(),
-        haproxy_metrics_port=free_port(),
-        admin_key=ADMIN_KEY,
-        num_shards=NUM_SHARDS,
-    )
+    settings = service_settings(data_dir, ADMIN_KEY, num_shards=NUM_SHARDS)
     service = bootstrap.start(settings)
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     keys = {}

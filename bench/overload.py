@@ -37,12 +37,16 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import ray  # noqa: E402
-from pydantic import SecretStr  # noqa: E402
 from ray import serve  # noqa: E402
 
-from bench.http import NOOP_APP, Noop, bare_uvicorn, create_key, free_port  # noqa: E402
+from bench.http import (  # noqa: E402
+    NOOP_APP,
+    Noop,
+    bare_uvicorn,
+    create_key,
+    service_settings,
+)
 from cluster import bootstrap, ray_connect  # noqa: E402
-from cluster.settings import Settings  # noqa: E402
 
 HOST = "127.0.0.1"
 ADMIN_KEY = "bench"
@@ -312,15 +316,7 @@ def start(data_dir: str) -> tuple[bootstrap.Service, str, str]:
     """Ray, the service (every other setting from AOS_*), the no-op app, a namespace key;
     returns the service, the key and HAProxy's stats CSV URL."""
     ray_connect.connect(None, log_to_driver=False)  # a private cluster, never another's
-    settings = Settings(
-        storage_url=f"sqlite:///{data_dir}/aos.db",
-        http_host=HOST,
-        http_port=free_port(),
-        haproxy_stats_port=free_port(),
-        haproxy_metrics_port=free_port(),
-        fallback_proxy_port=free_port(),
-        admin_key=SecretStr(ADMIN_KEY),
-    )
+    settings = service_settings(data_dir, ADMIN_KEY)
     service = bootstrap.start(settings)
     noop = Noop.options(num_replicas=settings.num_replicas)  # type: ignore[attr-defined]
     serve.run(noop.bind(), name=NOOP_APP, route_prefix=f"/{NOOP_APP}")
