@@ -347,18 +347,26 @@ def listening_ports(low: int, high: int) -> list[tuple[str, int]]:
                 target = os.readlink(f"/proc/self/fd/{fd}")
                 if target.startswith("socket:["):
                     inodes.add(target[8:-1])
-    found = []
-    for table, parse in (("tcp", _ipv4), ("tcp6", _ipv6)):
-        with contextlib.suppress(OSError), open(f"/proc/self/net/{table}") as lines:
-            next(lines, None)
-            for line in lines:
-                fields = line.split()
-                if len(fields) < 10 or fields[3] != "0A" or fields[9] not in inodes:
-                    continue  # 0A: TCP_LISTEN
+    return [
+        (host, port)
+        for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6")
+        for inode, (host, port) in listening_sockets(table).items()
+        if inode in inodes and low <= port <= high
+    ]
+
+
+def listening_sockets(table: str) -> dict[str, tuple[str, int]]:
+    """inode -> (host, port) of every socket listening in a /proc TCP table
+    (`/proc/<pid>/net/tcp` or `tcp6`, proc(5)); {} when it cannot be read."""
+    parse = _ipv6 if table.endswith("6") else _ipv4
+    found = {}
+    with contextlib.suppress(OSError), open(table) as lines:
+        next(lines, None)
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 10 and fields[3] == "0A":  # 0A: TCP_LISTEN
                 address, port_hex = fields[1].rsplit(":", 1)
-                port = int(port_hex, 16)
-                if low <= port <= high:
-                    found.append((parse(address), port))
+                found[fields[9]] = (parse(address), int(port_hex, 16))
     return found
 
 

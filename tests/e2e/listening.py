@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from serve_app.stream_server import listening_sockets
+
 
 def listeners(port: int) -> list[tuple[str, str]]:
     """(local IPv4 address, process name) of every socket listening on TCP `port`."""
-    inodes: dict[str, str] = {}
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        address, hex_port = fields[1].split(":")
-        if int(hex_port, 16) == port and fields[3] == "0A":  # 0A: LISTEN
-            octets = bytes.fromhex(address)[::-1]
-            inodes[fields[9]] = ".".join(str(b) for b in octets)
+    inodes = {
+        inode: host
+        for inode, (host, bound) in listening_sockets("/proc/net/tcp").items()
+        if bound == port
+    }
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
