@@ -48,7 +48,7 @@ import httpx  # noqa: E402
 import ray  # noqa: E402
 
 from actors.routing import RAY_NAMESPACE, shard_name  # noqa: E402
-from bench.http import service_settings  # noqa: E402
+from bench.http import marked_processes, service_settings  # noqa: E402
 from cluster import bootstrap, ray_connect  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -96,19 +96,8 @@ def build_client() -> Path:
 def service_processes() -> dict[int, str]:
     """This run's `Api` replicas, shards and HAProxy (pid: kind), by the mark in their
     environment."""
-    mark = f"{RUN_VAR}={os.environ[RUN_VAR]}".encode()
-    found = {}
-    for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
-        try:
-            if mark not in Path(f"/proc/{pid}/environ").read_bytes():
-                continue
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        for kind in ("ServeReplica:aos:Api", "ShardActor", "haproxy -db"):
-            if kind in cmd:
-                found[pid] = kind.split(":")[-1].split()[0]
-    return found
+    kinds = {"ServeReplica:aos:Api": "Api", "ShardActor": "ShardActor", "haproxy -db": "haproxy"}
+    return marked_processes(RUN_VAR, kinds)
 
 
 def uss(pid: int) -> int:

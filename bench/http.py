@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,6 +279,25 @@ def wait_until_up(url: str, server: subprocess.Popen[bytes], timeout_s: float = 
             pass
         time.sleep(0.2)
     raise RuntimeError(f"uvicorn did not answer at {url} within {timeout_s:.0f} s")
+
+
+def marked_processes(run_var: str, kinds: Mapping[str, str]) -> dict[int, str]:
+    """pid -> name of this run's processes (those whose environment holds `run_var` as this
+    process has it; Ray's workers and Serve's HAProxy inherit it) whose command line holds
+    a key of `kinds` (the last such key names it)."""
+    mark = f"{run_var}={os.environ[run_var]}".encode()
+    found = {}
+    for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
+        try:
+            if mark not in Path(f"/proc/{pid}/environ").read_bytes():
+                continue
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        for part, name in kinds.items():
+            if part in cmd:
+                found[pid] = name
+    return found
 
 
 def service_settings(data_dir: str | Path, admin_key: str, **chosen: Any) -> Settings:

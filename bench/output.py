@@ -51,7 +51,7 @@ from aiohttp import web  # noqa: E402
 
 from actors.limits import MAX_APPEND_BYTES  # noqa: E402
 from actors.routing import shard_for  # noqa: E402
-from bench.http import free_port, service_settings  # noqa: E402
+from bench.http import free_port, marked_processes, service_settings  # noqa: E402
 from cluster import bootstrap, ray_connect  # noqa: E402
 
 T = TypeVar("T")
@@ -98,19 +98,10 @@ class Rss:
 
 def service_processes() -> dict[int, str]:
     """This run's service processes (pid: kind), found by the mark in their environment."""
-    mark = f"{RUN_VAR}={os.environ[RUN_VAR]}".encode()
-    found = {}
-    for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
-        try:
-            if mark not in Path(f"/proc/{pid}/environ").read_bytes():
-                continue
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        for kind in ("ShardActor", "ServeReplica:aos:Api", "haproxy", "ServeController"):
-            if kind in cmd:
-                found[pid] = kind.replace("ServeReplica:aos:", "")
-    return found
+    kinds = ("ShardActor", "ServeReplica:aos:Api", "haproxy", "ServeController")
+    return marked_processes(
+        RUN_VAR, {kind: kind.replace("ServeReplica:aos:", "") for kind in kinds}
+    )
 
 
 def rss_of(pid: int) -> tuple[int, int]:
